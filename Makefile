@@ -1,0 +1,50 @@
+# showwork — every job is one target; each target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+MODEL_DIR := models/gemma-3-270m
+MODEL  := $(MODEL_DIR)/.complete
+PYTEST_ARGS ?=
+
+.PHONY: help setup model parity test test-fast lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[torch,jax,model,dev]'
+	touch $@
+
+setup: $(STAMP) ## Create .venv and install the pinned torch + JAX/Tunix stacks
+	@echo "environment ready: $(VENV)"
+
+$(MODEL): $(STAMP) scripts/materialize_model.py
+	$(PY) -m scripts.materialize_model --out $(MODEL_DIR)
+
+model: $(MODEL) ## Materialise Gemma 3 270M into models/gemma-3-270m (HF safetensors, float32)
+
+parity: $(MODEL) ## Max |logit difference| torch vs JAX on the real model (exit 1 above 1e-3)
+	$(PY) -m scripts.parity --model $(MODEL_DIR)
+
+test: $(STAMP) $(MODEL) ## Run the whole test suite (tiny models + the real default model)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Tests that do not need the real model
+	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove caches (keeps .venv, models/ and runs/)
+	rm -rf .pytest_cache .ruff_cache .benchmarks
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,230 @@
+"""Run directories, manifests, seeding and the metrics logger.
+
+A run lives in ``runs/<name>/``: ``config.yaml`` (resolved), ``run_manifest.json``,
+``metrics.jsonl``, TensorBoard event files under ``tb/``, ``checkpoints/``, ``plots/``
+and ``eval/``. Reports and packages read only these files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config import config_hash, dump_yaml
+from common.jsonl import atomic_open, write_json
+
+LIBRARIES = (
+    "torch", "transformers", "peft", "accelerate", "gguf", "jax", "jaxlib", "flax",
+    "optax", "qwix", "orbax-checkpoint", "google-tunix", "numpy", "reasoning-gym",
+)  # fmt: skip
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(model_dir: str | Path) -> str | None:
+    """sha256 over a model directory's weight files, cached in ``weights.sha256``.
+
+    The cache is trusted only while every weight file keeps its size and mtime.
+    """
+    d = Path(model_dir)
+    files = sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin"))
+    if not files:
+        return None
+    stamp = [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in files]
+    cache = d / "weights.sha256"
+    if cache.exists():
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("files") == stamp:
+                return str(cached["sha256"])
+        except (ValueError, KeyError):
+            pass
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    digest = h.hexdigest()
+    try:
+        write_json(cache, {"files": stamp, "sha256": digest})
+    except OSError:
+        pass  # read-only model dirs are fine
+    return digest
+
+
+def git_commit() -> str | None:
+    """Current commit, with ``+dirty`` when the tree has uncommitted changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and (if loaded) torch; JAX code derives its keys from ``seed``."""
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+class RunDir:
+    """One run's directory and manifest."""
+
+    def __init__(self, root: str | Path):
+        self.path = Path(root)
+        self.checkpoints = self.path / "checkpoints"
+        self.plots = self.path / "plots"
+        self.eval = self.path / "eval"
+        self.manifest_path = self.path / "run_manifest.json"
+
+    @classmethod
+    def start(
+        cls,
+        root: str | Path,
+        cfg: Any,
+        *,
+        data_files: dict[str, str | Path] | None = None,
+        model_dir: str | Path | None = None,
+        device: str = "cpu",
+        extra: dict[str, Any] | None = None,
+    ) -> RunDir:
+        """Create (or reopen) the run dir, write config.yaml and a fresh manifest section."""
+        run = cls(root)
+        for d in (run.path, run.checkpoints, run.plots, run.eval):
+            d.mkdir(parents=True, exist_ok=True)
+        with atomic_open(run.path / "config.yaml") as fh:
+            fh.write(dump_yaml(cfg))
+        previous = run.read_manifest()
+        manifest: dict[str, Any] = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "git_commit": git_commit(),
+            "config_hash": config_hash(cfg),
+            "data": {k: {"path": str(v), "sha256": sha256_file(v)} for k, v in (data_files or {}).items()},
+            "model": None,
+            "libraries": library_versions(),
+            "device": device,
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "start_time": now_iso(),
+            "end_time": None,
+            "status": "running",
+        }
+        if model_dir is not None:
+            manifest["model"] = {"path": str(model_dir), "weights_sha256": weights_sha256(model_dir)}
+        if extra:
+            manifest.update(extra)
+        if previous:
+            manifest["previous_attempts"] = [
+                *previous.get("previous_attempts", []),
+                {k: previous.get(k) for k in ("start_time", "end_time", "status", "command")},
+            ]
+        write_json(run.manifest_path, manifest)
+        return run
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        return json.loads(self.manifest_path.read_text())
+
+    def update_manifest(self, **fields: Any) -> None:
+        manifest = self.read_manifest()
+        manifest.update(fields)
+        write_json(self.manifest_path, manifest)
+
+    def finish(self, status: str = "completed", **fields: Any) -> None:
+        self.update_manifest(end_time=now_iso(), status=status, **fields)
+
+
+class MetricsLogger:
+    """Append one JSON record per step to ``metrics.jsonl`` and mirror scalars to TensorBoard."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(run_dir) / "tb"), flush_secs=10)
+            except ImportError:
+                self._tb = None
+
+    def log(self, step: int, **values: Any) -> None:
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        if self._tb is not None:
+            for key, val in values.items():
+                if isinstance(val, int | float) and not isinstance(val, bool):
+                    self._tb.add_scalar(key, val, step)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Records of ``metrics.jsonl``; a torn last line from a killed run is ignored."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
