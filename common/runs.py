@@ -7,6 +7,7 @@ and ``eval/``. Reports and packages read only these files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -64,10 +65,8 @@ def weights_sha256(model_dir: str | Path) -> str | None:
         h.update(f.name.encode())
         h.update(sha256_file(f).encode())
     digest = h.hexdigest()
-    try:
+    with contextlib.suppress(OSError):  # read-only model dirs are fine
         write_json(cache, {"files": stamp, "sha256": digest})
-    except OSError:
-        pass  # read-only model dirs are fine
     return digest
 
 
@@ -89,10 +88,8 @@ def git_commit() -> str | None:
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in LIBRARIES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return out
 
 
