@@ -7,7 +7,10 @@ JAX) tokenize with the same Hugging Face tokenizer, so prompts are byte-identica
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from common.errors import InputError
 
 SYSTEM_INSTRUCTION = (
     "You are given a problem. Think about it step by step and show your work. "
@@ -22,9 +25,32 @@ YAML_SYSTEM_INSTRUCTION = (
 
 INSTRUCTIONS = {"text": SYSTEM_INSTRUCTION, "yaml": YAML_SYSTEM_INSTRUCTION}
 
+# Gemma's turn format; a system message is folded into the first user turn.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\\n\\n' %}"
+    "{% else %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "<start_of_turn>{{ role }}\n{% if role == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
 # Used when a tokenizer carries no chat template (Gemma's turn format).
 GEMMA_TEMPLATE = "<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n"
 END_OF_TURN = "<end_of_turn>"
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The HF tokenizer of a local model dir (left padding, a pad token always set)."""
+    from transformers import AutoTokenizer
+
+    if not (Path(path) / "tokenizer_config.json").is_file() and not (Path(path) / "tokenizer.json").is_file():
+        raise InputError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def user_content(question: str, trace_format: str = "text") -> str:

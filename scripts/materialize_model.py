@@ -27,19 +27,10 @@ import time
 from pathlib import Path
 
 from common.errors import InputError, cli
+from common.prompts import GEMMA_CHAT_TEMPLATE
 from common.runs import now_iso, sha256_file, weights_sha256
 
 MARKER = ".complete"
-
-# Gemma's turn format; a system message is folded into the first user turn.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% set ns = namespace(system='') %}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\\n\\n' %}"
-    "{% else %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "<start_of_turn>{{ role }}\n{% if role == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
-    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
 
 # GGUF token types (llama.cpp): 1 normal, 3 control, 4 user-defined, 6 byte.
 NORMAL, CONTROL, USER_DEFINED = 1, 3, 4

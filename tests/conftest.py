@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random models, the real default model's location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_MODEL = Path(os.environ.get("SHOWWORK_MODEL", ROOT / "models" / "gemma-3-270m"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny import build_gemma3
+
+    return build_gemma3(tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    if not (REAL_MODEL / ".complete").exists():
+        pytest.fail(f"{REAL_MODEL} is not materialised; run `make model` (make test does it first)")
+    return REAL_MODEL

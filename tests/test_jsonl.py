@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.errors import InputError
+from common.jsonl import JsonlAppender, atomic_open, iter_jsonl, read_jsonl, scan_jsonl, write_jsonl
+
+
+def test_roundtrip_and_blank_lines(tmp_path):
+    p = tmp_path / "a.jsonl"
+    assert write_jsonl(p, [{"id": "1", "q": "ünï"}, {"id": "2"}]) == 2
+    p.write_text(p.read_text() + "\n\n")
+    assert read_jsonl(p) == [{"id": "1", "q": "ünï"}, {"id": "2"}]
+
+
+def test_bad_json_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"id": 1}\n\n{"id": 2,}\n')
+    with pytest.raises(InputError, match=rf"^{p}:3: invalid JSON"):
+        list(iter_jsonl(p))
+
+
+def test_scan_reports_every_problem_without_raising(tmp_path):
+    p = tmp_path / "mixed.jsonl"
+    p.write_bytes(b'{"ok": 1}\n\xff\xfe\n{oops\n' + b'"' + b"x" * 2000 + b'"\n{"ok": 2}\n')
+    rows = list(scan_jsonl(p, max_line_bytes=1000))
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[0][1] == {"ok": 1} and rows[4][1] == {"ok": 2}
+    assert "not UTF-8" in rows[1][2]
+    assert "invalid JSON" in rows[2][2]
+    assert "longer than 1000 bytes" in rows[3][2]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_jsonl(tmp_path / "none.jsonl")
+
+
+def test_atomic_open_leaves_old_file_on_failure(tmp_path):
+    p = tmp_path / "out.json"
+    p.write_text("old")
+    with pytest.raises(RuntimeError), atomic_open(p) as fh:
+        fh.write("half-writ")
+        raise RuntimeError("boom")
+    assert p.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [p]
+
+
+def test_appender_cuts_torn_line_and_resumes(tmp_path):
+    p = tmp_path / "preds.jsonl"
+    with JsonlAppender(p) as app:
+        app.append({"id": "a"})
+        app.append({"id": "b"})
+    with p.open("a") as fh:
+        fh.write('{"id": "c", "compl')  # killed mid-write
+    app = JsonlAppender(p)
+    assert [r["id"] for r in app.existing] == ["a", "b"]
+    app.append({"id": "c"})
+    app.close()
+    assert [json.loads(x)["id"] for x in p.read_text().splitlines()] == ["a", "b", "c"]

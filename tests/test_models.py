@@ -1,0 +1,86 @@
+"""Both loaders on a tiny random Gemma 3: same logits, clear errors on bad model dirs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from common.errors import InputError
+from common.prompts import format_prompt, load_tokenizer
+
+
+def batch(model_dir):
+    tok = load_tokenizer(model_dir)
+    texts = [format_prompt(tok, "What is 2 + 3?"), format_prompt(tok, "Add seven and eleven, then halve it.")]
+    enc = tok(texts, return_tensors="np", padding=True)
+    return enc["input_ids"], enc["attention_mask"].astype(bool)
+
+
+def test_tiny_torch_and_jax_logits_agree(tiny_gemma3):
+    import jax.numpy as jnp
+    import torch
+
+    from trainers_jax.model import forward_logits
+    from trainers_jax.model import load_model as load_jax
+    from trainers_torch.model import load_model as load_torch
+
+    ids, mask = batch(tiny_gemma3)
+    assert not mask.all(), "batch should be left-padded"
+    tm, _ = load_torch(tiny_gemma3)
+    m = torch.tensor(mask.astype(np.int64))
+    with torch.no_grad():
+        pt = tm(
+            input_ids=torch.tensor(ids), attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0)
+        ).logits
+    jm, _ = load_jax(tiny_gemma3)
+    jx = np.asarray(forward_logits(jm, jnp.asarray(ids), jnp.asarray(mask)))
+    diff = np.abs(pt.numpy() - jx)[mask]
+    assert diff.max() < 1e-4, diff.max()
+    assert np.abs(pt.numpy()[mask]).max() > 0.1  # the comparison is not between two zero tensors
+
+
+def test_tunix_config_maps_hf_fields(tiny_gemma3):
+    from tunix.models.gemma3.model import QueryPreAttentionNormalisation
+
+    from trainers_jax.model import tunix_config
+
+    cfg = tunix_config(tiny_gemma3)
+    assert (cfg.num_layers, cfg.embed_dim, cfg.hidden_dim, cfg.num_heads, cfg.head_dim, cfg.num_kv_heads) == (
+        2, 64, 128, 2, 32, 1,
+    )  # fmt: skip
+    assert cfg.sliding_window_size == 16 and cfg.num_embed == 128
+    assert cfg.query_pre_attn_norm is QueryPreAttentionNormalisation.BY_ONE_OVER_SQRT_HEAD_DIM
+
+
+def test_bad_model_dirs_raise_input_errors(tmp_path, tiny_gemma3):
+    from trainers_jax.model import tunix_config
+    from trainers_torch.model import load_model
+
+    with pytest.raises(InputError, match="config.json missing"):
+        load_model(tmp_path)
+    broken = tmp_path / "llama"
+    shutil.copytree(tiny_gemma3, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**cfg, "model_type": "mystery"}))
+    with pytest.raises(InputError, match="model_type 'mystery' has no JAX loader; supported: gemma3_text"):
+        tunix_config(broken)
+    (broken / "config.json").write_text(json.dumps({**cfg, "layer_types": ["full_attention"] * 2}))
+    with pytest.raises(InputError, match="layer_types"):
+        tunix_config(broken)
+    for f in broken.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(InputError, match="no \\*.safetensors"):
+        load_model(broken)
+
+
+def test_mesh_needs_enough_devices():
+    import jax
+
+    from trainers_jax.model import make_mesh
+
+    assert make_mesh(1, 1).shape == {"fsdp": 1, "tp": 1}
+    with pytest.raises(InputError, match="needs"):
+        make_mesh(len(jax.devices()) + 1, 1)

@@ -1,0 +1,67 @@
+"""Tiny random models built in-test: same code paths as the real model, in milliseconds."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from common.prompts import GEMMA_CHAT_TEMPLATE
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def build_tokenizer(out: Path) -> None:
+    """A character-level tokenizer with Gemma's special tokens and chat template."""
+    from tokenizers import Tokenizer, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = list(dict.fromkeys(string.printable + "▁"))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.add_special_tokens(SPECIALS)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+    fast.chat_template = GEMMA_CHAT_TEMPLATE
+    fast.save_pretrained(out)
+
+
+def build_gemma3(out: Path, layers: int = 2, seed: int = 0, vocab_size: int = 128) -> Path:
+    """Save a random Gemma 3 text model (HF safetensors) plus tokenizer to ``out``."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        sliding_window=16,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    model = Gemma3ForCausalLM(cfg).float()
+    with torch.no_grad():  # norms start at zero (scale 1); perturb so they matter in tests
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.1)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    build_tokenizer(out)
+    return out
