@@ -99,7 +99,9 @@ def test_small_n_warning_the_ten_sample_trap():
     text = " ".join(res["warnings"])
     assert res["too_small_to_separate"] and "n=10 < 200" in text and "spans 0" in text
 
-    tiny = cmp.compare_verdicts(_verdicts({"1": False, "2": False}), _verdicts({"1": True, "2": True}), ["strict"], "strict")
+    tiny = cmp.compare_verdicts(
+        _verdicts({"1": False, "2": False}), _verdicts({"1": True, "2": True}), ["strict"], "strict"
+    )
     assert any("cannot separate the two at all" in w for w in tiny["warnings"])
 
 
@@ -119,14 +121,24 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def test_compare_cli_scores_pairs_and_warns(tmp_path, capsys):
-    data = _write(tmp_path / "d.jsonl", [{"id": f"g{i}", "question": "q", "answer": str(i), "meta": {"category": "x"}} for i in range(8)])
+    data = _write(
+        tmp_path / "d.jsonl",
+        [{"id": f"g{i}", "question": "q", "answer": str(i), "meta": {"category": "x"}} for i in range(8)],
+    )
 
     def pred(i: int, right: bool) -> dict:
         ans = i if right else i + 1
-        return {"id": f"g{i}", "prompt": "P", "completion": f"<reasoning>r</reasoning><answer>{ans}</answer>", "decoding": {"t": 0}}
+        return {
+            "id": f"g{i}",
+            "prompt": "P",
+            "completion": f"<reasoning>r</reasoning><answer>{ans}</answer>",
+            "decoding": {"t": 0},
+        }
 
     a = _write(tmp_path / "a.jsonl", [pred(i, i < 2) for i in range(7)])  # g7 missing
-    b = _write(tmp_path / "b.jsonl", [pred(i, i < 5) for i in range(1, 8)] + [{"id": "zz", "completion": "x"}])
+    b = _write(
+        tmp_path / "b.jsonl", [pred(i, i < 5) for i in range(1, 8)] + [{"id": "zz", "completion": "x"}]
+    )
     out = tmp_path / "c.json"
     res = cmp.main([str(a), str(b), "--dataset", str(data), "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -167,7 +179,9 @@ def test_tool_calls_parse_from_tags_and_json_blocks():
     assert not v["pass"] and v["failure"] == "wrong_args"
     assert check_completion(text, {"tool": {"name": "get_weather"}})["failure"] == "wrong_tool"
     assert check_completion("no tools here", {"tool": {"name": "x"}})["failure"] == "no_tool_call"
-    assert check_completion(text, {"keywords": ["look"], "no_tool": True})["failure"] == "unexpected_tool_call"
+    assert (
+        check_completion(text, {"keywords": ["look"], "no_tool": True})["failure"] == "unexpected_tool_call"
+    )
 
 
 def test_keyword_checks_with_alternatives():
@@ -176,7 +190,9 @@ def test_keyword_checks_with_alternatives():
     v = check_completion(code, checks)
     assert v["pass"] and v["keyword_fraction"] == 1.0 and v["tool"] is None
     v = check_completion("def reverse_words(s): pass", checks)
-    assert not v["pass"] and v["failure"] == "missing_keywords" and v["keyword_fraction"] == pytest.approx(1 / 3)
+    assert (
+        not v["pass"] and v["failure"] == "missing_keywords" and v["keyword_fraction"] == pytest.approx(1 / 3)
+    )
 
 
 def test_multidomain_suite_is_valid_and_covers_three_domains():
@@ -184,5 +200,9 @@ def test_multidomain_suite_is_valid_and_covers_three_domains():
 
     items = load_items("evals/suites/multidomain.jsonl")
     cats = [it["meta"]["category"] for it in items]
-    assert len(items) >= 12 and {c: cats.count(c) for c in set(cats)} == {"code": 4, "reasoning": 4, "tool_calling": 4}
+    assert len(items) >= 12 and {c: cats.count(c) for c in set(cats)} == {
+        "code": 4,
+        "reasoning": 4,
+        "tool_calling": 4,
+    }
     assert all("tool" in it["checks"] for it in items if it["meta"]["category"] == "tool_calling")

@@ -257,30 +257,9 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_gemma3, tmp_path_factory) -> Path:
-    """A run dir as the SFT trainer writes it: config.yaml, final/ (LoRA adapter), merged/ (HF export)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from tests.tiny_runs import build_trained_run
 
-    from trainers_torch.model import load_model
-
-    run = tmp_path_factory.mktemp("runs") / "sft-tiny"
-    run.mkdir()
-    (run / "config.yaml").write_text(f"model:\n  path: {tiny_gemma3}\n")
-    model, tok = load_model(tiny_gemma3)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)  # a trained adapter changes the outputs
-    peft_model.save_pretrained(run / "final")
-    cfg = json.loads((run / "final" / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = "google/gemma-3-270m"  # a hub id: not loadable offline
-    (run / "final" / "adapter_config.json").write_text(json.dumps(cfg))
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(run / "merged")
-    tok.save_pretrained(run / "merged")
-    return run
+    return build_trained_run(tiny_gemma3, tmp_path_factory.mktemp("runs") / "sft-tiny")
 
 
 def test_run_dir_adapter_and_merged_export_give_the_same_outputs(trained_run, tiny_gemma3, torch_tiny):
