@@ -31,7 +31,7 @@ model: $(MODEL) ## Materialise Gemma 3 270M into models/gemma-3-270m (HF safeten
 parity: $(MODEL) ## Max |logit difference| torch vs JAX on the real model (exit 1 above 1e-3)
 	$(PY) -m scripts.parity --model $(MODEL_DIR)
 
-test: $(STAMP) $(MODEL) ## Run the whole test suite (tiny models + the real default model)
+test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the real default model)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Tests that do not need the real model
@@ -48,3 +48,19 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 clean: ## Remove caches (keeps .venv, models/ and runs/)
 	rm -rf .pytest_cache .ruff_cache .benchmarks
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
+.PHONY: eval eval-report chromium
+RUN ?=
+CONFIG ?= configs/eval/gsm8k_cpu.yaml
+
+eval: $(STAMP) $(MODEL) ## Base vs RUN=runs/<name> on the same items -> runs/<name>/eval/ (CONFIG=configs/eval/...)
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<name> [CONFIG=$(CONFIG)]" >&2; exit 2; }
+	$(PY) -m evals.run_eval --run $(RUN) --config $(CONFIG)
+
+eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." -> runs/_compare/report.html
+	@test -n "$(RUNS)" || { echo "usage: make eval-report RUNS=\"runs/a runs/b\"" >&2; exit 2; }
+	$(PY) -m evals.report --compare $(RUNS) --out runs/_compare
+
+chromium: ## Install headless Chromium for the report render test (no-op when present)
+	@bash scripts/ensure_chromium.sh

@@ -170,10 +170,12 @@ def small_n_warnings(res: dict[str, Any], metric: str, n: int, min_n: int = MIN_
             f"the exact McNemar p would be {res['best_possible_p']:.3f} >= {ALPHA}"
         )
     lo, hi = res["delta_ci95"]
-    if n < min_n and lo < 0 < hi:
+    spans = lo < 0 < hi
+    if n < min_n and (spans or res["mcnemar_p"] >= ALPHA):
         warnings.append(
-            f"{metric}: n={n} < {min_n} and the delta's 95% interval [{lo:+.3f}, {hi:+.3f}] spans 0: "
-            "these items are too few to tell the two apart (seed 002: 90% on 10 items was ~2% on 100)"
+            f"{metric}: n={n} < {min_n}, the delta's 95% interval [{lo:+.3f}, {hi:+.3f}] "
+            f"{'spans 0' if spans else 'excludes 0'} and the exact McNemar p is {res['mcnemar_p']:.3f}: these "
+            "items are too few to tell the two apart (seed 002: 90% on 10 items was ~2% on 100)"
         )
     return warnings
 

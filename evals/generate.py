@@ -144,9 +144,10 @@ def _torch_batches(
     from transformers import GenerationConfig
 
     stops = stop_token_ids(tokenizer, settings)
+    # Every sampling knob explicit (top_k=0 is off), so a model's generation_config cannot add its own.
     sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
     if not settings.greedy:
-        sampling["top_k"] = settings.top_k or None
+        sampling["top_k"] = settings.top_k
     gen_cfg = GenerationConfig(
         max_new_tokens=settings.max_new_tokens,
         do_sample=not settings.greedy,
@@ -157,10 +158,13 @@ def _torch_batches(
     device = next(model.parameters()).device
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # little padding per batch
-    tokenizer.padding_side = "left"
     for b, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start : start + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the caller's setting is restored
+        try:
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+        finally:
+            tokenizer.padding_side = side
         if not settings.greedy:
             torch.manual_seed(settings.seed * 1_000_003 + b)
         with torch.inference_mode():
@@ -489,6 +493,8 @@ def load_for_eval(
 
 def load_items(path: str | Path) -> list[dict]:
     """Eval items ``{id, question, ...}``; errors name ``file:line: field``."""
+    if not Path(path).exists() and "data/built" in str(path):
+        raise InputError(f"{path}: file not found (run `make data` to build the datasets)")
     items, seen = [], {}
     for lineno, rec in iter_jsonl(path):
         where = f"{path}:{lineno}"

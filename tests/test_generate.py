@@ -85,8 +85,10 @@ def test_sampling_follows_the_seed(torch_tiny):
     prompts = _prompts(tok)[:3]
     hot = DecodeSettings(max_new_tokens=10, temperature=1.5, top_k=50, top_p=0.95, seed=3)
     a = generate_completions(model, tok, prompts, hot, batch_size=3, progress=False)
+    tok.padding_side = "right"  # a trainer's setting survives generation
     b = generate_completions(model, tok, prompts, hot, batch_size=3, progress=False)
-    assert a == b
+    assert a == b and tok.padding_side == "right"
+    tok.padding_side = "left"
 
 
 def test_stop_reasons_and_end_of_turn_is_stripped(stopping_gemma3):
@@ -250,6 +252,13 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         load_config(gen.GenerateConfig, "configs/eval/gsm8k_cpu.yaml", ["decode.top_p=0"])
     cfg = load_config(gen.GenerateConfig, "configs/eval/gsm8k_cpu.yaml")
     assert cfg.data.n >= 500 and cfg.decode.greedy
+    configs = sorted(Path("configs/eval").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:  # every shipped eval config is valid
+        load_config(gen.GenerateConfig, path)
+    assert load_config(gen.GenerateConfig, "configs/eval/gsm8k_gpu.yaml").data.n == 0  # all 1,319 on GPU
+    with pytest.raises(InputError, match="make data"):
+        gen.load_items("data/built/nothing/test.jsonl")
 
 
 # ----------------------------------------------------------------------------- model resolution
