@@ -120,6 +120,9 @@ def compare_verdicts(
 def _paired_metric(
     a: dict[str, dict], b: dict[str, dict], ids: list[str], metric: str, with_ids: bool = True
 ) -> dict[str, Any]:
+    ids = [
+        i for i in ids if a[i].get(metric) is not None and b[i].get(metric) is not None
+    ]  # scored items only
     both = a_only = b_only = neither = 0
     gained, lost = [], []
     for i in ids:

@@ -84,6 +84,13 @@ def test_flips_and_unpaired_ids_are_listed():
     assert any("only in A" in w for w in res["warnings"])
 
 
+def test_items_a_metric_does_not_apply_to_are_not_paired():
+    a = {"1": {"tool": True}, "2": {"tool": None}, "3": {"tool": False}}
+    b = {"1": {"tool": True}, "2": {"tool": None}, "3": {"tool": True}}
+    m = cmp.compare_verdicts(a, b, ["tool"], "tool")["metrics"]["tool"]
+    assert m["n"] == 2 and m["a"] == 0.5 and m["b"] == 1.0 and m["gained"] == ["3"]
+
+
 def test_small_n_warning_the_ten_sample_trap():
     # 9/10 vs 6/10: looks like a 30-point gap, but n=10 cannot separate them.
     a = _verdicts({str(i): i < 6 for i in range(10)})
@@ -206,3 +213,29 @@ def test_multidomain_suite_is_valid_and_covers_three_domains():
         "tool_calling": 4,
     }
     assert all("tool" in it["checks"] for it in items if it["meta"]["category"] == "tool_calling")
+
+
+def test_prompt_suite_summary_and_comparison(tmp_path):
+    from evals.generate import load_items
+    from evals.suites import suite_metrics, summarize
+
+    items = load_items("evals/suites/multidomain.jsonl")
+    assert suite_metrics(items) == (["pass", "keywords", "tool"], "pass")
+    good = {
+        "code-factorial": "def factorial(n):\n    return 1 if n < 2 else n * factorial(n - 1)",
+        "reason-multiply": "15 * 23 = 345",
+        "tool-weather": '<tool_call>{"name": "get_weather", "arguments": {"city": "paris", "unit": "Celsius"}}</tool_call>',
+    }
+    preds = [
+        {"id": it["id"], "completion": good.get(it["id"], "I don't know.")} for it in items[:-1]
+    ]  # last one missing
+    s = summarize(preds, items)
+    assert s["n"] == 12 and s["pass_accuracy"] == pytest.approx(3 / 12) and s["tool_n"] == 4
+    assert s["categories"]["tool_calling"]["tool_accuracy"] == pytest.approx(1 / 4)
+    assert s["items_without_prediction"] == [items[-1]["id"]] and s["failures"]["missing_prediction"] == 1
+    a = _write(tmp_path / "a.jsonl", preds)
+    b = _write(
+        tmp_path / "b.jsonl", [{"id": it["id"], "completion": good.get(it["id"], "no")} for it in items]
+    )
+    res = cmp.compare_files(a, b, "evals/suites/multidomain.jsonl")
+    assert res["primary_metric"] == "pass" and res["n_paired"] == 11 and res["too_small_to_separate"]

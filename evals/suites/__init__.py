@@ -140,10 +140,11 @@ def summarize(predictions: list[dict], dataset: list[dict]) -> dict[str, Any]:
     for rec in dataset:
         v = verdicts.get(str(rec["id"]))
         if v is None:
+            checks = rec["checks"]
             v = {
                 "pass": False,
                 "keywords": False,
-                "tool": None,
+                "tool": False if ("tool" in checks or checks.get("no_tool")) else None,
                 "failure": "missing_prediction",
                 "category": _category(rec),
             }
