@@ -89,6 +89,7 @@ def test_parser_rejects_malformed_solutions() -> None:
 def test_calc_checks() -> None:
     assert eval_expr("(75/100)*100") == 75
     assert eval_expr("__import__('os')") is None
+    assert eval_expr("180//3") == 60 and eval_expr("2**3") == 8 and eval_expr("2**1000") is None
     assert calc_is_right({"expr": "48/2", "result": "24"})
     assert not calc_is_right({"expr": "48/2", "result": "25"})
 

@@ -111,11 +111,18 @@ def step_difficulty(n_steps: int, easy_max: int, medium_max: int) -> str:
     return "medium" if n_steps <= medium_max else "hard"
 
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
 
 
 def eval_expr(expr: str) -> float | None:
-    """Value of an arithmetic expression (numbers, + - * /, parentheses), or None if it is not one."""
+    """Value of an arithmetic expression (numbers, + - * / // % **, parentheses), or None if it is not one."""
 
     def walk(node: ast.AST) -> float:
         if isinstance(node, ast.Expression):
@@ -131,11 +138,16 @@ def eval_expr(expr: str) -> float | None:
             return -value if isinstance(node.op, ast.USub) else value
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             return _BINARY[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            base, exponent = walk(node.left), walk(node.right)
+            if abs(exponent) > 64:
+                raise ValueError("exponent too large")
+            return float(base**exponent)
         raise ValueError("unsupported")
 
     try:
         return walk(ast.parse(expr.replace(",", ""), mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError):
+    except (SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError, RecursionError):
         return None
 
 
