@@ -92,6 +92,9 @@ def test_calc_checks() -> None:
     assert eval_expr("180//3") == 60 and eval_expr("2**3") == 8 and eval_expr("2**1000") is None
     assert calc_is_right({"expr": "48/2", "result": "24"})
     assert not calc_is_right({"expr": "48/2", "result": "25"})
+    assert calc_is_right({"expr": "3/4", "result": "3/4"})
+    assert calc_is_right({"expr": "1000+1", "result": "1,001"})
+    assert not calc_is_right({"expr": "1+1", "result": "two"})
 
 
 # --- GSM8K build ---------------------------------------------------------------------------------

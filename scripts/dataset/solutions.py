@@ -153,9 +153,5 @@ def eval_expr(expr: str) -> float | None:
 
 def calc_is_right(calc: dict[str, str], rel_tol: float = 1e-6) -> bool:
     """Does the annotation's expression evaluate to its stated result?"""
-    value = eval_expr(calc["expr"])
-    try:
-        stated = float(clean_number(calc["result"]))
-    except ValueError:
-        return False
-    return value is not None and abs(value - stated) <= rel_tol * max(1.0, abs(value))
+    value, stated = eval_expr(calc["expr"]), eval_expr(clean_number(calc["result"]))  # results like "3/4"
+    return value is not None and stated is not None and abs(value - stated) <= rel_tol * max(1.0, abs(value))
