@@ -264,6 +264,16 @@ def test_user_jsonl_mapping_and_rejects(tmp_path: Path) -> None:
     assert "differs from the answer" in reasons and "mine.jsonl:5" in reasons and "invalid JSON" in reasons
 
 
+def test_user_duplicate_ids_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    rows = [{"k": "1", "q": "Why?", "a": "Because."}, {"k": "1", "q": "How?", "a": "So."}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    user = {"path": str(path), "name": "m", "mapping": {"id": "k", "question": "q", "answer": "a"}}
+    manifest = build(cfg_from(tmp_path, {"name": "m", "kind": "user", "user": user}))
+    assert manifest["files"]["train"]["records"] == 1
+    assert "user: id 'm-1' already used on line 1" in manifest["rejects"]["by_reason"]
+
+
 def test_user_csv(tmp_path: Path) -> None:
     path = tmp_path / "mine.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:

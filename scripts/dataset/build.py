@@ -108,7 +108,9 @@ def check_built(splits: dict[str, list[dict[str, Any]]]) -> None:
                     f"split '{split}', id {record.get('id')!r}: built record is invalid: {'; '.join(errors)}"
                 )
             if record["id"] in seen:
-                raise InputError(f"id {record['id']!r} is in both '{seen[record['id']]}' and '{split}'")
+                raise InputError(
+                    f"id {record['id']!r} appears twice (splits '{seen[record['id']]}' and '{split}')"
+                )
             seen[record["id"]] = split
 
 

@@ -295,12 +295,16 @@ def read_user(src: UserSource, buckets: Buckets) -> tuple[Records, Rejects, dict
     """Map a user file's columns onto records; rows that cannot be mapped are rejected with a reason."""
     records: list[dict[str, Any]] = []
     rejects: Rejects = []
+    first_line: dict[str, int] = {}
     for lineno, row, error in tqdm(_user_rows(src), desc=f"user {src.name}", unit=" rows", leave=False):
         where = f"{src.path}:{lineno}"
         try:
             if error is not None:
                 raise ValueError(error)
-            records.append(_user_record(src, row, len(records), buckets))
+            record = _user_record(src, row, len(records), buckets)
+            if first_line.setdefault(record["id"], lineno) != lineno:
+                raise ValueError(f"id {record['id']!r} already used on line {first_line[record['id']]}")
+            records.append(record)
         except (ValueError, SolutionError) as err:
             rejects.append({"where": where, "reason": str(err)})
     return {src.split: records}, rejects, {"user": src.path}

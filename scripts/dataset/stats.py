@@ -73,7 +73,8 @@ def histogram_text(hist: dict[int, int], width: int = 40) -> str:
     return "\n".join(lines)
 
 
-def compute_stats(path: str, cfg: StatsConfig) -> dict[str, Any]:
+def compute_stats(path: str, cfg: StatsConfig) -> tuple[dict[str, Any], list[int]]:
+    """The statistics, and each record's prompt + target token count (empty without a tokenizer)."""
     records = [record for _, record in iter_records(path)]
 
     def count(key: str) -> dict[str, int]:
@@ -120,8 +121,8 @@ def compute_stats(path: str, cfg: StatsConfig) -> dict[str, Any]:
                 for m in sorted({*MAX_LENS, cfg.max_len})
             },
         }
-        stats["_total_lengths"] = total
-    return stats
+        return stats, total
+    return stats, []
 
 
 def report_text(stats: dict[str, Any]) -> str:
@@ -149,7 +150,7 @@ def report_text(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(stats: dict[str, Any], out: Path) -> list[str]:
+def plot(stats: dict[str, Any], total_tokens: list[int], out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,7 +167,7 @@ def plot(stats: dict[str, Any], out: Path) -> list[str]:
     written.append("steps_histogram.png")
     if stats["tokens"]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.hist(stats["_total_lengths"], bins=50, color="tab:green")
+        ax.hist(total_tokens, bins=50, color="tab:green")
         ax.axvline(
             stats["tokens"]["max_len"],
             color="tab:red",
@@ -184,11 +185,10 @@ def plot(stats: dict[str, Any], out: Path) -> list[str]:
 
 def run_stats(path: str, out_dir: str, cfg: StatsConfig) -> dict[str, Any]:
     """Compute, write ``stats.json``, ``stats.txt`` and the PNGs under ``out_dir``; return the stats."""
-    stats = compute_stats(path, cfg)
+    stats, total_tokens = compute_stats(path, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stats["plots"] = plot(stats, out)
-    stats.pop("_total_lengths", None)
+    stats["plots"] = plot(stats, total_tokens, out)
     text = report_text(stats)
     write_json(out / "stats.json", stats)
     with atomic_open(out / "stats.txt") as fh:
