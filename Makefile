@@ -55,3 +55,4 @@ DATA_CONFIGS := configs/data/gsm8k.yaml configs/data/rg_mix.yaml configs/data/rg
 
 data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into data/built/ (offline)
 	@for cfg in $(DATA_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
+	$(PY) -m scripts.dataset contamination data/built/rg_mix/train.jsonl data/built/gsm8k/test.jsonl

@@ -254,7 +254,7 @@ def test_user_jsonl_mapping_and_rejects(tmp_path: Path) -> None:
     )
     manifest = build(cfg)
     records = load_records(tmp_path / "built" / "mine" / "train.jsonl")
-    assert [r["id"] for r in records] == ["mine-00000", "mine-00001"]
+    assert [r["id"] for r in records] == ["mine-00001", "mine-00002"]
     assert records[0]["answer"] == "5" and records[0]["steps"][0]["calc"] == {"expr": "2+3", "result": "5"}
     assert records[0]["meta"]["difficulty"] == 1 and records[0]["meta"]["source"] == "mine"
     assert records[1]["meta"]["has_reasoning"] is False

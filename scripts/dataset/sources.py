@@ -198,13 +198,8 @@ def _score_own_answer(ds: Any, entry: dict[str, Any]) -> str | None:
 
 
 def _rg_record(name: str, tseed: int, idx: int, entry: dict[str, Any], family: str, buckets: Buckets) -> dict:
-    meta: dict[str, Any] = {
-        "source": "reasoning_gym",
-        "category": name,
-        "difficulty": "unrated",
-        "rg_task": name,
-    }
-    meta["rg_family"] = family
+    meta: dict[str, Any] = {"source": "reasoning_gym", "category": name, "difficulty": "unrated"}
+    meta.update(rg_task=name, rg_family=family)
     steps: list[dict[str, Any]] = []
     cot = entry.get("metadata", {}).get("answer_cot")
     if isinstance(cot, str):
@@ -301,7 +296,7 @@ def read_user(src: UserSource, buckets: Buckets) -> tuple[Records, Rejects, dict
         try:
             if error is not None:
                 raise ValueError(error)
-            record = _user_record(src, row, len(records), buckets)
+            record = _user_record(src, row, lineno, buckets)
             if first_line.setdefault(record["id"], lineno) != lineno:
                 raise ValueError(f"id {record['id']!r} already used on line {first_line[record['id']]}")
             records.append(record)
@@ -310,7 +305,8 @@ def read_user(src: UserSource, buckets: Buckets) -> tuple[Records, Rejects, dict
     return {src.split: records}, rejects, {"user": src.path}
 
 
-def _user_record(src: UserSource, row: Any, index: int, buckets: Buckets) -> dict[str, Any]:
+def _user_record(src: UserSource, row: Any, lineno: int, buckets: Buckets) -> dict[str, Any]:
+    """One row as a record; its id is ``<name>-<id column>``, or ``<name>-<line>`` without one."""
     if not isinstance(row, dict):
         raise ValueError(f"expected an object, got {type(row).__name__}")
     values = {}
@@ -342,7 +338,7 @@ def _user_record(src: UserSource, row: Any, index: int, buckets: Buckets) -> dic
         meta["difficulty"] = (
             diff if isinstance(diff, int) and not isinstance(diff, bool) else _as_text(diff, "difficulty")
         )
-    rid = f"{src.name}-{_as_text(values['id'], 'id')}" if "id" in values else f"{src.name}-{index:05d}"
+    rid = f"{src.name}-{_as_text(values['id'], 'id')}" if "id" in values else f"{src.name}-{lineno:05d}"
     return make_record(
         rid, question, answer, steps, meta, f"No worked reasoning was given for this {src.name} item."
     )
