@@ -184,12 +184,10 @@ def build(cfg: BuildConfig, config_path: str | None = None) -> dict[str, Any]:
 
 
 def _make_readable(folder: Path) -> None:
-    """Temp files and folders are private (0600/0700); give the built ones the usual umask modes."""
+    """A temp dir is private (0700); give the built one the usual umask mode (files already have it)."""
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)
 
 
 def summary(manifest: dict[str, Any], out: Path) -> str:
