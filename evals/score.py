@@ -74,7 +74,7 @@ def check_dataset(records: Sequence[Any], where: Sequence[str]) -> dict[str, int
         gold = rec["answer"]
         if isinstance(gold, bool) or not isinstance(gold, str | int | float) or not gold_text(gold).strip():
             raise InputError(f"{where[i]}: answer: expected a non-empty string or a number, got {gold!r}")
-        meta = rec.get("meta", {})
+        meta = {} if rec.get("meta") is None else rec["meta"]
         if not isinstance(meta, dict):
             raise InputError(f"{where[i]}: meta: expected an object, got {type(meta).__name__}")
         if not isinstance(meta.get("category", ""), str):
@@ -110,14 +110,14 @@ def score_predictions(
     """
     pred_index = check_predictions(predictions, [f"predictions[{i}]" for i in range(len(predictions))])
     data_index = check_dataset(dataset, [f"dataset[{i}]" for i in range(len(dataset))])
-    has_categories = any("category" in rec.get("meta", {}) for rec in dataset)
+    has_categories = any("category" in (rec.get("meta") or {}) for rec in dataset)
 
     items = []
     for rec in dataset:
         rid = str(rec["id"])
         item: dict[str, Any] = {"id": rec["id"]}
         if has_categories:
-            item["category"] = rec.get("meta", {}).get("category", NO_CATEGORY)
+            item["category"] = (rec.get("meta") or {}).get("category", NO_CATEGORY)
         item["gold"] = rec["answer"]
         if rid in pred_index:
             verdict = score_completion(predictions[pred_index[rid]]["completion"], rec["answer"])

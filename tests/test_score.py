@@ -98,6 +98,13 @@ def test_empty_inputs() -> None:
     assert s["strict_accuracy"] == 0.0 and s["items_without_prediction"] == ["a", "b"]
 
 
+def test_null_meta_is_no_meta() -> None:
+    s = score_predictions(
+        [], [{"id": "a", "answer": "1", "meta": None}, {"id": "b", "answer": "2", "meta": {}}]
+    )
+    assert s["n"] == 2 and "categories" not in s
+
+
 @pytest.mark.parametrize(
     ("predictions", "dataset", "message"),
     [
