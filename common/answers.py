@@ -2,8 +2,9 @@
 
 Shared by the GRPO rewards (torch and JAX), the evals and the reports; ``evals/SCORING.md``
 states the rules with examples. Every function here is pure, accepts any string without
-raising, and runs in time linear in its input: tags are found with ``str.find``/``count``
-and the only regular expression has no nested quantifiers.
+raising, and runs in time linear in its input: tags are found with ``str.find``/``count``,
+and the number patterns are unambiguous (a repeated group must start with a comma), so
+they cannot backtrack catastrophically.
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ dataset columns arrive as keyword lists aligned with ``completions`` (``answer=[
 ``meta=[...]``); unknown keywords are ignored. ``build_rewards(["format_exact", ...], cfg)``
 turns the reward names a trainer YAML lists into callables with their weights bound.
 
-The default weights reproduce the Tunix GRPO Gemma demo (google/tunix,
+The default weights reproduce the Tunix GRPO Gemma demo (google/tunix at commit c7d8950f,
 ``examples/grpo_gemma.ipynb`` and ``examples/math_gsm8k/gemma_grpo_demo_nb.py``:
-``match_format_exactly``, ``match_format_approximately``, ``check_answer``,
-``check_numbers``). The tiers are ours and use ``common.answers``, so a reward and the
+``match_format_exactly`` 3.0; ``match_format_approximately`` ±0.5 per tag;
+``check_answer`` 3.0 exact, 1.5 equal after strip, 0.5 / 0.25 for a ratio within
+0.9–1.1 / 0.8–1.2, −1.0 otherwise, −0.5 when ``float()`` fails, 0 without a match;
+``check_numbers`` 1.5). The tiers are ours and use ``common.answers``, so a reward and the
 eval always agree on what the answer was; ``evals/SCORING.md`` lists where they differ
 from the demo.
 """
