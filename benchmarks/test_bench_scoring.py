@@ -61,10 +61,10 @@ def gsm8k_sized() -> tuple[list[dict], list[dict]]:
 @pytest.mark.benchmark(group="score 1,319 predictions")
 def test_bench_score_predictions(benchmark, gsm8k_sized: tuple[list[dict], list[dict]]) -> None:
     predictions, dataset = gsm8k_sized
-    start = time.perf_counter()
     summary = benchmark(score_predictions, predictions, dataset)
     assert summary["n"] == N
-    assert time.perf_counter() - start < 10  # "well under a second" per run; loose bound for busy machines
+    if benchmark.stats:  # with --benchmark-enable: the target is well under a second
+        assert benchmark.stats.stats.median < 0.5
 
 
 @pytest.mark.benchmark(group="score 1,319 predictions")
