@@ -1,7 +1,7 @@
 """Collect real Gemma 3 270M completions on GSM8K test questions, as fixtures for the scorer tests.
 
     python tests/data/collect_completions.py \
-        --model models/gemma-3-270m --gsm8k /work/shared/data/gsm8k/test.jsonl \
+        --model models/gemma-3-270m --gsm8k data/gsm8k/test.jsonl \
         --out tests/data/gemma3_270m_completions.jsonl
 
 Each question is answered greedily from the plain prompt, and again under one of four
@@ -103,7 +103,7 @@ def generate(model, tokenizer, prompts: list[str], setting: dict, seed: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="models/gemma-3-270m")
-    parser.add_argument("--gsm8k", default="/work/shared/data/gsm8k/test.jsonl")
+    parser.add_argument("--gsm8k", default="data/gsm8k/test.jsonl")
     parser.add_argument("--out", default=str(Path(__file__).with_name("gemma3_270m_completions.jsonl")))
     parser.add_argument("--only", action="append", help="run just this setting, merging into --out")
     args = parser.parse_args()
