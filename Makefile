@@ -10,7 +10,7 @@ MODEL_DIR := models/gemma-3-270m
 MODEL  := $(MODEL_DIR)/.complete
 PYTEST_ARGS ?=
 
-.PHONY: help setup model parity test test-fast lint format clean
+.PHONY: help setup model parity test test-fast bench lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the 
 test-fast: $(STAMP) ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
 
+bench: $(STAMP) ## pytest-benchmark suite of the hot paths, each beside a peer
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
+
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -49,12 +52,24 @@ clean: ## Remove caches (keeps .venv, models/ and runs/)
 	rm -rf .pytest_cache .ruff_cache .benchmarks
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
+# --- data: trace datasets (issue 4) -------------------------------------------------------------
+.PHONY: data
+DATA_CONFIGS := configs/data/gsm8k.yaml configs/data/rg_mix.yaml configs/data/rg_gsm_symbolic.yaml
+
+data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into data/built/ (offline)
+	@for cfg in $(DATA_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
+	$(PY) -m scripts.dataset contamination data/built/rg_mix/train.jsonl data/built/gsm8k/test.jsonl
+
 # --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
 .PHONY: eval eval-report chromium
 RUN ?=
 CONFIG ?= configs/eval/gsm8k_cpu.yaml
+EVAL_DATA := data/built/gsm8k/test.jsonl
 
-eval: $(STAMP) $(MODEL) ## Base vs RUN=runs/<name> on the same items -> runs/<name>/eval/ (CONFIG=configs/eval/...)
+$(EVAL_DATA): | $(STAMP)
+	$(MAKE) data
+
+eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs RUN=runs/<name> on the same items -> runs/<name>/eval/ (CONFIG=configs/eval/...)
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<name> [CONFIG=$(CONFIG)]" >&2; exit 2; }
 	$(PY) -m evals.run_eval --run $(RUN) --config $(CONFIG)
 
