@@ -34,7 +34,7 @@ parity: $(MODEL) ## Max |logit difference| torch vs JAX on the real model (exit 
 test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the real default model)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## Tests that do not need the real model
+test-fast: $(STAMP) chromium ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
 
 bench: $(STAMP) ## pytest-benchmark suite of the hot paths, each beside a peer

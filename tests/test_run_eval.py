@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import scorer_standin
-
-scorer_standin.install()  # until the shared scorer (issue 3) is on this branch
-
-from common.config import load_config  # noqa: E402
-from common.jsonl import read_jsonl  # noqa: E402
-from evals import run_eval  # noqa: E402
-from evals.generate import GenerateConfig  # noqa: E402
+from common.config import load_config
+from common.jsonl import read_jsonl
+from evals import run_eval
+from evals.generate import GenerateConfig
 
 
 def _dataset(path: Path) -> Path:
