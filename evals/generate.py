@@ -31,7 +31,7 @@ from typing import Any, Literal
 from common.config import load_config, split_cli, to_dict
 from common.errors import InputError, cli
 from common.jsonl import JsonlAppender, iter_jsonl
-from common.prompts import END_OF_TURN, end_of_turn, format_prompt
+from common.prompts import END_OF_TURN, end_of_turn, format_prompt, load_tokenizer
 from common.runs import library_versions, now_iso, seed_everything, sha256_file, weights_sha256
 
 StopReason = Literal["end_of_turn", "eos", "max_new_tokens"]
@@ -446,8 +446,6 @@ def load_for_eval(
     ref: ModelRef, backend: str = "torch", dtype: str = "float32", device: str = "auto"
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)``; any weight the checkpoint lacks is an error, never a random init."""
-    from common.prompts import load_tokenizer
-
     tokenizer = load_tokenizer(_tokenizer_dir(ref))
     if backend == "jax":
         if ref.kind == "adapter":
@@ -571,25 +569,45 @@ def _check_resumable(
     return done
 
 
+def _complete_records(path: Path) -> list[Any]:
+    """The complete records of an earlier attempt (a torn last line is ignored here, cut on append)."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records = []
+    for lineno, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise InputError(
+                    f"{path}:{lineno}: invalid JSON in an earlier attempt's predictions"
+                ) from None
+    return records
+
+
 def run(cfg: GenerateConfig, progress: bool = True) -> dict[str, Any]:
     """Generate predictions for ``cfg``; returns a summary (counts, stop reasons, items/s, provenance)."""
     seed_everything(cfg.seed)
     items = sample_items(load_items(cfg.data.path), cfg.data.n, cfg.seed)
     ref = resolve_model(cfg.model.path, cfg.model.base, cfg.model.prefer)
     provenance = model_provenance(ref, cfg.model.backend, cfg.model.dtype)
-    t0 = time.perf_counter()
-    model, tokenizer = load_for_eval(ref, cfg.model.backend, cfg.model.dtype, cfg.model.device)
-    load_s = time.perf_counter() - t0
+    tokenizer = load_tokenizer(_tokenizer_dir(ref))
     decoding = to_dict(cfg.decode)
     prompts = {str(it["id"]): build_prompt(tokenizer, it["question"], cfg.data.prompt) for it in items}
     out = Path(cfg.out)
     data_sha = sha256_file(cfg.data.path)
+    done = _check_resumable(_complete_records(out), out, provenance["fingerprint"], decoding, prompts)
+    todo = [it for it in items if str(it["id"]) not in done]
+    if done:
+        print(f"resuming {out}: {len(done)} of {len(items)} items already done", file=sys.stderr)
+    t0 = time.perf_counter()
+    model = None
+    if todo:  # loaded before the output is touched: a model that fails to load leaves nothing behind
+        model, tokenizer = load_for_eval(ref, cfg.model.backend, cfg.model.dtype, cfg.model.device)
+    load_s = time.perf_counter() - t0
 
     with JsonlAppender(out) as sink:
-        done = _check_resumable(sink.existing, out, provenance["fingerprint"], decoding, prompts)
-        todo = [it for it in items if str(it["id"]) not in done]
-        if done:
-            print(f"resuming {out}: {len(done)} of {len(items)} items already done", file=sys.stderr)
         todo_prompts = [prompts[str(it["id"])] for it in todo]
         t0 = time.perf_counter()
         for results in iter_completions(model, tokenizer, todo_prompts, cfg.decode, cfg.batch_size, progress):
