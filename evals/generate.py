@@ -543,18 +543,23 @@ def build_prompt(tokenizer: Any, question: str, style: str) -> str:
 
 
 def _check_resumable(
-    existing: list[Any], out: Path, fingerprint: str, decoding: dict, prompts: dict[str, str]
+    existing: list[Any], out: Path, model: dict[str, Any], decoding: dict, prompts: dict[str, str]
 ) -> set[str]:
+    """Ids an earlier attempt finished with these weights, backend, decoding and prompts; else an error."""
     done = set()
     for k, rec in enumerate(existing, 1):
         where = f"{out}: record {k}"
         if not isinstance(rec, dict) or "id" not in rec:
             raise InputError(f"{where}: not a prediction record")
         rid = str(rec["id"])
-        if (rec.get("model") or {}).get("fingerprint") != fingerprint:
+        theirs = rec.get("model") or {}
+        if theirs.get("fingerprint") != model["fingerprint"]:
             raise InputError(
                 f"{where}: written by other weights (model.fingerprint differs); use a new out path"
             )
+        for key in ("backend", "dtype"):
+            if theirs.get(key) != model[key]:
+                raise InputError(f"{where}: written with model.{key}={theirs.get(key)!r}; use a new out path")
         if rec.get("decoding") != decoding:
             raise InputError(
                 f"{where}: written with other decoding settings {rec.get('decoding')}; use a new out path"
@@ -597,7 +602,7 @@ def run(cfg: GenerateConfig, progress: bool = True) -> dict[str, Any]:
     prompts = {str(it["id"]): build_prompt(tokenizer, it["question"], cfg.data.prompt) for it in items}
     out = Path(cfg.out)
     data_sha = sha256_file(cfg.data.path)
-    done = _check_resumable(_complete_records(out), out, provenance["fingerprint"], decoding, prompts)
+    done = _check_resumable(_complete_records(out), out, provenance, decoding, prompts)
     todo = [it for it in items if str(it["id"]) not in done]
     if done:
         print(f"resuming {out}: {len(done)} of {len(items)} items already done", file=sys.stderr)

@@ -191,6 +191,9 @@ def test_resume_refuses_other_decoding_or_other_weights(tiny_gemma3, stopping_ge
     with pytest.raises(SystemExit) as err:
         gen.main(_args(stopping_gemma3, data, out))
     assert err.value.code == 2 and "other weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        gen.main(_args(tiny_gemma3, data, out, "model.dtype=bfloat16"))
+    assert err.value.code == 2 and "model.dtype='float32'" in capsys.readouterr().err
 
 
 def test_bad_model_dir_exits_2_with_one_line(tmp_path, capsys):
