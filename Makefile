@@ -48,3 +48,11 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 clean: ## Remove caches (keeps .venv, models/ and runs/)
 	rm -rf .pytest_cache .ruff_cache .benchmarks
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- data: trace datasets (issue 4) -------------------------------------------------------------
+.PHONY: data
+DATA_CONFIGS := configs/data/gsm8k.yaml configs/data/rg_mix.yaml configs/data/rg_gsm_symbolic.yaml
+
+data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into data/built/ (offline)
+	@for cfg in $(DATA_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
+	$(PY) -m scripts.dataset contamination data/built/rg_mix/train.jsonl data/built/gsm8k/test.jsonl

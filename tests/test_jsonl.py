@@ -48,6 +48,17 @@ def test_atomic_open_leaves_old_file_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == [p]
 
 
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    import os
+    import stat
+
+    p = tmp_path / "x.jsonl"
+    write_jsonl(p, [{"a": 1}])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+
+
 def test_appender_cuts_torn_line_and_resumes(tmp_path):
     p = tmp_path / "preds.jsonl"
     with JsonlAppender(p) as app:

@@ -1,0 +1,1 @@
+"""Trace datasets: builders (GSM8K, reasoning-gym, user files) and tools; run ``python -m scripts.dataset -h``."""
