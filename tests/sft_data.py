@@ -47,7 +47,9 @@ def gsm8k_records(split: str, n: int) -> list[dict[str, Any]]:
             item = json.loads(line)
             body, answer = item["answer"].split("####")
             steps = [re.sub(r"<<[^>]*>>", "", s).strip() for s in body.strip().splitlines() if s.strip()]
-            out.append(record(f"gsm8k-{split}-{k:05d}", item["question"], answer.strip().replace(",", ""), steps))
+            out.append(
+                record(f"gsm8k-{split}-{k:05d}", item["question"], answer.strip().replace(",", ""), steps)
+            )
     return out
 
 

@@ -18,6 +18,15 @@ from trainers_torch.sft import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, especially on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def load_tiny(path, attn="sdpa", softcap=None):
     """The tiny Gemma 3 with one sliding-window layer and one full-attention layer."""
     from transformers import AutoModelForCausalLM
@@ -50,7 +59,9 @@ def test_targets_are_exactly_the_completion(examples):
     # each example's targets decode to its trace target + end of turn, nothing of the prompt
     n0 = len(ex[0])
     t0 = targets[:n0][targets[:n0] != IGNORE].tolist()
-    assert "".join(tok.convert_ids_to_tokens(t0)) == format_target(records[0]["reasoning"], records[0]["answer"]) + end_of_turn(tok)
+    assert "".join(tok.convert_ids_to_tokens(t0)) == format_target(
+        records[0]["reasoning"], records[0]["answer"]
+    ) + end_of_turn(tok)
     # the target at position t is the token at t + 1
     keep = (targets != IGNORE).nonzero().squeeze(1)
     assert torch.equal(targets[keep], ids[keep + 1])
@@ -103,7 +114,9 @@ def test_packed_loss_equals_unpacked(tiny_gemma3, examples, attn):
     assert model.config.layer_types == ["sliding_attention", "full_attention"]
     assert all(len(e) > 2 * sliding for e in ex)  # the sliding-window layers really slide
     with torch.no_grad():
-        one_by_one = sum(completion_loss_sum(model, collate(ex, [[i]], tok.pad_token_id), 5).item() for i in range(4))
+        one_by_one = sum(
+            completion_loss_sum(model, collate(ex, [[i]], tok.pad_token_id), 5).item() for i in range(4)
+        )
         row = pack_rows([len(e) for e in ex[:4]], [0, 1, 2, 3], pack_tokens=10_000)
         assert row == [[0, 1, 2, 3]]
         packed = completion_loss_sum(model, collate(ex, row, tok.pad_token_id), 5).item()

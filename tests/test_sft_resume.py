@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, especially on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_gemma3, tmp_path_factory):
     root = tmp_path_factory.mktemp("sft-resume")
@@ -36,7 +45,7 @@ def setup(tiny_gemma3, tmp_path_factory):
             model: {{path: {tiny_gemma3}}}
             data: {{train: {train_file}, valid: {valid_file}, max_len: 400, pack_tokens: 700}}
             lora: {{rank: 4, alpha: 8, dropout: 0.1}}
-            train: {{max_steps: {STEPS}, grad_accum: 2}}
+            train: {{max_steps: {STEPS}, grad_accum: 2, threads: 1}}
             optim: {{lr: 3.0e-3, warmup_steps: 3}}
             eval: {{every_steps: 5, generate_n: 0}}
             checkpoint: {{every_steps: 3, keep_last: 2}}
@@ -48,7 +57,7 @@ def setup(tiny_gemma3, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(setup):
-    root, config = setup
+    _, config = setup
     cfg = load_sft_config(config, ["run_name=straight"])
     summary = train(cfg)
     return cfg, summary
@@ -136,7 +145,7 @@ def test_exports_load_back_with_the_adapters_logits(setup, uninterrupted, tiny_g
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg, summary = uninterrupted
+    _, summary = uninterrupted
     final, merged = Path(summary["final"]), Path(summary["merged"])
     assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
     assert list(merged.glob("*.safetensors")) and (merged / "tokenizer.json").is_file()
@@ -147,7 +156,11 @@ def test_exports_load_back_with_the_adapters_logits(setup, uninterrupted, tiny_g
     with torch.no_grad():
         want = adapter(input_ids=ids).logits
         got = exported(input_ids=ids).logits
-        plain = AutoModelForCausalLM.from_pretrained(str(tiny_gemma3), dtype=torch.float32).eval()(input_ids=ids).logits
+        plain = (
+            AutoModelForCausalLM.from_pretrained(str(tiny_gemma3), dtype=torch.float32)
+            .eval()(input_ids=ids)
+            .logits
+        )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - plain).abs().max() > 1e-3  # the adapter really changed the model
     tok = AutoTokenizer.from_pretrained(str(merged))
@@ -164,7 +177,7 @@ def test_exports_load_back_with_the_adapters_logits(setup, uninterrupted, tiny_g
 def test_full_finetune_run_exports_and_refuses_to_clobber(setup, tiny_gemma3):
     from transformers import AutoModelForCausalLM
 
-    root, config = setup
+    _, config = setup
     args = ["run_name=full", "train.method=full", "train.trainable_layers=1", "train.max_steps=2", "optim.name=adafactor",
             "eval.every_steps=0", "checkpoint.every_steps=0", "data.valid=null"]  # fmt: skip
     summary = train(load_sft_config(config, args))
@@ -173,7 +186,9 @@ def test_full_finetune_run_exports_and_refuses_to_clobber(setup, tiny_gemma3):
     model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_gemma3), dtype=torch.float32)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])}
-    assert changed and all(n.startswith(("model.layers.1.", "model.norm", "model.embed_tokens", "lm_head")) for n in changed)
+    assert changed and all(
+        n.startswith(("model.layers.1.", "model.norm", "model.embed_tokens", "lm_head")) for n in changed
+    )
     from common.errors import InputError
 
     with pytest.raises(InputError, match="resume=true"):

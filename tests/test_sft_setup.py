@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.errors import InputError
 from common.prompts import load_tokenizer
@@ -26,6 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, especially on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def trainable_names(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
@@ -35,7 +45,7 @@ def cfg_for(tiny, *overrides):
 
 
 def test_lora_defaults_to_every_decoder_linear_not_the_embedding(tiny_gemma3):
-    model, _ = build_model(cfg_for(tiny_gemma3, "lora.rank=4"))
+    model = build_model(cfg_for(tiny_gemma3, "lora.rank=4"))
     names = trainable_names(model)
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     covered = {(n.split(".layers.")[1].split(".")[0], n.split(".lora_")[0].rsplit(".", 1)[-1]) for n in names}
@@ -46,7 +56,9 @@ def test_lora_defaults_to_every_decoder_linear_not_the_embedding(tiny_gemma3):
 
 
 def test_lora_target_subset_and_last_layers(tiny_gemma3):
-    model, _ = build_model(cfg_for(tiny_gemma3, "lora.target_modules=[q_proj,v_proj]", "train.trainable_layers=1"))
+    model = build_model(
+        cfg_for(tiny_gemma3, "lora.target_modules=[q_proj,v_proj]", "train.trainable_layers=1")
+    )
     names = trainable_names(model)
     assert names and all(".layers.1." in n for n in names)
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"}
@@ -55,15 +67,17 @@ def test_lora_target_subset_and_last_layers(tiny_gemma3):
 
 
 def test_full_finetune_freezing_last_layers(tiny_gemma3):
-    model, _ = build_model(cfg_for(tiny_gemma3, "train.method=full", "train.trainable_layers=1"))
+    model = build_model(cfg_for(tiny_gemma3, "train.method=full", "train.trainable_layers=1"))
     names = trainable_names(model)
     assert any(n.startswith("model.layers.1.") for n in names)
     assert not any(n.startswith("model.layers.0.") for n in names)
     assert "model.norm.weight" in names
     assert "model.embed_tokens.weight" in names  # = lm_head.weight (tied)
-    model, _ = build_model(cfg_for(tiny_gemma3, "train.method=full", "train.trainable_layers=1", "train.train_lm_head=false"))
+    model = build_model(
+        cfg_for(tiny_gemma3, "train.method=full", "train.trainable_layers=1", "train.train_lm_head=false")
+    )
     assert "model.embed_tokens.weight" not in trainable_names(model)
-    model, _ = build_model(cfg_for(tiny_gemma3, "train.method=full"))
+    model = build_model(cfg_for(tiny_gemma3, "train.method=full"))
     assert trainable_names(model) == {n for n, _ in model.named_parameters()}
 
 
@@ -75,7 +89,9 @@ def test_overflow_is_counted_dropped_or_fails(tiny_gemma3, tmp_path):
     path = write_records(tmp_path / "train.jsonl", recs)
     lengths = [len(e) for e in tokenize_records(path, tok, DataConfig(max_len=2000, pack_tokens=2000))[0]]
     max_len = max(lengths[i] for i in range(10) if i not in (3, 7))
-    ex, kept, report = tokenize_records(path, tok, DataConfig(max_len=max_len, pack_tokens=2000, on_overflow="drop"))
+    ex, kept, report = tokenize_records(
+        path, tok, DataConfig(max_len=max_len, pack_tokens=2000, on_overflow="drop")
+    )
     assert len(ex) == len(kept) == 8 and [r["id"] for r in kept] == [e.id for e in ex]
     assert report["overflow_count"] == 2 and report["overflow_share"] == 0.2
     assert report["overflow_longest"] == {"id": "t-0007", "tokens": lengths[7]}
@@ -127,9 +143,16 @@ def test_bad_data_line_and_overflow_fail_write_nothing(tiny_gemma3, tmp_path, ca
     path = write_records(tmp_path / "train.jsonl", recs)
     path.write_text(path.read_text() + '{"id": "x", "question": 3}\n')
     out = tmp_path / "runs"
-    args = ["--config", "/dev/null", f"model.path={tiny_gemma3}", f"data.train={path}", "data.valid=null", f"output_dir={out}"]
+    args = [
+        "--config",
+        "/dev/null",
+        f"model.path={tiny_gemma3}",
+        f"data.train={path}",
+        "data.valid=null",
+        f"output_dir={out}",
+    ]
     code, err = run_main(args, capsys)
-    assert code == 2 and err.startswith(f"error: {path}:5:") and "question" in err
+    assert code == 2 and err.splitlines()[-1].startswith(f"error: {path}:5:") and "question" in err
     write_records(path, recs)
     code, err = run_main([*args, "data.max_len=50", "data.pack_tokens=50"], capsys)
     assert code == 2 and f"{path}:1: id 't-0000'" in err and "data.max_len=50" in err
@@ -140,10 +163,15 @@ def test_cli_exit_status_is_2(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("optim:\n  name: sgd\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "trainers_torch.sft", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "trainers_torch.sft", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {cfg}: optim.name: 'sgd' is not one of 'adamw', 'adafactor'"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {cfg}: optim.name: 'sgd' is not one of 'adamw', 'adafactor'"
+    ]
 
 
 def test_default_configs_load():

@@ -166,7 +166,9 @@ def load_checkpoint(
     with torch.no_grad():
         for name, value in weights.items():
             if params[name].shape != value.shape:
-                raise InputError(f"{path}/trainable.safetensors: {name}: shape {tuple(value.shape)}, model has {tuple(params[name].shape)}")
+                raise InputError(
+                    f"{path}/trainable.safetensors: {name}: shape {tuple(value.shape)}, model has {tuple(params[name].shape)}"
+                )
             params[name].copy_(value)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))

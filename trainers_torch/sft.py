@@ -26,7 +26,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +36,9 @@ from tqdm import tqdm
 
 from common.config import config_hash, load_config, split_cli
 from common.errors import InputError, cli
-from common.jsonl import atomic_open, dumps, iter_jsonl, write_json
+from common.jsonl import atomic_open, dumps, write_json
 from common.prompts import end_of_turn, format_prompt, format_target, load_tokenizer
+from common.records import iter_records
 from common.runs import MetricsLogger, RunDir, read_metrics, seed_everything
 from trainers_torch.checkpoint import (
     latest_checkpoint,
@@ -75,7 +76,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.pack_tokens < self.max_len:
-            raise ValueError(f"data.pack_tokens ({self.pack_tokens}) must be >= data.max_len ({self.max_len})")
+            raise ValueError(
+                f"data.pack_tokens ({self.pack_tokens}) must be >= data.max_len ({self.max_len})"
+            )
         if self.max_len < 8:
             raise ValueError("data.max_len must be >= 8")
 
@@ -174,22 +177,6 @@ def say(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line, record)`` of a trace-record JSONL file, validated by ``common.records`` when present."""
-    try:
-        from common.records import iter_records as strict
-    except ImportError:  # the record module of issue 4 is not on this branch yet
-        strict = None
-    if strict is not None:
-        yield from strict(path)
-        return
-    for lineno, rec in iter_jsonl(path):
-        for key in ("id", "question", "answer", "reasoning"):
-            if not isinstance(rec, dict) or not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise InputError(f"{path}:{lineno}: {key}: missing or not a non-empty string")
-        yield lineno, rec
-
-
 @dataclass
 class Example:
     id: str
@@ -213,7 +200,9 @@ def tokenize_records(
     """
     lines_records = [(ln, r) for ln, r in iter_records(path)]
     no_reasoning = [r["id"] for _, r in lines_records if (r.get("meta") or {}).get("has_reasoning") is False]
-    lines_records = [(ln, r) for ln, r in lines_records if (r.get("meta") or {}).get("has_reasoning") is not False]
+    lines_records = [
+        (ln, r) for ln, r in lines_records if (r.get("meta") or {}).get("has_reasoning") is not False
+    ]
     eot = end_of_turn(tok)
     prompts = [format_prompt(tok, r["question"], cfg.trace_format) for _, r in lines_records]
     targets = [format_target(r["reasoning"], r["answer"]) + eot for _, r in lines_records]
@@ -394,13 +383,17 @@ def causal_lm(model: Any) -> Any:
 def decoder_layers(lm: Any) -> torch.nn.ModuleList:
     layers = getattr(lm.get_decoder(), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
-        raise InputError(f"{type(lm).__name__}: no decoder .layers list; this trainer needs a decoder-only LM")
+        raise InputError(
+            f"{type(lm).__name__}: no decoder .layers list; this trainer needs a decoder-only LM"
+        )
     return layers
 
 
 def linear_module_names(lm: Any) -> list[str]:
     """Names (last component) of every ``nn.Linear`` inside the decoder blocks."""
-    names = {n.rsplit(".", 1)[-1] for n, m in decoder_layers(lm).named_modules() if isinstance(m, torch.nn.Linear)}
+    names = {
+        n.rsplit(".", 1)[-1] for n, m in decoder_layers(lm).named_modules() if isinstance(m, torch.nn.Linear)
+    }
     return sorted(names)
 
 
@@ -421,7 +414,9 @@ def apply_lora(lm: Any, cfg: SFTConfig) -> Any:
     targets = cfg.lora.target_modules or available
     unknown = sorted(set(targets) - set(available))
     if unknown:
-        raise InputError(f"lora.target_modules: {unknown} not linear layers of the decoder; available: {available}")
+        raise InputError(
+            f"lora.target_modules: {unknown} not linear layers of the decoder; available: {available}"
+        )
     layers = None
     n_layers = len(decoder_layers(lm))
     if cfg.train.trainable_layers is not None:
@@ -461,12 +456,11 @@ def freeze_for_full(lm: Any, cfg: TrainConfig) -> None:
             p.requires_grad_(True)
 
 
-def build_model(cfg: SFTConfig) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` ready to train: LoRA-wrapped or with the chosen parameters unfrozen."""
+def build_model(cfg: SFTConfig) -> Any:
+    """The model ready to train: LoRA-wrapped or with the chosen parameters unfrozen."""
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(cfg.model.path)
-    tok = load_tokenizer(path)
     lm = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation
     )
@@ -481,10 +475,12 @@ def build_model(cfg: SFTConfig) -> tuple[Any, Any]:
             load_adapter_weights(model, Path(cfg.model.init_adapter))
     else:
         if cfg.model.init_adapter:
-            raise InputError("model.init_adapter applies to train.method=lora; for full, point model.path at a merged/ dir")
+            raise InputError(
+                "model.init_adapter applies to train.method=lora; for full, point model.path at a merged/ dir"
+            )
         freeze_for_full(lm, cfg.train)
         model = lm
-    return model, tok
+    return model
 
 
 def load_adapter_weights(model: Any, adapter_dir: Path) -> None:
@@ -658,7 +654,9 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def generation_eval(model: Any, tok: Any, records: list[dict[str, Any]], cfg: SFTConfig, out: Path) -> dict[str, Any] | None:
+def generation_eval(
+    model: Any, tok: Any, records: list[dict[str, Any]], cfg: SFTConfig, out: Path
+) -> dict[str, Any] | None:
     """Generate on ``eval.generate_n`` held-out items with ``evals.generate`` and score with ``evals.score``.
 
     Returns the scalar scores, or ``None`` when the eval harness is not installed yet.
@@ -676,7 +674,9 @@ def generation_eval(model: Any, tok: Any, records: list[dict[str, Any]], cfg: SF
     lm.config.use_cache = True
     try:
         settings = DecodeSettings(max_new_tokens=cfg.eval.max_new_tokens)
-        outputs = generate_completions(model, tok, prompts, settings, batch_size=cfg.eval.batch_size, progress=True)
+        outputs = generate_completions(
+            model, tok, prompts, settings, batch_size=cfg.eval.batch_size, progress=True
+        )
     finally:
         lm.config.use_cache = False
         model.train(was_training)
@@ -704,7 +704,12 @@ def write_plots(run: RunDir) -> None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key, rows in series:
             if rows:
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o" if key == "valid_loss" else None, label=key)
+                ax.plot(
+                    [r["step"] for r in rows],
+                    [r[key] for r in rows],
+                    marker="o" if key == "valid_loss" else None,
+                    label=key,
+                )
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.legend()
@@ -817,14 +822,19 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     run_path, resume_from = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
-    seed_everything(cfg.seed)
-    model, tok = build_model(cfg)
-    train_ex, _, train_report = tokenize_records(cfg.data.train, tok, cfg.data, cfg.data.train_limit, cfg.seed)
+    tok = load_tokenizer(check_model_dir(cfg.model.path))
+    train_ex, _, train_report = tokenize_records(
+        cfg.data.train, tok, cfg.data, cfg.data.train_limit, cfg.seed
+    )
     valid_ex: list[Example] = []
     valid_records: list[dict[str, Any]] = []
     valid_report = None
     if cfg.data.valid:
-        valid_ex, valid_records, valid_report = tokenize_records(cfg.data.valid, tok, cfg.data, cfg.data.valid_limit)
+        valid_ex, valid_records, valid_report = tokenize_records(
+            cfg.data.valid, tok, cfg.data, cfg.data.valid_limit
+        )
+    seed_everything(cfg.seed)  # LoRA init and dropout follow the seed
+    model = build_model(cfg)
     rows_per_step = cfg.train.micro_batch_rows * cfg.train.grad_accum
     plan = DataPlan(train_ex, cfg.data.pack_tokens, rows_per_step, cfg.seed)
     total_steps = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
@@ -866,7 +876,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
         if state.get("config_hash") != resume_hash(cfg):
-            raise InputError(f"{resume_from}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config")
+            raise InputError(
+                f"{resume_from}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config"
+            )
         start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
         truncate_metrics(run.path, start_step)
         say(f"resumed from {resume_from} (step {start_step})")
@@ -884,8 +896,13 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             model,
             optimizer,
             scheduler,
-            {"epoch": epoch, "row_in_epoch": row, "rows_seen": step * rows_per_step,
-             "tokens_seen": tokens_seen, "config_hash": resume_hash(cfg)},  # fmt: skip
+            {
+                "epoch": epoch,
+                "row_in_epoch": row,
+                "rows_seen": step * rows_per_step,
+                "tokens_seen": tokens_seen,
+                "config_hash": resume_hash(cfg),
+            },
             save_adapter=save_adapter if cfg.train.method == "lora" else None,
             keep_last=cfg.checkpoint.keep_last,
         )
@@ -897,14 +914,19 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
             if valid_ex:
                 out["valid_loss"] = heldout_loss(model, valid_ex, cfg, pad_id)
             if cfg.eval.generate_n > 0 and valid_records and (final or cfg.eval.generate_during):
-                scores = generation_eval(model, tok, valid_records, cfg, run.eval / f"predictions-step-{step:06d}.jsonl")
+                scores = generation_eval(
+                    model, tok, valid_records, cfg, run.eval / f"predictions-step-{step:06d}.jsonl"
+                )
                 if scores is None:
                     out["generation_eval"] = "skipped: evals.generate/evals.score not available"
                 else:
                     out.update({f"gen_{k}": v for k, v in scores.items()})
         if out:
             logger.log(step, **out)
-            say(f"step {step}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()))
+            say(
+                f"step {step}: "
+                + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items())
+            )
         return out
 
     logger = MetricsLogger(run.path)
@@ -974,14 +996,19 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         "examples_seen": sum(r.get("examples", 0) for r in train_records),
         "tokens_seen": tokens_seen,
         "train_seconds_this_attempt": round(train_seconds, 2),
-        "tokens_per_s_this_attempt": round(tokens_this_attempt / train_seconds, 2) if train_seconds > 0 else None,
+        "tokens_per_s_this_attempt": round(tokens_this_attempt / train_seconds, 2)
+        if train_seconds > 0
+        else None,
         "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
         "resumed_from_step": start_step if resume_from is not None else None,
         **exported,
     }
     write_json(run.path / "summary.json", summary)
     run.finish(summary=summary)
-    say(f"done: {run.path} (final loss {summary['final_loss']:.4f}" + (f", valid loss {summary['valid_loss']:.4f})" if summary["valid_loss"] is not None else ")"))
+    say(
+        f"done: {run.path} (final loss {summary['final_loss']:.4f}"
+        + (f", valid loss {summary['valid_loss']:.4f})" if summary["valid_loss"] is not None else ")")
+    )
     return summary
 
 
