@@ -56,3 +56,18 @@ DATA_CONFIGS := configs/data/gsm8k.yaml configs/data/rg_mix.yaml configs/data/rg
 data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into data/built/ (offline)
 	@for cfg in $(DATA_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
 	$(PY) -m scripts.dataset contamination data/built/rg_mix/train.jsonl data/built/gsm8k/test.jsonl
+
+# --- train: SFT and curriculum (issue 5) --------------------------------------------------------
+.PHONY: train curriculum
+CONFIG ?= configs/sft_gemma3_270m_cpu.yaml
+RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(CONFIG) | head -n 1)
+TRAIN_ARGS ?=
+CURRICULUM_CONFIG ?= configs/curriculum/sft_gsm8k_steps_cpu.yaml
+
+train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; CONFIG=, RUN=, TRAIN_ARGS= override
+	$(PY) -m trainers_torch.sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
+	@echo "results in runs/$(RUN)/: metrics.jsonl, plots/, eval/, summary.json, final/ (LoRA adapter), merged/ (HF safetensors)"
+
+curriculum: $(STAMP) $(MODEL) data ## Curriculum SFT A→B→C on GSM8K stage files (CURRICULUM_CONFIG=, TRAIN_ARGS= override)
+	$(PY) -m scripts.dataset curriculum data/built/gsm8k/train.jsonl --config configs/curriculum/gsm8k_steps.yaml --out data/built/gsm8k/curriculum
+	$(PY) -m scripts.run_curriculum --config $(CURRICULUM_CONFIG) $(TRAIN_ARGS)

@@ -8,20 +8,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-GSM8K = Path("/work/shared/data/gsm8k")
-if not GSM8K.exists():
-    GSM8K = Path(__file__).resolve().parents[1] / "data" / "gsm8k"
+from common.records import make_record
+
+GSM8K = Path(__file__).resolve().parents[1] / "data" / "gsm8k"  # vendored raw GSM8K
 
 
-def record(rid: str, question: str, answer: str, steps: list[str], **meta: Any) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "question": question,
-        "answer": answer,
-        "reasoning": "\n".join(steps),
-        "steps": [{"i": i + 1, "type": "compute", "content": s} for i, s in enumerate(steps)],
-        "meta": {"source": "test", "category": "arithmetic", "difficulty": len(steps), **meta},
-    }
+def record(rid: str, question: str, answer: str, steps: list[str]) -> dict[str, Any]:
+    step_dicts = [{"i": i + 1, "type": "compute", "content": s} for i, s in enumerate(steps)]
+    return make_record(
+        rid,
+        question,
+        answer,
+        step_dicts,
+        {"source": "test", "category": "arithmetic", "difficulty": len(steps)},
+    )
 
 
 def arithmetic_records(n: int, seed: int = 0, prefix: str = "t") -> list[dict[str, Any]]:

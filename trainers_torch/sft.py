@@ -933,8 +933,6 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     model.train()
     last: dict[str, Any] = {}
     bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc=cfg.run_name)
-    t_train = time.perf_counter()
-    tokens_this_attempt = 0
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         rows = plan.step_rows(step)
@@ -955,7 +953,6 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         n_tokens = sum(b.n_tokens for b in micro)
         tokens_seen += n_tokens
-        tokens_this_attempt += n_tokens
         dt = time.perf_counter() - t0
         last = {
             "loss": loss_sum / n_targets,
@@ -979,13 +976,14 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         if done or (cfg.checkpoint.every_steps > 0 and (step + 1) % cfg.checkpoint.every_steps == 0):
             checkpoint(step + 1)
     bar.close()
-    train_seconds = time.perf_counter() - t_train
     final_eval = evaluate(total_steps, final=True)
     logger.close()
     write_plots(run)
     exported = export(model, tok, cfg, run) if cfg.export else {}
     metrics = read_metrics(run.path)
     train_records = [r for r in metrics if "loss" in r]
+    examples_seen = sum(r.get("examples", 0) for r in train_records)
+    step_seconds = sum(r.get("step_time_s", 0.0) for r in train_records)
     summary = {
         "run_dir": str(run.path),
         "steps": total_steps,
@@ -993,12 +991,11 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         "valid_loss": final_eval.get("valid_loss"),
         "final_eval": final_eval,
         "examples": len(train_ex),
-        "examples_seen": sum(r.get("examples", 0) for r in train_records),
+        "examples_seen": examples_seen,
         "tokens_seen": tokens_seen,
-        "train_seconds_this_attempt": round(train_seconds, 2),
-        "tokens_per_s_this_attempt": round(tokens_this_attempt / train_seconds, 2)
-        if train_seconds > 0
-        else None,
+        "train_seconds": round(step_seconds, 2),  # optimizer steps only (no eval/checkpoints), all attempts
+        "samples_per_s": round(examples_seen / step_seconds, 3) if step_seconds > 0 else None,
+        "tokens_per_s": round(tokens_seen / step_seconds, 1) if step_seconds > 0 else None,
         "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
         "resumed_from_step": start_step if resume_from is not None else None,
         **exported,
