@@ -130,3 +130,30 @@ def test_packed_loss_equals_unpacked(tiny_gemma3, examples, attn):
     assert abs(packed - one_by_one) / one_by_one < 1e-5
     assert abs(padded - one_by_one) / one_by_one < 1e-5
     assert abs(crossed - one_by_one) / one_by_one > 1e-4  # 10x the tolerance above
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examples):
+    from trainers_torch.sft import build_model, load_sft_config
+
+    tok, ex, _ = examples
+    batch = collate(ex, [[0, 1]], tok.pad_token_id)
+    grads = []
+    for gc in (False, True):
+        torch.manual_seed(0)
+        cfg = load_sft_config(
+            None, [f"model.path={tiny_gemma3}", "lora.dropout=0.0", f"train.gradient_checkpointing={gc}"]
+        )
+        model = build_model(cfg).train()
+        assert all(layer.gradient_checkpointing == gc for layer in model.get_base_model().model.layers)
+        with torch.no_grad():  # make the adapters matter (lora_B starts at zero)
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+        loss = completion_loss_sum(model, batch, 64) / batch.n_targets
+        loss.backward()
+        grads.append(
+            (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        )
+    assert abs(grads[0][0] - grads[1][0]) < 1e-6
+    for n, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7, msg=n)

@@ -46,7 +46,7 @@ from trainers_torch.checkpoint import (
     remove_partial,
     save_checkpoint,
 )
-from trainers_torch.model import check_model_dir, torch_dtype
+from trainers_torch.model import check_model_dir, default_device, torch_dtype
 
 IGNORE = -100
 
@@ -60,6 +60,7 @@ class ModelConfig:
     path: str = "models/gemma-3-270m"
     dtype: Literal["float32", "bfloat16"] = "float32"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
     init_adapter: str | None = None  # start LoRA from this PEFT adapter dir (curriculum stages)
 
 
@@ -456,6 +457,14 @@ def freeze_for_full(lm: Any, cfg: TrainConfig) -> None:
             p.requires_grad_(True)
 
 
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return default_device()
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("model.device=cuda but torch sees no CUDA device")
+    return name
+
+
 def build_model(cfg: SFTConfig) -> Any:
     """The model ready to train: LoRA-wrapped or with the chosen parameters unfrozen."""
     from transformers import AutoModelForCausalLM
@@ -464,6 +473,7 @@ def build_model(cfg: SFTConfig) -> Any:
     lm = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation
     )
+    lm.to(resolve_device(cfg.model.device))
     lm.config.use_cache = False
     if cfg.train.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -851,7 +861,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         cfg,
         data_files=data_files,
         model_dir=cfg.model.path,
-        device="cpu",
+        device=resolve_device(cfg.model.device),
         extra={
             "trainer": "trainers_torch.sft",
             "data_report": {"train": train_report, "valid": valid_report},
@@ -910,7 +920,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
     def evaluate(step: int, final: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        with torch.random.fork_rng(devices=[]):  # evals never move the training RNG
+        with torch.random.fork_rng(devices=[]):  # evals never move the (CPU) training RNG
             if valid_ex:
                 out["valid_loss"] = heldout_loss(model, valid_ex, cfg, pad_id)
             if cfg.eval.generate_n > 0 and valid_records and (final or cfg.eval.generate_during):
