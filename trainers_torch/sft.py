@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import random
@@ -840,9 +841,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     valid_records: list[dict[str, Any]] = []
     valid_report = None
     if cfg.data.valid:
-        valid_ex, valid_records, valid_report = tokenize_records(
-            cfg.data.valid, tok, cfg.data, cfg.data.valid_limit
-        )
+        valid_ex, _, valid_report = tokenize_records(cfg.data.valid, tok, cfg.data, cfg.data.valid_limit)
+        # generation needs no max_len: the first generate_n held-out records, long ones included
+        valid_records = [r for _, r in itertools.islice(iter_records(cfg.data.valid), cfg.eval.generate_n)]
     seed_everything(cfg.seed)  # LoRA init and dropout follow the seed
     model = build_model(cfg)
     rows_per_step = cfg.train.micro_batch_rows * cfg.train.grad_accum
