@@ -63,15 +63,15 @@ data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into d
 # --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
 .PHONY: eval eval-report chromium
 RUN ?=
-CONFIG ?= configs/eval/gsm8k_cpu.yaml
+EVAL_CONFIG ?= configs/eval/gsm8k_cpu.yaml
 EVAL_DATA := data/built/gsm8k/test.jsonl
 
 $(EVAL_DATA): | $(STAMP)
 	$(MAKE) data
 
-eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs RUN=runs/<name> on the same items -> runs/<name>/eval/ (CONFIG=configs/eval/...)
-	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<name> [CONFIG=$(CONFIG)]" >&2; exit 2; }
-	$(PY) -m evals.run_eval --run $(RUN) --config $(CONFIG)
+eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs RUN=runs/<name> on the same items -> runs/<name>/eval/ (EVAL_CONFIG=configs/eval/...)
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<name> [EVAL_CONFIG=$(EVAL_CONFIG)]" >&2; exit 2; }
+	$(PY) -m evals.run_eval --run $(RUN) --config $(EVAL_CONFIG)
 
 eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." -> runs/_compare/report.html
 	@test -n "$(RUNS)" || { echo "usage: make eval-report RUNS=\"runs/a runs/b\"" >&2; exit 2; }
