@@ -65,10 +65,11 @@ data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into d
 CONFIG ?= configs/sft_gemma3_270m_cpu.yaml
 RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(CONFIG) | head -n 1)
 TRAIN_ARGS ?=
+BACKEND ?= torch
 CURRICULUM_CONFIG ?= configs/curriculum/sft_gsm8k_steps_cpu.yaml
 
-train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; CONFIG=, RUN=, TRAIN_ARGS= override
-	$(PY) -m trainers_torch.sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
+train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; BACKEND=torch|jax, CONFIG=, RUN=, TRAIN_ARGS= override
+	$(PY) -m trainers_$(BACKEND).sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
 	@echo "results in runs/$(RUN)/: metrics.jsonl, plots/, eval/, summary.json, final/ (LoRA adapter), merged/ (HF safetensors)"
 
 curriculum: $(STAMP) $(MODEL) data ## Curriculum SFT A→B→C on GSM8K stage files (CURRICULUM_CONFIG=, TRAIN_ARGS= override)

@@ -136,3 +136,52 @@ def test_fsdp2_on_two_cpu_devices_matches_one_device(tiny6, rows):
     assert "fsdp" in two["sharding"], two["sharding"]
     for key in ("loss", "norm", "after"):
         assert abs(one[key] - two[key]) / abs(one[key]) < 1e-4, (key, one, two)
+
+
+def test_train_resume_and_merged_export_loads_in_transformers(tiny6, rows, tmp_path):
+    import jax
+    from flax import nnx
+    from transformers import AutoModelForCausalLM
+
+    import trainers_jax.sft as J
+    from trainers_jax.model import forward_logits
+
+    _, _, data = rows
+    args = ["--config", str(ROOT / "configs/sft_gemma3_270m_cpu.yaml"), f"model.path={tiny6}", f"data.train={data}",
+            f"data.valid={data}", "data.train_limit=null", "data.valid_limit=4", f"output_dir={tmp_path}", "run_name=r",
+            "train.max_steps=3", "checkpoint.every_steps=2", "eval.every_steps=0", f"train.loss_chunk_tokens={CHUNK}",
+            "optim.lr=1e-2", "lora.rank=4"]  # fmt: skip
+    assert J.main(args) == 0
+    run = tmp_path / "r"
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in train_recs] == [1, 2, 3] and all(m["grad_norm"] > 0 for m in train_recs[1:])
+    assert {"lr", "tokens_per_s", "completion_tokens", "tokens_seen", "epoch"} <= set(train_recs[0])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
+    with pytest.raises(SystemExit) as err:  # refuses to clobber
+        J.main(args)
+    assert err.value.code == 2
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "3")  # as if killed after the step-2 checkpoint
+    summary = J.train(J.load_sft_config(args[1], [*args[2:], "resume=true"]))
+    assert summary["resumed_from_step"] == 2
+    again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    again = [m for m in again if "loss" in m]
+    assert [m["step"] for m in again] == [1, 2, 3]
+    assert abs(again[-1]["loss"] - train_recs[-1]["loss"]) < 1e-5  # same rows, same state
+
+    # merged/ export of a LoRA model with non-zero adapters: transformers gives the JAX logits
+    cfg = J.load_sft_config(None, [f"model.path={tiny6}", "lora.rank=4", "lora.alpha=8"])
+    model, tok = J.build_model(cfg, J.make_mesh(1, 1))
+    key = jax.random.key(0)
+    for _path, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
+        key, sub = jax.random.split(key)
+        var.value = 0.05 * jax.random.normal(sub, var.value.shape, var.value.dtype)
+    out = J.export_merged(model, tok, tiny6, tmp_path / "merged", lora_alpha=cfg.lora.alpha)
+    ids = np.asarray([tok("3 and 4?").input_ids * 3], dtype=np.int32)
+    want = np.asarray(forward_logits(model, ids, np.ones_like(ids, dtype=bool)))
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = hf(torch.from_numpy(ids).long()).logits.numpy()
+    assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()

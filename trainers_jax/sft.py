@@ -129,7 +129,9 @@ def apply_lora(model: Any, cfg: SFTConfig) -> Any:
     provider = qwix.LoraProvider(
         module_path=lora_module_path(model, cfg), rank=cfg.lora.rank, alpha=cfg.lora.alpha
     )
-    return qwix.apply_lora_to_model(model, provider, **model.get_model_input())
+    return qwix.apply_lora_to_model(
+        model, provider, rngs=nnx.Rngs(cfg.seed), **model.get_model_input()
+    )  # seeded init
 
 
 def trainable_filter(cfg: SFTConfig, n_layers: int) -> Any:
@@ -188,16 +190,15 @@ def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 def hidden_states(model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """Final-norm hidden states [B, L, D]: Tunix's Gemma 3 body without the [B, L, V] head.
+    """Final-norm hidden states [B, L, D] of Tunix's Gemma 3 (``output_hidden_states`` sows them).
 
-    (``Gemma3.__call__`` always applies the head; its ``output_hidden_states`` only sows the
-    same tensor beside the full logits, so the body is run module by module here.)
+    The model is called as a whole (qwix's LoRA intercepts the model's ``__call__``, so the
+    submodules cannot be run one by one); the [B, L, V] logits it also returns are unused,
+    and XLA drops them from the jitted step.
     """
-    attn = packed_attention_mask(segment_ids)
-    x = model.embedder.encode(tokens)
-    for layer in model.layers:
-        _, x = layer(x, positions, None, attn)
-    return model.final_norm(x)
+    model(tokens, positions, None, packed_attention_mask(segment_ids), output_hidden_states=True)
+    (h,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"]
+    return h
 
 
 def head_loss_sum(
