@@ -33,7 +33,6 @@ Differences from torch that the frameworks force (and say so at start-up):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -52,11 +51,11 @@ from flax import nnx
 from tqdm import tqdm
 
 from common import sft_data
-from common.config import config_hash, load_config, split_cli
+from common.config import load_config, split_cli
 from common.errors import InputError, cli
 from common.jsonl import write_json
 from common.prompts import end_of_turn
-from common.runs import MetricsLogger, RunDir, read_metrics
+from common.runs import MetricsLogger, RunDir, read_metrics, resume_hash, write_plots
 from common.sft_config import SFTConfig, TrainConfig, lr_factor
 from common.sft_data import IGNORE, DataPlan, Example, overflow_line, pack_rows, tokenize_records
 from trainers_jax.model import load_model, make_mesh
@@ -509,27 +508,6 @@ def export_merged(
 # --------------------------------------------------------------------------------------------
 
 
-def resume_hash(cfg: SFTConfig) -> str:
-    """Config hash that must match between a checkpoint and the run resuming from it."""
-    return config_hash(dataclasses.replace(cfg, resume=False, overwrite=False))
-
-
-def clear_run(run_path: Path) -> None:
-    for name in ("checkpoints", "final", "merged", "plots", "eval", "tb"):
-        shutil.rmtree(run_path / name, ignore_errors=True)
-    (run_path / "metrics.jsonl").unlink(missing_ok=True)
-
-
-def truncate_metrics(run_path: Path, last_step: int) -> None:
-    """Drop metric records after ``last_step`` (written by the killed attempt after its checkpoint)."""
-    from common.jsonl import atomic_open, dumps
-
-    keep = [r for r in read_metrics(run_path) if r.get("step", 0) <= last_step]
-    with atomic_open(run_path / "metrics.jsonl") as fh:
-        for rec in keep:
-            fh.write(dumps(rec) + "\n")
-
-
 def train(cfg: JaxSFTConfig) -> dict[str, Any]:
     """Run one SFT job end to end; return its summary (also written to ``summary.json``)."""
     t_start = time.perf_counter()
@@ -563,7 +541,7 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
     lora_alpha = cfg.lora.alpha if cfg.train.method == "lora" else None
 
     if cfg.overwrite and not cfg.resume:
-        clear_run(run_path)
+        RunDir(run_path).clear()
     data_files = {"train": cfg.data.train, **({"valid": cfg.data.valid} if cfg.data.valid else {})}
     notes = []
     if cfg.train.method == "lora" and cfg.lora.dropout > 0:
@@ -607,7 +585,7 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
                 f"{run.checkpoints}/{latest}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config"
             )
         start_step, tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
-        truncate_metrics(run.path, start_step)
+        run.truncate_metrics(start_step)
         say(f"resumed from {run.checkpoints}/{latest} (step {start_step})")
     elif cfg.resume:
         say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
@@ -697,15 +675,6 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
     run.finish(summary=summary)
     say(f"done: {run.path} (final loss {summary['final_loss']:.4f})")
     return summary
-
-
-def write_plots(run: RunDir) -> None:
-    """The torch recipe's plots (loss, lr) from the same metrics.jsonl fields."""
-    from trainers_torch.sft import (
-        write_plots as torch_write_plots,
-    )  # matplotlib only; torch is installed beside
-
-    torch_write_plots(run)
 
 
 def load_sft_config(path: str | None, overrides: list[str]) -> JaxSFTConfig:

@@ -19,8 +19,6 @@ block-diagonal causal mask from the position ids (``find_packed_sequence_indices
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import os
 import shutil
 import sys
@@ -34,11 +32,11 @@ import torch
 from tqdm import tqdm
 
 from common import sft_data
-from common.config import config_hash, load_config, split_cli
+from common.config import load_config, split_cli
 from common.errors import InputError, cli
 from common.jsonl import atomic_open, dumps, write_json
 from common.prompts import end_of_turn, format_prompt, load_tokenizer
-from common.runs import MetricsLogger, RunDir, read_metrics, seed_everything
+from common.runs import MetricsLogger, RunDir, read_metrics, resume_hash, seed_everything, write_plots
 from common.sft_config import (  # noqa: F401  (re-exported: the recipe's config lives beside both trainers)
     CheckpointConfig,
     DataConfig,
@@ -422,38 +420,6 @@ def generation_eval(
     return {k: v for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def write_plots(run: RunDir) -> None:
-    """plots/loss.png (train + held-out loss) and plots/lr.png from metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(run.path)
-    train = [r for r in records if "loss" in r]
-    valid = [r for r in records if "valid_loss" in r]
-    if not train:
-        return
-    for name, series in (("loss", [("loss", train), ("valid_loss", valid)]), ("lr", [("lr", train)])):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key, rows in series:
-            if rows:
-                ax.plot(
-                    [r["step"] for r in rows],
-                    [r[key] for r in rows],
-                    marker="o" if key == "valid_loss" else None,
-                    label=key,
-                )
-        ax.set_xlabel("step")
-        ax.set_ylabel(name)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with atomic_open(run.plots / f"{name}.png", "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-        plt.close(fig)
-
-
 def _write_dir(target: Path, fill: Callable[[Path], None]) -> None:
     """Fill a temp dir beside ``target``, then swap it in: no half-written export is ever visible."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -511,11 +477,6 @@ def export(model: Any, tok: Any, cfg: SFTConfig, run: RunDir) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def resume_hash(cfg: SFTConfig) -> str:
-    """Config hash that must match between a checkpoint and the run resuming from it."""
-    return config_hash(dataclasses.replace(cfg, resume=False, overwrite=False))
-
-
 def prepare_run_dir(cfg: SFTConfig) -> tuple[Path, Path | None]:
     """``(run_path, checkpoint to resume from or None)``; refuses to clobber an existing run."""
     run_path = Path(cfg.output_dir) / cfg.run_name
@@ -530,22 +491,6 @@ def prepare_run_dir(cfg: SFTConfig) -> tuple[Path, Path | None]:
             "overwrite=true to start over, or another run_name"
         )
     return run_path, None
-
-
-def clear_run(run_path: Path) -> None:
-    for name in ("checkpoints", "final", "merged", "plots", "eval", "tb"):
-        shutil.rmtree(run_path / name, ignore_errors=True)
-    for name in ("metrics.jsonl",):
-        with contextlib.suppress(FileNotFoundError):
-            (run_path / name).unlink()
-
-
-def truncate_metrics(run_path: Path, last_step: int) -> None:
-    """Drop metric records after ``last_step`` (written by the killed attempt after its checkpoint)."""
-    keep = [r for r in read_metrics(run_path) if r.get("step", 0) <= last_step]
-    with atomic_open(run_path / "metrics.jsonl") as fh:
-        for rec in keep:
-            fh.write(dumps(rec) + "\n")
 
 
 def train(cfg: SFTConfig) -> dict[str, Any]:
@@ -578,7 +523,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     if resume_from is None and cfg.overwrite:
-        clear_run(run_path)
+        RunDir(run_path).clear()
     data_files = {"train": cfg.data.train, **({"valid": cfg.data.valid} if cfg.data.valid else {})}
     run = RunDir.start(
         run_path,
@@ -614,7 +559,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 f"{resume_from}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config"
             )
         start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        truncate_metrics(run.path, start_step)
+        run.truncate_metrics(start_step)
         say(f"resumed from {resume_from} (step {start_step})")
     elif cfg.resume:
         say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
