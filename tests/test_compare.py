@@ -157,10 +157,12 @@ def test_compare_cli_scores_pairs_and_warns(tmp_path, capsys):
 
 def test_compare_flags_different_prompts(tmp_path):
     data = _write(tmp_path / "d.jsonl", [{"id": "g0", "question": "q", "answer": "1"}])
-    a = _write(tmp_path / "a.jsonl", [{"id": "g0", "prompt": "P1", "completion": "1"}])
-    b = _write(tmp_path / "b.jsonl", [{"id": "g0", "prompt": "P2", "completion": "1"}])
+    same = {"fingerprint": "f" * 64}
+    a = _write(tmp_path / "a.jsonl", [{"id": "g0", "prompt": "P1", "completion": "1", "model": same}])
+    b = _write(tmp_path / "b.jsonl", [{"id": "g0", "prompt": "P2", "completion": "1", "model": same}])
     res = cmp.compare_files(a, b, data)
     assert any("different prompts" in w for w in res["warnings"])
+    assert any("same weights" in w for w in res["warnings"])
 
 
 # ----------------------------------------------------------------------------- prompt-suite checks
