@@ -10,7 +10,7 @@ MODEL_DIR := models/gemma-3-270m
 MODEL  := $(MODEL_DIR)/.complete
 PYTEST_ARGS ?=
 
-.PHONY: help setup model parity test test-fast lint format clean
+.PHONY: help setup model parity test test-fast bench lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,11 +31,14 @@ model: $(MODEL) ## Materialise Gemma 3 270M into models/gemma-3-270m (HF safeten
 parity: $(MODEL) ## Max |logit difference| torch vs JAX on the real model (exit 1 above 1e-3)
 	$(PY) -m scripts.parity --model $(MODEL_DIR)
 
-test: $(STAMP) $(MODEL) ## Run the whole test suite (tiny models + the real default model)
+test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the real default model)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## Tests that do not need the real model
+test-fast: $(STAMP) chromium ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
+
+bench: $(STAMP) ## pytest-benchmark suite of the hot paths, each beside a peer
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .
@@ -62,12 +65,32 @@ data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into d
 CONFIG ?= configs/sft_gemma3_270m_cpu.yaml
 RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(CONFIG) | head -n 1)
 TRAIN_ARGS ?=
+BACKEND ?= torch
 CURRICULUM_CONFIG ?= configs/curriculum/sft_gsm8k_steps_cpu.yaml
 
-train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; CONFIG=, RUN=, TRAIN_ARGS= override
-	$(PY) -m trainers_torch.sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
+train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; BACKEND=torch|jax, CONFIG=, RUN=, TRAIN_ARGS= override
+	$(PY) -m trainers_$(BACKEND).sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
 	@echo "results in runs/$(RUN)/: metrics.jsonl, plots/, eval/, summary.json, final/ (LoRA adapter), merged/ (HF safetensors)"
 
 curriculum: $(STAMP) $(MODEL) data ## Curriculum SFT A→B→C on GSM8K stage files (CURRICULUM_CONFIG=, TRAIN_ARGS= override)
 	$(PY) -m scripts.dataset curriculum data/built/gsm8k/train.jsonl --config configs/curriculum/gsm8k_steps.yaml --out data/built/gsm8k/curriculum
 	$(PY) -m scripts.run_curriculum --config $(CURRICULUM_CONFIG) $(TRAIN_ARGS)
+
+# --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
+.PHONY: eval eval-report chromium
+EVAL_CONFIG ?= configs/eval/gsm8k_cpu.yaml
+EVAL_DATA := data/built/gsm8k/test.jsonl
+
+$(EVAL_DATA): | $(STAMP)
+	$(MAKE) data
+
+eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs runs/<RUN> (default: the SFT default run) on the same held-out items -> runs/<RUN>/eval/
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run name> [EVAL_CONFIG=$(EVAL_CONFIG)]" >&2; exit 2; }
+	$(PY) -m evals.run_eval --run runs/$(RUN) --config $(EVAL_CONFIG)
+
+eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." -> runs/_compare/report.html
+	@test -n "$(RUNS)" || { echo "usage: make eval-report RUNS=\"runs/a runs/b\"" >&2; exit 2; }
+	$(PY) -m evals.report --compare $(RUNS) --out runs/_compare
+
+chromium: ## Install headless Chromium for the report render test (no-op when present)
+	@bash scripts/ensure_chromium.sh
