@@ -19,6 +19,7 @@ block-diagonal causal mask from the position ids (``find_packed_sequence_indices
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import shutil
@@ -393,7 +394,8 @@ def generation_eval(
 ) -> dict[str, Any] | None:
     """Generate on ``eval.generate_n`` held-out items with ``evals.generate`` and score with ``evals.score``.
 
-    Returns the scalar scores, or ``None`` when the eval harness is not installed yet.
+    Writes the predictions to ``out`` and the decoding settings + full score summary beside it
+    (``scores-*.json``); returns the scalar scores, or ``None`` when evals/ is not importable.
     """
     try:
         from evals.generate import DecodeSettings, generate_completions
@@ -419,6 +421,10 @@ def generation_eval(
         for rec in predictions:
             fh.write(dumps(rec) + "\n")
     scores = score_predictions(predictions, items)
+    write_json(
+        out.with_name(out.name.replace("predictions-", "scores-").replace(".jsonl", ".json")),
+        {"items": cfg.data.valid, "n": len(items), "decode": dataclasses.asdict(settings), "scores": scores},
+    )
     return {k: v for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
