@@ -60,18 +60,33 @@ data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into d
 	@for cfg in $(DATA_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
 	$(PY) -m scripts.dataset contamination data/built/rg_mix/train.jsonl data/built/gsm8k/test.jsonl
 
+# --- train: SFT and curriculum (issue 5) --------------------------------------------------------
+.PHONY: train curriculum
+CONFIG ?= configs/sft_gemma3_270m_cpu.yaml
+RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(CONFIG) | head -n 1)
+TRAIN_ARGS ?=
+BACKEND ?= torch
+CURRICULUM_CONFIG ?= configs/curriculum/sft_gsm8k_steps_cpu.yaml
+
+train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; BACKEND=torch|jax, CONFIG=, RUN=, TRAIN_ARGS= override
+	$(PY) -m trainers_$(BACKEND).sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
+	@echo "results in runs/$(RUN)/: metrics.jsonl, plots/, eval/, summary.json, final/ (LoRA adapter), merged/ (HF safetensors)"
+
+curriculum: $(STAMP) $(MODEL) data ## Curriculum SFT A→B→C on GSM8K stage files (CURRICULUM_CONFIG=, TRAIN_ARGS= override)
+	$(PY) -m scripts.dataset curriculum data/built/gsm8k/train.jsonl --config configs/curriculum/gsm8k_steps.yaml --out data/built/gsm8k/curriculum
+	$(PY) -m scripts.run_curriculum --config $(CURRICULUM_CONFIG) $(TRAIN_ARGS)
+
 # --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
 .PHONY: eval eval-report chromium
-RUN ?=
-CONFIG ?= configs/eval/gsm8k_cpu.yaml
+EVAL_CONFIG ?= configs/eval/gsm8k_cpu.yaml
 EVAL_DATA := data/built/gsm8k/test.jsonl
 
 $(EVAL_DATA): | $(STAMP)
 	$(MAKE) data
 
-eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs RUN=runs/<name> on the same items -> runs/<name>/eval/ (CONFIG=configs/eval/...)
-	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<name> [CONFIG=$(CONFIG)]" >&2; exit 2; }
-	$(PY) -m evals.run_eval --run $(RUN) --config $(CONFIG)
+eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs runs/<RUN> (default: the SFT default run) on the same held-out items -> runs/<RUN>/eval/
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run name> [EVAL_CONFIG=$(EVAL_CONFIG)]" >&2; exit 2; }
+	$(PY) -m evals.run_eval --run runs/$(RUN) --config $(EVAL_CONFIG)
 
 eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." -> runs/_compare/report.html
 	@test -n "$(RUNS)" || { echo "usage: make eval-report RUNS=\"runs/a runs/b\"" >&2; exit 2; }

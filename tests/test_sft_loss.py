@@ -1,0 +1,159 @@
+"""The SFT loss: chunked LM head == HF's full loss; packed rows == examples one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.prompts import end_of_turn, format_target, load_tokenizer
+from tests.sft_data import arithmetic_records, write_records
+from trainers_torch.sft import (
+    IGNORE,
+    DataConfig,
+    collate,
+    completion_loss_sum,
+    lm_head_loss_sum,
+    pack_rows,
+    tokenize_records,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, especially on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def load_tiny(path, attn="sdpa", softcap=None):
+    """The tiny Gemma 3 with one sliding-window layer and one full-attention layer."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=torch.float32,
+        attn_implementation=attn,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    model.config.final_logit_softcapping = softcap
+    model.config.use_cache = False
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_gemma3, tmp_path_factory):
+    tok = load_tokenizer(tiny_gemma3)
+    path = write_records(tmp_path_factory.mktemp("data") / "train.jsonl", arithmetic_records(6, seed=3))
+    ex, records, report = tokenize_records(path, tok, DataConfig(max_len=600, pack_tokens=2000))
+    assert report["overflow_count"] == 0 and len(ex) == 6
+    return tok, ex, records
+
+
+def test_targets_are_exactly_the_completion(examples):
+    tok, ex, records = examples
+    batch = collate(ex, [[0, 1]], pad_id=tok.pad_token_id)
+    targets = batch.targets[0]
+    ids = batch.input_ids[0]
+    # each example's targets decode to its trace target + end of turn, nothing of the prompt
+    n0 = len(ex[0])
+    t0 = targets[:n0][targets[:n0] != IGNORE].tolist()
+    assert "".join(tok.convert_ids_to_tokens(t0)) == format_target(
+        records[0]["reasoning"], records[0]["answer"]
+    ) + end_of_turn(tok)
+    # the target at position t is the token at t + 1
+    keep = (targets != IGNORE).nonzero().squeeze(1)
+    assert torch.equal(targets[keep], ids[keep + 1])
+    # no target crosses from example 0 into example 1 (example 1 starts with its prompt)
+    assert targets[n0 - 1] == IGNORE
+    assert batch.position_ids[0, n0] == 0 and batch.position_ids[0, n0 - 1] == n0 - 1
+    assert batch.n_targets == sum(len(e) - e.n_prompt for e in ex[:2])
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_loss_and_grads_equal_hf_full_loss(tiny_gemma3, examples, softcap):
+    tok, ex, _ = examples
+    e = ex[1]
+    ids = torch.tensor([e.ids])
+    labels = ids.clone()
+    labels[0, : e.n_prompt] = IGNORE
+
+    ref = load_tiny(tiny_gemma3, softcap=softcap)
+    ref_loss = ref(input_ids=ids, labels=labels).loss
+    ref_loss.backward()
+
+    model = load_tiny(tiny_gemma3, softcap=softcap)
+    batch = collate(ex, [[1]], pad_id=tok.pad_token_id)
+    loss = completion_loss_sum(model, batch, chunk=7) / batch.n_targets  # several chunks
+    loss.backward()
+
+    assert abs(loss.item() - ref_loss.item()) < 1e-5
+    ref_grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():  # includes the tied embedding / lm_head weight
+        torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_head_loss_without_grad_matches(tiny_gemma3):
+    model = load_tiny(tiny_gemma3, softcap=2.0)
+    h = torch.randn(10, model.config.hidden_size)
+    y = torch.randint(0, model.config.vocab_size, (10,))
+    logits = model.lm_head(h)
+    logits = torch.tanh(logits / 2.0) * 2.0
+    want = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+    with torch.no_grad():
+        got = lm_head_loss_sum(h, model.lm_head, y, chunk=3, softcap=2.0)
+    assert abs(got.item() - want.item()) < 1e-4
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked(tiny_gemma3, examples, attn):
+    tok, ex, _ = examples
+    model = load_tiny(tiny_gemma3, attn=attn)
+    sliding = model.config.sliding_window
+    assert model.config.layer_types == ["sliding_attention", "full_attention"]
+    assert all(len(e) > 2 * sliding for e in ex)  # the sliding-window layers really slide
+    with torch.no_grad():
+        one_by_one = sum(
+            completion_loss_sum(model, collate(ex, [[i]], tok.pad_token_id), 5).item() for i in range(4)
+        )
+        row = pack_rows([len(e) for e in ex[:4]], [0, 1, 2, 3], pack_tokens=10_000)
+        assert row == [[0, 1, 2, 3]]
+        packed = completion_loss_sum(model, collate(ex, row, tok.pad_token_id), 5).item()
+        # two rows of different lengths in one batch: right padding is a separate segment
+        two_rows = collate(ex, [[0, 1], [2], [3]], tok.pad_token_id)
+        padded = completion_loss_sum(model, two_rows, 5).item()
+        # control: the same row without per-example positions (plain causal attention) differs
+        naive = collate(ex, row, tok.pad_token_id)
+        naive.position_ids = torch.arange(naive.input_ids.shape[1])[None]
+        crossed = completion_loss_sum(model, naive, 5).item()
+    assert abs(packed - one_by_one) / one_by_one < 1e-5
+    assert abs(padded - one_by_one) / one_by_one < 1e-5
+    assert abs(crossed - one_by_one) / one_by_one > 1e-4  # 10x the tolerance above
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examples):
+    from trainers_torch.sft import build_model, load_sft_config
+
+    tok, ex, _ = examples
+    batch = collate(ex, [[0, 1]], tok.pad_token_id)
+    grads = []
+    for gc in (False, True):
+        torch.manual_seed(0)
+        cfg = load_sft_config(
+            None, [f"model.path={tiny_gemma3}", "lora.dropout=0.0", f"train.gradient_checkpointing={gc}"]
+        )
+        model = build_model(cfg).train()
+        assert all(layer.gradient_checkpointing == gc for layer in model.get_base_model().model.layers)
+        with torch.no_grad():  # make the adapters matter (lora_B starts at zero)
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+        loss = completion_loss_sum(model, batch, 64) / batch.n_targets
+        loss.backward()
+        grads.append(
+            (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        )
+    assert abs(grads[0][0] - grads[1][0]) < 1e-6
+    for n, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7, msg=n)

@@ -1,0 +1,183 @@
+"""SFT set-up: parameter selection (LoRA targets, freezing), overflow accounting, config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.errors import InputError
+from common.prompts import load_tokenizer
+from tests.sft_data import arithmetic_records, write_records
+from trainers_torch.sft import (
+    DataConfig,
+    DataPlan,
+    build_model,
+    load_sft_config,
+    main,
+    pack_rows,
+    tokenize_records,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, especially on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def cfg_for(tiny, *overrides):
+    return load_sft_config(None, [f"model.path={tiny}", *overrides])
+
+
+def test_lora_defaults_to_every_decoder_linear_not_the_embedding(tiny_gemma3):
+    model = build_model(cfg_for(tiny_gemma3, "lora.rank=4"))
+    names = trainable_names(model)
+    assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
+    covered = {(n.split(".layers.")[1].split(".")[0], n.split(".lora_")[0].rsplit(".", 1)[-1]) for n in names}
+    assert covered == {(str(i), m) for i in range(2) for m in LINEAR}
+    assert not any("embed" in n or "lm_head" in n for n in names)
+    lm = model.get_base_model()
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight and not lm.lm_head.weight.requires_grad
+
+
+def test_lora_target_subset_and_last_layers(tiny_gemma3):
+    model = build_model(
+        cfg_for(tiny_gemma3, "lora.target_modules=[q_proj,v_proj]", "train.trainable_layers=1")
+    )
+    names = trainable_names(model)
+    assert names and all(".layers.1." in n for n in names)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"}
+    with pytest.raises(InputError, match="lm_head"):
+        build_model(cfg_for(tiny_gemma3, "lora.target_modules=[lm_head]"))
+
+
+def test_full_finetune_freezing_last_layers(tiny_gemma3):
+    model = build_model(cfg_for(tiny_gemma3, "train.method=full", "train.trainable_layers=1"))
+    names = trainable_names(model)
+    assert any(n.startswith("model.layers.1.") for n in names)
+    assert not any(n.startswith("model.layers.0.") for n in names)
+    assert "model.norm.weight" in names
+    assert "model.embed_tokens.weight" in names  # = lm_head.weight (tied)
+    model = build_model(
+        cfg_for(tiny_gemma3, "train.method=full", "train.trainable_layers=1", "train.train_lm_head=false")
+    )
+    assert "model.embed_tokens.weight" not in trainable_names(model)
+    model = build_model(cfg_for(tiny_gemma3, "train.method=full"))
+    assert trainable_names(model) == {n for n, _ in model.named_parameters()}
+
+
+def test_overflow_is_counted_dropped_or_fails(tiny_gemma3, tmp_path):
+    tok = load_tokenizer(tiny_gemma3)
+    recs = arithmetic_records(10, seed=1)
+    recs[3]["question"] += " Please be careful." * 20  # two records far over the limit
+    recs[7]["question"] += " Think again." * 30
+    path = write_records(tmp_path / "train.jsonl", recs)
+    lengths = [len(e) for e in tokenize_records(path, tok, DataConfig(max_len=2000, pack_tokens=2000))[0]]
+    max_len = max(lengths[i] for i in range(10) if i not in (3, 7))
+    ex, kept, report = tokenize_records(
+        path, tok, DataConfig(max_len=max_len, pack_tokens=2000, on_overflow="drop")
+    )
+    assert len(ex) == len(kept) == 8 and [r["id"] for r in kept] == [e.id for e in ex]
+    assert report["overflow_count"] == 2 and report["overflow_share"] == 0.2
+    assert report["overflow_longest"] == {"id": "t-0007", "tokens": lengths[7]}
+    assert report["overflow_ids"] == ["t-0003", "t-0007"]
+    with pytest.raises(InputError) as err:
+        tokenize_records(path, tok, DataConfig(max_len=max_len, pack_tokens=2000, on_overflow="fail"))
+    assert f"{path}:4: id 't-0003'" in str(err.value) and f"{lengths[3]} tokens" in str(err.value)
+
+
+def test_packing_is_greedy_in_order_and_seeded(tiny_gemma3):
+    assert pack_rows([3, 4, 5, 2, 6], [0, 1, 2, 3, 4], 8) == [[0, 1], [2, 3], [4]]
+    from trainers_torch.sft import Example
+
+    ex = [Example(str(i), i, [0] * (10 + i), 3) for i in range(20)]
+    a, b = DataPlan(ex, 40, 2, seed=1), DataPlan(ex, 40, 2, seed=1)
+    assert [a.step_rows(k) for k in range(12)] == [b.step_rows(k) for k in range(12)]
+    assert a.epoch_rows(0) != DataPlan(ex, 40, 2, seed=2).epoch_rows(0)
+    assert a.epoch_rows(0) != a.epoch_rows(1)  # reshuffled each epoch
+    assert sorted(i for row in a.epoch_rows(0) for i in row) == list(range(20))
+    total = a.total_steps(epochs=2.0, max_steps=None)
+    assert total == -(-(len(a.epoch_rows(0)) + len(a.epoch_rows(1))) // 2)
+
+
+def run_main(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return exc.value.code, capsys.readouterr().err.strip()
+
+
+def test_config_errors_exit_2_with_one_line(tiny_gemma3, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model:\n  path: {tiny_gemma3}\ntrian:\n  epochs: 1\n")
+    code, err = run_main(["--config", str(cfg)], capsys)
+    assert code == 2 and "unknown key 'trian'" in err and "train" in err and len(err.splitlines()) == 1
+    code, err = run_main(["--config", str(cfg).replace("c.yaml", "none.yaml")], capsys)
+    assert code == 2 and "config file not found" in err
+    good = tmp_path / "g.yaml"
+    good.write_text(f"model:\n  path: {tiny_gemma3}\n")
+    code, err = run_main(["--config", str(good), "train.epochs=many"], capsys)
+    assert code == 2 and "train.epochs" in err
+    code, err = run_main(["--config", str(good), "data.max_len=512", "data.pack_tokens=256"], capsys)
+    assert code == 2 and "pack_tokens" in err
+    code, err = run_main(["--config", str(good), "model.path=/nonexistent"], capsys)
+    assert code == 2 and "config.json missing" in err
+
+
+def test_bad_data_line_and_overflow_fail_write_nothing(tiny_gemma3, tmp_path, capsys):
+    recs = arithmetic_records(4)
+    path = write_records(tmp_path / "train.jsonl", recs)
+    path.write_text(path.read_text() + '{"id": "x", "question": 3}\n')
+    out = tmp_path / "runs"
+    args = [
+        "--config",
+        "/dev/null",
+        f"model.path={tiny_gemma3}",
+        f"data.train={path}",
+        "data.valid=null",
+        f"output_dir={out}",
+    ]
+    code, err = run_main(args, capsys)
+    assert code == 2 and err.splitlines()[-1].startswith(f"error: {path}:5:") and "question" in err
+    write_records(path, recs)
+    code, err = run_main([*args, "data.max_len=50", "data.pack_tokens=50"], capsys)
+    assert code == 2 and f"{path}:1: id 't-0000'" in err and "data.max_len=50" in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_cli_exit_status_is_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  name: sgd\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainers_torch.sft", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {cfg}: optim.name: 'sgd' is not one of 'adamw', 'adafactor'"
+    ]
+
+
+def test_default_configs_load():
+    for name in ("sft_gemma3_270m_cpu.yaml", "sft_gemma3_1b_gpu.yaml"):
+        cfg = load_sft_config(ROOT / "configs" / name, [])
+        assert cfg.data.pack_tokens >= cfg.data.max_len
+    cpu = load_sft_config(ROOT / "configs" / "sft_gemma3_270m_cpu.yaml", [])
+    assert cpu.run_name == "sft-gemma3-270m-cpu" and cpu.model.dtype == "float32"
+    json.dumps(cpu.__dict__, default=str)
