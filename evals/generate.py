@@ -393,8 +393,8 @@ def resolve_model(path: str, base: str | None = None, prefer: str = "merged") ->
         return options[0]
     if _looks_like_orbax(p) or _looks_like_orbax(p / "checkpoints"):
         raise InputError(
-            f"model.path {p}: looks like a Tunix/Orbax checkpoint; loading those for eval comes with the "
-            "JAX trainer (not on this branch yet). Export merged HF safetensors and point model.path there"
+            f"model.path {p}: looks like Tunix/Orbax checkpoints without an HF export; evals load HF "
+            "safetensors only (trainers_jax.sft writes merged/ at the end of a run: point model.path at that run)"
         )
     if (p / "run_manifest.json").is_file() or (p / "config.yaml").is_file():
         raise InputError(
