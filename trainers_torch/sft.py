@@ -133,14 +133,6 @@ def linear_module_names(lm: Any) -> list[str]:
     return sorted(names)
 
 
-def layer_prefix(lm: Any) -> str:
-    layers = decoder_layers(lm)
-    for name, module in lm.named_modules():
-        if module is layers:
-            return name
-    raise InputError("decoder layers not found among the model's modules")
-
-
 def apply_lora(lm: Any, cfg: SFTConfig) -> Any:
     """Wrap ``lm`` with LoRA adapters (PEFT) on the decoder's linear layers; the embedding stays frozen."""
     from peft import LoraConfig as PeftLoraConfig
