@@ -10,7 +10,7 @@ MODEL_DIR := models/gemma-3-270m
 MODEL  := $(MODEL_DIR)/.complete
 PYTEST_ARGS ?=
 
-.PHONY: help setup model parity test test-fast lint format clean
+.PHONY: help setup model parity test test-fast bench lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ test: $(STAMP) $(MODEL) ## Run the whole test suite (tiny models + the real defa
 
 test-fast: $(STAMP) ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
+
+bench: $(STAMP) ## pytest-benchmark suite of the hot paths, each beside a peer
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

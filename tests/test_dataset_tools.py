@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from data_helpers import rec, write
 
 from common.config import load_config
 from common.errors import InputError
@@ -20,6 +19,7 @@ from scripts.dataset.curriculum import CurriculumConfig, assign_stage
 from scripts.dataset.splits import split_by_fraction, split_by_size
 from scripts.dataset.text import looks_english, normalise
 from scripts.dataset.tools import FilterConfig, rule_failure
+from tests.data_helpers import rec, write
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,11 +8,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from data_helpers import rec, write
 
 from common.errors import InputError
 from common.jsonl import MAX_LINE_BYTES
 from common.records import load_records, make_record, scan_records, target_text, validate_record
+from tests.data_helpers import rec, write
 
 
 def test_valid_record_has_no_reasons() -> None:
