@@ -31,7 +31,7 @@ model: $(MODEL) ## Materialise Gemma 3 270M into models/gemma-3-270m (HF safeten
 parity: $(MODEL) ## Max |logit difference| torch vs JAX on the real model (exit 1 above 1e-3)
 	$(PY) -m scripts.parity --model $(MODEL_DIR)
 
-test: $(STAMP) $(MODEL) ## Run the whole test suite (tiny models + the real default model)
+test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the real default model)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Tests that do not need the real model
@@ -74,3 +74,24 @@ train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into r
 curriculum: $(STAMP) $(MODEL) data ## Curriculum SFT A→B→C on GSM8K stage files (CURRICULUM_CONFIG=, TRAIN_ARGS= override)
 	$(PY) -m scripts.dataset curriculum data/built/gsm8k/train.jsonl --config configs/curriculum/gsm8k_steps.yaml --out data/built/gsm8k/curriculum
 	$(PY) -m scripts.run_curriculum --config $(CURRICULUM_CONFIG) $(TRAIN_ARGS)
+
+# --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
+.PHONY: eval eval-report chromium
+# CONFIG and RUN are shared names with `make train`: the eval defaults are target-specific.
+eval: CONFIG = configs/eval/gsm8k_cpu.yaml
+eval: RUN =
+EVAL_DATA := data/built/gsm8k/test.jsonl
+
+$(EVAL_DATA): | $(STAMP)
+	$(MAKE) data
+
+eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs RUN=runs/<name> on the same items -> runs/<name>/eval/ (CONFIG=configs/eval/...)
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<name> [CONFIG=$(CONFIG)]" >&2; exit 2; }
+	$(PY) -m evals.run_eval --run $(RUN) --config $(CONFIG)
+
+eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." -> runs/_compare/report.html
+	@test -n "$(RUNS)" || { echo "usage: make eval-report RUNS=\"runs/a runs/b\"" >&2; exit 2; }
+	$(PY) -m evals.report --compare $(RUNS) --out runs/_compare
+
+chromium: ## Install headless Chromium for the report render test (no-op when present)
+	@bash scripts/ensure_chromium.sh

@@ -1,0 +1,671 @@
+"""Batched decoding of eval prompts into ``predictions.jsonl``, written as it goes.
+
+    python -m evals.generate --config configs/eval/gsm8k_cpu.yaml key=value ...
+
+Loads a base HF model, a PEFT adapter dir, a merged HF export or a run dir (``final/``
+adapter or ``merged/`` export), on torch (HF ``generate``, left padding, KV cache) or JAX
+(Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
+shared chat format, and appends one record per item as soon as its batch finishes:
+``{id, prompt, completion, prompt_tokens, completion_tokens, stop_reason, model, decoding}``.
+A crashed run resumes without redoing finished ids. A model that does not load, or whose
+completions are all empty, is an error (exit 2): nothing downstream may score that.
+
+The library entry point, ``generate_completions(model, tokenizer, prompts, settings)``, is
+what trainers call for their held-out generation evals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from common.config import load_config, split_cli, to_dict
+from common.errors import InputError, cli
+from common.jsonl import JsonlAppender, iter_jsonl
+from common.prompts import END_OF_TURN, end_of_turn, format_prompt
+from common.runs import library_versions, now_iso, seed_everything, sha256_file, weights_sha256
+
+StopReason = Literal["end_of_turn", "eos", "max_new_tokens"]
+PROMPT_STYLES = ("text", "yaml", "plain")  # trace instruction (text / yaml) or the bare question
+
+
+@dataclass
+class DecodeSettings:
+    """How to decode. ``temperature == 0`` is greedy (``top_k``/``top_p`` then unused)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = no top-k filtering
+    top_p: float = 1.0
+    seed: int = 0  # sampling RNG; greedy ignores it
+    stop_at_end_of_turn: bool = True  # also stop on the chat end-of-turn token, not only on eos
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class ModelSpec:
+    path: str = "models/gemma-3-270m"  # HF dir, PEFT adapter dir, merged export, or runs/<name>
+    base: str | None = None  # base model for an adapter whose adapter_config/run config names none here
+    backend: Literal["torch", "jax"] = "torch"
+    dtype: str = "float32"
+    device: str = "auto"  # torch only: auto = cuda when available, else cpu
+    prefer: Literal["merged", "adapter"] = "merged"  # a run dir holding both final/ and merged/
+
+
+@dataclass
+class DataSpec:
+    path: str = "data/built/gsm8k/test.jsonl"
+    n: int = 500  # items sampled with `seed`; 0 = all
+    prompt: Literal["text", "yaml", "plain"] = "text"
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError(f"data.n must be >= 0 (0 = all), got {self.n}")
+
+
+@dataclass
+class GenerateConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    batch_size: int = 16
+    seed: int = 0  # picks the item sample (the same seed gives the same items for every model)
+    out: str = "runs/eval/predictions.jsonl"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _is_torch_model(model: Any) -> bool:
+    return any(c.__module__.startswith("torch.") for c in type(model).__mro__)
+
+
+def stop_token_ids(tokenizer: Any, settings: DecodeSettings) -> dict[int, StopReason]:
+    """Token id -> the stop reason it stands for (eos always; end-of-turn when asked)."""
+    stops: dict[int, StopReason] = {}
+    if settings.stop_at_end_of_turn:
+        eot = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
+        if isinstance(eot, int) and eot != tokenizer.unk_token_id:
+            stops[eot] = "end_of_turn"
+    if tokenizer.eos_token_id is not None:
+        stops.setdefault(tokenizer.eos_token_id, "eos")
+    return stops
+
+
+def _finish(tokenizer: Any, generated: list[int], stops: dict[int, StopReason], prompt_tokens: int) -> dict:
+    """Cut ``generated`` at its first stop token and describe it."""
+    reason: StopReason = "max_new_tokens"
+    end = len(generated)
+    for i, tok in enumerate(generated):
+        if tok in stops:
+            reason, end = stops[tok], i
+            break
+    text = tokenizer.decode(generated[:end], skip_special_tokens=True)
+    if text.endswith(END_OF_TURN):  # a tokenizer that does not mark it special
+        text = text[: -len(END_OF_TURN)]
+    return {
+        "completion": text,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": end + (reason != "max_new_tokens"),  # the stop token counts
+        "stop_reason": reason,
+    }
+
+
+def _torch_batches(
+    model: Any, tokenizer: Any, prompts: list[str], settings: DecodeSettings, batch_size: int
+) -> Iterator[list[tuple[int, dict]]]:
+    import torch
+    from transformers import GenerationConfig
+
+    stops = stop_token_ids(tokenizer, settings)
+    # Every sampling knob explicit (top_k=0 is off), so a model's generation_config cannot add its own.
+    sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
+    if not settings.greedy:
+        sampling["top_k"] = settings.top_k
+    gen_cfg = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=not settings.greedy,
+        eos_token_id=list(stops),
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling,
+    )
+    device = next(model.parameters()).device
+    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # little padding per batch
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start : start + batch_size]
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the caller's setting is restored
+        try:
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+        finally:
+            tokenizer.padding_side = side
+        if not settings.greedy:
+            torch.manual_seed(settings.seed * 1_000_003 + b)
+        with torch.inference_mode():
+            out = model.generate(**enc, generation_config=gen_cfg)
+        new = out[:, enc.input_ids.shape[1] :].tolist()
+        n_prompt = enc.attention_mask.sum(dim=1).tolist()
+        yield [(i, _finish(tokenizer, new[k], stops, int(n_prompt[k]))) for k, i in enumerate(idx)]
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _jax_batches(
+    model: Any, tokenizer: Any, prompts: list[str], settings: DecodeSettings, batch_size: int
+) -> Iterator[list[tuple[int, dict]]]:
+    """Tunix ``Sampler`` on an NNX model; shapes fixed across batches so it compiles once."""
+    import numpy as np
+    from tunix.generate import sampler as tunix_sampler
+
+    stops = stop_token_ids(tokenizer, settings)
+    cfg = model.config
+    probe = tunix_sampler.Sampler(
+        model, tokenizer, tunix_sampler.CacheConfig(1, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
+    )
+    lengths = [len(probe.tokenize(p)) for p in prompts]
+    prompt_len = _next_pow2(max(lengths))
+    cache = tunix_sampler.CacheConfig(
+        cache_size=prompt_len + settings.max_new_tokens,
+        num_layers=cfg.num_layers,
+        num_kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+    )
+    sampler = tunix_sampler.Sampler(model, tokenizer, cache)
+    # The sampler returns tokens up to (not including) the stop token; keep its final token
+    # buffer to learn which stop token ended each row.
+    captured: dict[str, Any] = {}
+    decode = sampler._compiled_decode_fn
+
+    def keep_buffer(*args: Any, **kwargs: Any) -> Any:
+        state = decode(*args, **kwargs)
+        captured["buffer"] = np.asarray(state.token_buffer)
+        return state
+
+    sampler._compiled_decode_fn = keep_buffer
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    sampling = {} if settings.greedy else {"top_p": settings.top_p, "top_k": settings.top_k or None}
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start : start + batch_size]
+        batch = [prompts[i] for i in idx]
+        batch += [batch[-1]] * (batch_size - len(batch))  # same shape as the other batches
+        out = sampler(
+            batch,
+            max_generation_steps=settings.max_new_tokens,
+            max_prompt_length=prompt_len,
+            eos_tokens=list(stops),
+            temperature=settings.temperature,
+            seed=settings.seed * 1_000_003 + b,
+            **sampling,
+        )
+        buffer = captured.pop("buffer")
+        results = []
+        for k, i in enumerate(idx):
+            row = out.tokens[k].tolist()
+            after = buffer[k, prompt_len + len(row) : prompt_len + len(row) + 1].tolist()
+            results.append((i, _finish(tokenizer, row + after, stops, lengths[i])))
+        yield results
+
+
+def iter_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    settings: DecodeSettings,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Iterator[list[tuple[int, dict]]]:
+    """Yield ``[(prompt_index, result), ...]`` one batch at a time (longest prompts first)."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches = _torch_batches if _is_torch_model(model) else _jax_batches
+    with tqdm(
+        total=len(prompts), unit="item", desc="generate", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        if not prompts:
+            return
+        for results in batches(model, tokenizer, prompts, settings, batch_size):
+            bar.update(len(results))
+            yield results
+
+
+def generate_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    settings: DecodeSettings,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
+    """Decode every prompt; per prompt ``{completion, prompt_tokens, completion_tokens, stop_reason}``.
+
+    ``model`` is a torch HF causal LM (batched ``generate`` with left padding and KV cache)
+    or a Tunix NNX model (Tunix ``Sampler``). Generation stops at eos and, unless
+    ``settings.stop_at_end_of_turn`` is off, at the chat end-of-turn token; ``stop_reason``
+    says which, or ``max_new_tokens`` for a cut-off completion. Completions are decoded
+    without special tokens. Results come back in the order of ``prompts``.
+    """
+    out: list[dict | None] = [None] * len(prompts)
+    for results in iter_completions(model, tokenizer, prompts, settings, batch_size, progress):
+        for i, res in results:
+            out[i] = res
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass
+class ModelRef:
+    """What ``model.path`` resolved to, before loading."""
+
+    path: str  # as given
+    kind: Literal["hf", "adapter"]
+    weights_dir: str  # the HF dir whose weights are loaded (the base, for an adapter)
+    adapter_dir: str | None = None
+    run_dir: str | None = None
+    source: str = ""  # how it was found, in words
+
+
+def _looks_like_orbax(p: Path) -> bool:
+    markers = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkpoint")
+    return any((p / m).exists() for m in markers) or any(
+        (d / m).exists() for d in p.glob("*") if d.is_dir() for m in markers
+    )
+
+
+def _run_base_model(run_dir: Path) -> str | None:
+    """The base model a run started from, as its config.yaml or run_manifest.json records it."""
+    import yaml
+
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError:
+            cfg = {}
+        model = cfg.get("model") if isinstance(cfg, dict) else None
+        for cand in (
+            model.get("path") if isinstance(model, dict) else model,
+            model.get("base") if isinstance(model, dict) else None,
+            cfg.get("base_model") if isinstance(cfg, dict) else None,
+        ):
+            if isinstance(cand, str) and cand:
+                return cand
+    manifest = run_dir / "run_manifest.json"
+    if manifest.is_file():
+        try:
+            model = json.loads(manifest.read_text()).get("model") or {}
+        except ValueError:
+            model = {}
+        if isinstance(model, dict) and isinstance(model.get("path"), str):
+            return model["path"]
+    return None
+
+
+def _adapter_base(adapter: Path, override: str | None, run_dir: Path | None) -> tuple[str, str]:
+    tried = []
+    candidates: list[tuple[str | None, str]] = [(override, "model.base")]
+    try:
+        named = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except ValueError as err:
+        raise InputError(f"{adapter / 'adapter_config.json'}: invalid JSON: {err}") from None
+    candidates.append((named, "adapter_config.json base_model_name_or_path"))
+    run = run_dir if run_dir is not None else adapter.parent  # an adapter saved inside a run dir
+    candidates.append((_run_base_model(run), f"{run}/config.yaml or run_manifest.json"))
+    for cand, where in candidates:
+        if not cand:
+            continue
+        if (Path(cand) / "config.json").is_file():
+            return cand, where
+        tried.append(f"{cand} ({where})")
+    raise InputError(
+        f"{adapter}: PEFT adapter, but no local base model found; tried: {'; '.join(tried) or 'nothing named'}. "
+        "Set model.base=<HF model dir>"
+    )
+
+
+def resolve_model(path: str, base: str | None = None, prefer: str = "merged") -> ModelRef:
+    """Work out what ``path`` holds: an HF model, a PEFT adapter, or a run dir with final/ / merged/."""
+    p = Path(path)
+    if not p.exists():
+        hint = " (run `make model` for the default model)" if "gemma-3-270m" in str(p) else ""
+        raise InputError(f"model.path {p}: no such directory{hint}")
+    if not p.is_dir():
+        raise InputError(f"model.path {p}: not a directory")
+    if (p / "adapter_config.json").is_file():
+        base_dir, where = _adapter_base(p, base, None)
+        return ModelRef(
+            path, "adapter", base_dir, adapter_dir=str(p), source=f"PEFT adapter; base from {where}"
+        )
+    if (p / "config.json").is_file():
+        return ModelRef(path, "hf", str(p), source="HF model directory")
+    merged, final = p / "merged", p / "final"
+    options = []
+    if (merged / "config.json").is_file():
+        options.append(ModelRef(path, "hf", str(merged), run_dir=str(p), source="run dir: merged/ HF export"))
+    if (final / "adapter_config.json").is_file():
+        base_dir, where = _adapter_base(final, base, p)
+        options.append(
+            ModelRef(
+                path,
+                "adapter",
+                base_dir,
+                adapter_dir=str(final),
+                run_dir=str(p),
+                source=f"run dir: final/ PEFT adapter; base from {where}",
+            )
+        )
+    elif (final / "config.json").is_file():
+        options.append(ModelRef(path, "hf", str(final), run_dir=str(p), source="run dir: final/ HF model"))
+    if options:
+        if prefer == "adapter":
+            options.sort(key=lambda r: r.kind != "adapter")
+        return options[0]
+    if _looks_like_orbax(p) or _looks_like_orbax(p / "checkpoints"):
+        raise InputError(
+            f"model.path {p}: looks like a Tunix/Orbax checkpoint; loading those for eval comes with the "
+            "JAX trainer (not on this branch yet). Export merged HF safetensors and point model.path there"
+        )
+    if (p / "run_manifest.json").is_file() or (p / "config.yaml").is_file():
+        raise InputError(
+            f"model.path {p}: a run dir without final/ (PEFT adapter or HF model) or merged/ (HF export); "
+            "has training finished?"
+        )
+    raise InputError(f"model.path {p}: neither an HF model (config.json), a PEFT adapter nor a run dir")
+
+
+def model_provenance(ref: ModelRef, backend: str, dtype: str) -> dict[str, Any]:
+    """Path, kind and sha256 of everything loaded; ``fingerprint`` identifies the weights as a whole."""
+    info: dict[str, Any] = {
+        "path": ref.path,
+        "kind": ref.kind,
+        "source": ref.source,
+        "weights_dir": ref.weights_dir,
+        "weights_sha256": weights_sha256(ref.weights_dir),
+        "adapter_dir": ref.adapter_dir,
+        "adapter_sha256": None,
+        "backend": backend,
+        "dtype": dtype,
+    }
+    if info["weights_sha256"] is None:
+        raise InputError(f"{ref.weights_dir}: no *.safetensors weights")
+    if ref.adapter_dir is not None:
+        files = sorted(Path(ref.adapter_dir).glob("*.safetensors")) + sorted(
+            Path(ref.adapter_dir).glob("*.bin")
+        )
+        if not files:
+            raise InputError(f"{ref.adapter_dir}: PEFT adapter without adapter_model.safetensors")
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + sha256_file(f).encode())
+        info["adapter_sha256"] = h.hexdigest()
+    info["fingerprint"] = hashlib.sha256(
+        f"{info['weights_sha256']}:{info['adapter_sha256']}".encode()
+    ).hexdigest()
+    return info
+
+
+def _tokenizer_dir(ref: ModelRef) -> str:
+    for d in (ref.adapter_dir, ref.weights_dir):
+        if d and ((Path(d) / "tokenizer.json").is_file() or (Path(d) / "tokenizer_config.json").is_file()):
+            return d
+    return ref.weights_dir
+
+
+def load_for_eval(
+    ref: ModelRef, backend: str = "torch", dtype: str = "float32", device: str = "auto"
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)``; any weight the checkpoint lacks is an error, never a random init."""
+    from common.prompts import load_tokenizer
+
+    tokenizer = load_tokenizer(_tokenizer_dir(ref))
+    if backend == "jax":
+        if ref.kind == "adapter":
+            raise InputError(
+                f"{ref.adapter_dir}: PEFT adapters load on the torch backend; use model.backend=torch "
+                "or a merged HF export"
+            )
+        from trainers_jax.model import load_model as load_jax
+
+        model, _ = load_jax(ref.weights_dir, dtype)
+        return model, tokenizer
+
+    from transformers import AutoModelForCausalLM
+
+    from trainers_torch.model import check_model_dir, default_device, torch_dtype
+
+    check_model_dir(ref.weights_dir)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            ref.weights_dir, dtype=torch_dtype(dtype), output_loading_info=True
+        )
+    except (OSError, ValueError) as err:
+        raise InputError(f"{ref.weights_dir}: could not load the model: {err}") from None
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if bad:
+        first = {k: sorted(map(str, v))[:3] for k, v in bad.items()}
+        raise InputError(
+            f"{ref.weights_dir}: checkpoint does not cover the model ({first}); refusing random weights"
+        )
+    if ref.adapter_dir is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, ref.adapter_dir).merge_and_unload()
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise InputError(f"{ref.adapter_dir}: could not apply the PEFT adapter: {err}") from None
+    model.to(default_device() if device == "auto" else device).eval()
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_items(path: str | Path) -> list[dict]:
+    """Eval items ``{id, question, ...}``; errors name ``file:line: field``."""
+    if not Path(path).exists() and "data/built" in str(path):
+        raise InputError(f"{path}: file not found (run `make data` to build the datasets)")
+    items, seen = [], {}
+    for lineno, rec in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: expected a JSON object")
+        rid = rec.get("id")
+        if isinstance(rid, bool) or not isinstance(rid, str | int) or rid == "":
+            raise InputError(f"{where}: id: expected a non-empty string or integer, got {rid!r}")
+        if not isinstance(rec.get("question"), str) or not rec["question"].strip():
+            raise InputError(f"{where}: question: expected a non-empty string")
+        if str(rid) in seen:
+            raise InputError(f"{where}: id: duplicate {rid!r} (first at line {seen[str(rid)]})")
+        if "checks" in rec:
+            from evals.suites.prompts import check_suite_record
+
+            check_suite_record(rec, where)
+        seen[str(rid)] = lineno
+        items.append(rec)
+    if not items:
+        raise InputError(f"{path}: no items")
+    return items
+
+
+def sample_items(items: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` items (all when ``n`` is 0 or too large), in file order.
+
+    The sample is the first ``n`` of one seeded permutation, so a larger ``n`` with the same
+    seed extends a smaller one (and resumes can grow an eval).
+    """
+    if n == 0 or n >= len(items):
+        return list(items)
+    perm = list(range(len(items)))
+    random.Random(seed).shuffle(perm)
+    return [items[i] for i in sorted(perm[:n])]
+
+
+def build_prompt(tokenizer: Any, question: str, style: str) -> str:
+    if style == "plain":
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question.strip()}], tokenize=False, add_generation_prompt=True
+        )
+        bos = getattr(tokenizer, "bos_token", None)
+        return text[len(bos) :] if bos and text.startswith(bos) else text
+    return format_prompt(tokenizer, question, style)
+
+
+# ----------------------------------------------------------------------------- the script
+
+
+def _check_resumable(
+    existing: list[Any], out: Path, fingerprint: str, decoding: dict, prompts: dict[str, str]
+) -> set[str]:
+    done = set()
+    for k, rec in enumerate(existing, 1):
+        where = f"{out}: record {k}"
+        if not isinstance(rec, dict) or "id" not in rec:
+            raise InputError(f"{where}: not a prediction record")
+        rid = str(rec["id"])
+        if (rec.get("model") or {}).get("fingerprint") != fingerprint:
+            raise InputError(
+                f"{where}: written by other weights (model.fingerprint differs); use a new out path"
+            )
+        if rec.get("decoding") != decoding:
+            raise InputError(
+                f"{where}: written with other decoding settings {rec.get('decoding')}; use a new out path"
+            )
+        if rid not in prompts:
+            raise InputError(
+                f"{where}: id {rid!r} is not in this item sample (data/n/seed changed?); use a new out path"
+            )
+        if rec.get("prompt") != prompts[rid]:
+            raise InputError(f"{where}: id {rid!r} was generated from another prompt; use a new out path")
+        done.add(rid)
+    return done
+
+
+def run(cfg: GenerateConfig, progress: bool = True) -> dict[str, Any]:
+    """Generate predictions for ``cfg``; returns a summary (counts, stop reasons, items/s, provenance)."""
+    seed_everything(cfg.seed)
+    items = sample_items(load_items(cfg.data.path), cfg.data.n, cfg.seed)
+    ref = resolve_model(cfg.model.path, cfg.model.base, cfg.model.prefer)
+    provenance = model_provenance(ref, cfg.model.backend, cfg.model.dtype)
+    t0 = time.perf_counter()
+    model, tokenizer = load_for_eval(ref, cfg.model.backend, cfg.model.dtype, cfg.model.device)
+    load_s = time.perf_counter() - t0
+    decoding = to_dict(cfg.decode)
+    prompts = {str(it["id"]): build_prompt(tokenizer, it["question"], cfg.data.prompt) for it in items}
+    out = Path(cfg.out)
+    data_sha = sha256_file(cfg.data.path)
+
+    with JsonlAppender(out) as sink:
+        done = _check_resumable(sink.existing, out, provenance["fingerprint"], decoding, prompts)
+        todo = [it for it in items if str(it["id"]) not in done]
+        if done:
+            print(f"resuming {out}: {len(done)} of {len(items)} items already done", file=sys.stderr)
+        todo_prompts = [prompts[str(it["id"])] for it in todo]
+        t0 = time.perf_counter()
+        for results in iter_completions(model, tokenizer, todo_prompts, cfg.decode, cfg.batch_size, progress):
+            for i, res in results:
+                it = todo[i]
+                sink.append(
+                    {
+                        "id": it["id"],
+                        "prompt": todo_prompts[i],
+                        **res,
+                        "model": provenance,
+                        "decoding": decoding,
+                        "dataset": {"path": cfg.data.path, "sha256": data_sha},
+                        "time": now_iso(),
+                    }
+                )
+        gen_s = time.perf_counter() - t0
+    records = [r for _, r in iter_jsonl(out)]
+
+    empty = sum(1 for r in records if not r["completion"].strip())
+    if records and empty == len(records):
+        raise InputError(
+            f"{out}: all {len(records)} completions are empty; the model produced nothing, refusing to go on"
+        )
+    stops = Counter(r["stop_reason"] for r in records)
+    summary = {
+        "out": str(out),
+        "n_items": len(items),
+        "n_generated_now": len(todo),
+        "n_resumed": len(done),
+        "empty_completions": empty,
+        "stop_reasons": dict(stops),
+        "truncated_fraction": stops["max_new_tokens"] / len(records) if records else 0.0,
+        "mean_completion_tokens": sum(r["completion_tokens"] for r in records) / max(1, len(records)),
+        "load_seconds": round(load_s, 2),
+        "generate_seconds": round(gen_s, 2),
+        "items_per_second": round(len(todo) / gen_s, 4) if todo and gen_s > 0 else None,
+        "model": provenance,
+        "decoding": decoding,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "libraries": library_versions(),
+    }
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    rate = summary["items_per_second"]
+    print(
+        f"{summary['out']}: {summary['n_items']} items ({summary['n_generated_now']} generated now, "
+        f"{summary['n_resumed']} resumed), stop reasons {summary['stop_reasons']}, "
+        f"mean completion tokens {summary['mean_completion_tokens']:.1f}, "
+        f"{'n/a' if rate is None else f'{rate:.3f}'} items/s"
+    )
+    if summary["empty_completions"]:
+        print(f"warning: {summary['empty_completions']} empty completions", file=sys.stderr)
+    if summary["truncated_fraction"] > 0.1:
+        print(
+            f"warning: {summary['truncated_fraction']:.0%} of completions hit max_new_tokens="
+            f"{summary['decoding']['max_new_tokens']} (cut off, likely scored wrong)",
+            file=sys.stderr,
+        )
+
+
+@cli
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    flags, overrides = split_cli(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML config (GenerateConfig); key=value overrides follow")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(flags)
+    cfg = load_config(GenerateConfig, args.config, overrides)
+    summary = run(cfg, progress=not args.no_progress)
+    print_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

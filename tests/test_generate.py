@@ -1,0 +1,315 @@
+"""evals.generate on tiny random Gemma 3 models: determinism, batching, stops, resume, loud failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.errors import InputError
+from common.jsonl import read_jsonl
+from evals import generate as gen
+from evals.generate import DecodeSettings, generate_completions
+
+QUESTIONS = ["2+3?", "Add 7 and 11.", "Hi", "What is 6 times 7, then minus 2?", "x"]
+
+
+def _prompts(tok) -> list[str]:
+    return [gen.build_prompt(tok, q, "plain") for q in QUESTIONS]
+
+
+def _edit_weights(src: Path, dst: Path, edit) -> Path:
+    """Copy a tiny model dir and change its weights with ``edit(state_dict)``."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    f = next(dst.glob("*.safetensors"))
+    state = load_file(f)
+    edit(state)
+    save_file(state, f, metadata={"format": "pt"})
+    (dst / "weights.sha256").unlink(missing_ok=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def torch_tiny(tiny_gemma3):
+    from trainers_torch.model import load_model
+
+    return load_model(tiny_gemma3)
+
+
+@pytest.fixture(scope="module")
+def stopping_gemma3(tiny_gemma3, tmp_path_factory) -> Path:
+    """The tiny model with <end_of_turn> / <eos> embeddings aligned to tokens it likes to emit.
+
+    Tied embeddings: a stop token's logit becomes a multiple of a frequent token's, so some
+    prompts stop at end of turn, some at eos, and some run to max_new_tokens.
+    """
+
+    def edit(state):
+        emb = state["model.embed_tokens.weight"]
+        emb[5] = 3.0 * emb[100]  # <end_of_turn> where the model would say token 100
+        emb[1] = 3.0 * emb[34]  # <eos> where it would say token 34
+
+    return _edit_weights(tiny_gemma3, tmp_path_factory.mktemp("stop") / "m", edit)
+
+
+@pytest.fixture(scope="module")
+def silent_gemma3(tiny_gemma3, tmp_path_factory) -> Path:
+    """A model whose final norm zeroes the hidden state: every logit ties, it emits only <pad>."""
+
+    def edit(state):
+        state["model.norm.weight"].fill_(-1.0)  # Gemma's RMSNorm scales by (1 + weight)
+
+    return _edit_weights(tiny_gemma3, tmp_path_factory.mktemp("silent") / "m", edit)
+
+
+def test_greedy_is_deterministic_and_batching_does_not_change_it(torch_tiny):
+    model, tok = torch_tiny
+    prompts = _prompts(tok)
+    settings = DecodeSettings(max_new_tokens=12)
+    batched = generate_completions(model, tok, prompts, settings, batch_size=4, progress=False)
+    again = generate_completions(model, tok, prompts, settings, batch_size=4, progress=False)
+    single = generate_completions(model, tok, prompts, settings, batch_size=1, progress=False)
+    assert batched == again == single
+    assert [r["prompt_tokens"] for r in batched] == [len(tok(p).input_ids) for p in prompts]
+    for r in batched:
+        assert set(r) == {"completion", "prompt_tokens", "completion_tokens", "stop_reason"}
+        assert r["stop_reason"] == "max_new_tokens" and r["completion_tokens"] == 12
+
+
+def test_sampling_follows_the_seed(torch_tiny):
+    model, tok = torch_tiny
+    prompts = _prompts(tok)[:3]
+    hot = DecodeSettings(max_new_tokens=10, temperature=1.5, top_k=50, top_p=0.95, seed=3)
+    a = generate_completions(model, tok, prompts, hot, batch_size=3, progress=False)
+    tok.padding_side = "right"  # a trainer's setting survives generation
+    b = generate_completions(model, tok, prompts, hot, batch_size=3, progress=False)
+    assert a == b and tok.padding_side == "right"
+    tok.padding_side = "left"
+
+
+def test_stop_reasons_and_end_of_turn_is_stripped(stopping_gemma3):
+    from trainers_torch.model import load_model
+
+    model, tok = load_model(stopping_gemma3)
+    prompts = [gen.build_prompt(tok, q, "plain") for q in ["Hi", "2+3?", "x", "Add 7 and 11.", "zzz", "Q?"]]
+    out = generate_completions(
+        model, tok, prompts, DecodeSettings(max_new_tokens=20), batch_size=3, progress=False
+    )
+    reasons = {r["stop_reason"] for r in out}
+    assert "end_of_turn" in reasons, out
+    for r in out:
+        assert "<end_of_turn>" not in r["completion"] and "<eos>" not in r["completion"]
+        if r["stop_reason"] == "max_new_tokens":
+            assert r["completion_tokens"] == 20
+        else:
+            assert r["completion_tokens"] < 20 or r["completion_tokens"] == 20
+    single = generate_completions(
+        model, tok, prompts, DecodeSettings(max_new_tokens=20), batch_size=1, progress=False
+    )
+    assert single == out
+    no_eot = generate_completions(
+        model,
+        tok,
+        prompts,
+        DecodeSettings(max_new_tokens=20, stop_at_end_of_turn=False),
+        batch_size=3,
+        progress=False,
+    )
+    assert "end_of_turn" not in {r["stop_reason"] for r in no_eot}
+
+
+def test_jax_sampler_matches_torch_greedy(stopping_gemma3):
+    from trainers_jax.model import load_model as load_jax
+    from trainers_torch.model import load_model as load_torch
+
+    tm, tok = load_torch(stopping_gemma3)
+    prompts = [gen.build_prompt(tok, q, "plain") for q in ["Hi", "2+3?", "x", "Add 7 and 11.", "zzz"]]
+    settings = DecodeSettings(max_new_tokens=16)
+    want = generate_completions(tm, tok, prompts, settings, batch_size=2, progress=False)
+    jm, _ = load_jax(stopping_gemma3)
+    got = generate_completions(jm, tok, prompts, settings, batch_size=2, progress=False)
+    assert got == want
+    assert len({r["stop_reason"] for r in got}) >= 2
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def _dataset(path: Path, n: int = 6) -> Path:
+    qs = ["2+3?", "Add 7 and 11.", "Hi there", "6*7-2?", "x", "Halve 10.", "9-4?", "1+1?"]
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"q{i}", "question": qs[i % len(qs)], "answer": str(i)}) + "\n")
+    return path
+
+
+def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"model.path={model}", f"data.path={data}", "data.n=0", "data.prompt=plain",
+        "decode.max_new_tokens=6", "batch_size=2", f"out={out}", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_writes_provenance_and_resumes_after_a_crash(tiny_gemma3, tmp_path, capsys):
+    data, out = _dataset(tmp_path / "d.jsonl"), tmp_path / "p" / "predictions.jsonl"
+    summary = gen.main(_args(tiny_gemma3, data, out))
+    recs = read_jsonl(out)
+    assert sorted(r["id"] for r in recs) == [f"q{i}" for i in range(6)] and summary["n_generated_now"] == 6
+    r0 = recs[0]
+    assert (
+        r0["model"]["weights_sha256"]
+        and r0["model"]["path"] == str(tiny_gemma3)
+        and r0["model"]["kind"] == "hf"
+    )
+    assert r0["decoding"]["max_new_tokens"] == 6 and r0["decoding"]["temperature"] == 0.0
+    assert r0["prompt"].startswith("<start_of_turn>user\n") and r0["stop_reason"] in gen.StopReason.__args__
+    assert summary["items_per_second"] > 0
+
+    # A crash: three complete records survive, the fourth was torn mid-write.
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:3]) + lines[3][:40])
+    summary = gen.main(_args(tiny_gemma3, data, out))
+    assert summary["n_resumed"] == 3 and summary["n_generated_now"] == 3
+    again = read_jsonl(out)
+    assert len(again) == 6 and len({r["id"] for r in again}) == 6
+    assert again[:3] == [json.loads(line) for line in lines[:3]]  # finished work untouched
+    by_id = {r["id"]: r["completion"] for r in recs}
+    assert all(by_id[r["id"]] == r["completion"] for r in again)  # greedy: same text after resume
+    assert "resuming" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_decoding_or_other_weights(tiny_gemma3, stopping_gemma3, tmp_path, capsys):
+    data, out = _dataset(tmp_path / "d.jsonl", 2), tmp_path / "p.jsonl"
+    gen.main(_args(tiny_gemma3, data, out))
+    with pytest.raises(SystemExit) as err:
+        gen.main(_args(tiny_gemma3, data, out, "decode.max_new_tokens=7"))
+    assert err.value.code == 2 and "other decoding settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        gen.main(_args(stopping_gemma3, data, out))
+    assert err.value.code == 2 and "other weights" in capsys.readouterr().err
+
+
+def test_bad_model_dir_exits_2_with_one_line(tmp_path, capsys):
+    data = _dataset(tmp_path / "d.jsonl", 2)
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "nope", tmp_path / "empty"):
+        with pytest.raises(SystemExit) as err:
+            gen.main(_args(path, data, tmp_path / "p.jsonl"))
+        msg = capsys.readouterr().err.strip()
+        assert err.value.code == 2 and msg.startswith("error: model.path") and "\n" not in msg
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_incomplete_checkpoint_is_refused_not_randomly_initialised(tiny_gemma3, tmp_path):
+    broken = _edit_weights(
+        tiny_gemma3, tmp_path / "broken", lambda s: s.pop("model.layers.1.mlp.up_proj.weight")
+    )
+    with pytest.raises(InputError, match="refusing random weights"):
+        gen.load_for_eval(gen.resolve_model(str(broken)))
+
+
+def test_all_empty_completions_exit_2(silent_gemma3, tmp_path, capsys):
+    data, out = _dataset(tmp_path / "d.jsonl", 3), tmp_path / "p.jsonl"
+    with pytest.raises(SystemExit) as err:
+        gen.main(_args(silent_gemma3, data, out))
+    assert err.value.code == 2
+    assert "all 3 completions are empty" in capsys.readouterr().err
+
+
+def test_item_sample_is_seeded_nested_and_in_file_order():
+    items = [{"id": i, "question": "q"} for i in range(100)]
+    s10, s20 = gen.sample_items(items, 10, seed=1), gen.sample_items(items, 20, seed=1)
+    ids10, ids20 = [it["id"] for it in s10], [it["id"] for it in s20]
+    assert ids10 == sorted(ids10) and set(ids10) < set(ids20)
+    assert ids10 == [it["id"] for it in gen.sample_items(items, 10, seed=1)]
+    assert ids10 != [it["id"] for it in gen.sample_items(items, 10, seed=2)]
+    assert len(gen.sample_items(items, 0, seed=1)) == 100 == len(gen.sample_items(items, 500, seed=1))
+
+
+def test_bad_dataset_lines_name_file_line_and_field(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"id": "a", "question": "q"}\n{"id": "b"}\n')
+    with pytest.raises(InputError, match=r"d.jsonl:2: question"):
+        gen.load_items(p)
+    p.write_text('{"id": "a", "question": "q"}\n{"id": "a", "question": "q"}\n')
+    with pytest.raises(InputError, match=r"d.jsonl:2: id: duplicate"):
+        gen.load_items(p)
+    p.write_text('{"id": "a", "question": "q", "checks": {"keywordz": []}}\n')
+    with pytest.raises(InputError, match=r"d.jsonl:1: checks.keywordz"):
+        gen.load_items(p)
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    from common.config import load_config
+
+    with pytest.raises(InputError, match="decode.tempreature"):
+        load_config(gen.GenerateConfig, "configs/eval/gsm8k_cpu.yaml", ["decode.tempreature=1"])
+    with pytest.raises(InputError, match="top_p"):
+        load_config(gen.GenerateConfig, "configs/eval/gsm8k_cpu.yaml", ["decode.top_p=0"])
+    cfg = load_config(gen.GenerateConfig, "configs/eval/gsm8k_cpu.yaml")
+    assert cfg.data.n >= 500 and cfg.decode.greedy
+    configs = sorted(Path("configs/eval").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:  # every shipped eval config is valid
+        load_config(gen.GenerateConfig, path)
+    assert load_config(gen.GenerateConfig, "configs/eval/gsm8k_gpu.yaml").data.n == 0  # all 1,319 on GPU
+    with pytest.raises(InputError, match="make data"):
+        gen.load_items("data/built/nothing/test.jsonl")
+
+
+# ----------------------------------------------------------------------------- model resolution
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_gemma3, tmp_path_factory) -> Path:
+    from tests.tiny_runs import build_trained_run
+
+    return build_trained_run(tiny_gemma3, tmp_path_factory.mktemp("runs") / "sft-tiny")
+
+
+def test_run_dir_adapter_and_merged_export_give_the_same_outputs(trained_run, tiny_gemma3, torch_tiny):
+    via_merged = gen.resolve_model(str(trained_run))
+    via_adapter = gen.resolve_model(str(trained_run), prefer="adapter")
+    assert via_merged.kind == "hf" and via_merged.weights_dir.endswith("merged")
+    assert via_adapter.kind == "adapter" and via_adapter.weights_dir == str(tiny_gemma3)
+    assert "config.yaml" in via_adapter.source  # the hub id in adapter_config is skipped
+    direct = gen.resolve_model(str(trained_run / "final"))
+    assert direct.kind == "adapter" and direct.weights_dir == str(tiny_gemma3)
+
+    settings = DecodeSettings(max_new_tokens=8)
+    outs = []
+    for ref in (via_merged, via_adapter):
+        model, tok = gen.load_for_eval(ref)
+        outs.append(generate_completions(model, tok, _prompts(tok), settings, batch_size=5, progress=False))
+    assert outs[0] == outs[1]
+    base_model, tok = torch_tiny
+    base = generate_completions(base_model, tok, _prompts(tok), settings, batch_size=5, progress=False)
+    assert base != outs[0]  # the adapter really was applied
+    prov = gen.model_provenance(via_adapter, "torch", "float32")
+    assert (
+        prov["adapter_sha256"]
+        and prov["fingerprint"] != gen.model_provenance(via_merged, "torch", "float32")["fingerprint"]
+    )
+
+
+def test_unusable_dirs_give_clear_errors(tmp_path, tiny_gemma3):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_manifest.json").write_text("{}")
+    with pytest.raises(InputError, match="without final/"):
+        gen.resolve_model(str(run))
+    orbax = tmp_path / "ckpt"
+    (orbax / "100").mkdir(parents=True)
+    (orbax / "100" / "_CHECKPOINT_METADATA").write_text("{}")
+    with pytest.raises(InputError, match="Orbax"):
+        gen.resolve_model(str(orbax))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "hub/only"}))
+    with pytest.raises(InputError, match="no local base model found.*hub/only"):
+        gen.resolve_model(str(adapter))
+    assert gen.resolve_model(str(adapter), base=str(tiny_gemma3)).weights_dir == str(tiny_gemma3)
