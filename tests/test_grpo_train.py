@@ -198,3 +198,13 @@ def test_config_errors_exit_2(setup, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (config.parent / "runs" / "bad").exists()  # nothing half-written
+
+
+def test_make_train_grpo_without_the_sft_run_says_make_train(tmp_path):
+    out = subprocess.run(
+        ["make", "-s", "train-grpo", f"SFT_RUN={tmp_path / 'no-such-run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "run `make train` first" in out.stderr
