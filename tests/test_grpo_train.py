@@ -16,6 +16,7 @@ import torch
 from common.prompts import format_prompt, load_tokenizer
 from common.rewards import REWARDS
 from common.runs import read_metrics
+from tests import grpo_helpers
 from tests.sft_data import arithmetic_records, write_records
 from trainers_torch.grpo import load_grpo_config, main, train
 
@@ -30,6 +31,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_reward():
+    grpo_helpers.register()
+    yield
+    grpo_helpers.unregister()
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +55,7 @@ def setup(tiny_gemma3, tmp_path_factory):
             data: {{train: {train_file}, valid: {valid_file}, max_prompt_tokens: 400}}
             generation: {{prompts_per_step: 2, num_generations: 4, max_new_tokens: 6}}
             grpo: {{loss_type: dapo, beta: 0.1, num_iterations: 2, epsilon_high: 0.28}}
+            rewards: {{names: [digit_count, format_approx], weights: [1.0, 0.5]}}
             lora: {{rank: 4, alpha: 8}}
             train: {{max_steps: {STEPS}, threads: 1, pack_tokens: 600}}
             optim: {{lr: 2.0e-2, warmup_steps: 1}}
@@ -92,7 +101,7 @@ def test_a_reward_for_one_token_raises_its_probability(setup, tiny_gemma3, monke
         return [float(c == token) for c in completions]
 
     monkeypatch.setitem(REWARDS, "likes_token", likes_token)
-    args = ["run_name=likes", "rewards.names=[likes_token]", "train.max_steps=1", "generation.prompts_per_step=4",
+    args = ["run_name=likes", "rewards.names=[likes_token]", "rewards.weights=null", "train.max_steps=1", "generation.prompts_per_step=4",
             "generation.num_generations=32", "generation.max_new_tokens=1", "generation.temperature=0.1",
             "grpo.beta=0.0", "grpo.num_iterations=1", "eval.n=0", "optim.lr=1.0e-2"]  # fmt: skip
     summary = train(load_grpo_config(config, args))
@@ -114,7 +123,7 @@ def test_run_files_metrics_samples_plots_and_exports(uninterrupted):
     metrics = read_metrics(run)
     steps = [r for r in metrics if "reward" in r]
     assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
-    want = {"reward", "reward_std", "reward_format_exact", "reward_answer_tiers_std", "zero_std_groups",
+    want = {"reward", "reward_std", "reward_digit_count", "reward_format_approx_std", "zero_std_groups",
             "completion_len_mean", "completion_len_max", "truncated", "kl", "clip_fraction", "loss", "lr",
             "grad_norm", "gen_tokens_per_s", "train_tokens_per_s", "step_time_s"}  # fmt: skip
     assert want <= set(steps[0])
@@ -147,7 +156,7 @@ def test_run_files_metrics_samples_plots_and_exports(uninterrupted):
 def test_kill_9_then_resume_matches_uninterrupted(setup, uninterrupted):
     root, config = setup
     run_dir = root / "runs" / "killed"
-    cmd = [sys.executable, "-m", "trainers_torch.grpo", "--config", str(config), "run_name=killed"]
+    cmd = [sys.executable, "-c", grpo_helpers.CLI, "--config", str(config), "run_name=killed"]
     with (root / "killed.err").open("w") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
         saved = None
@@ -165,6 +174,7 @@ def test_kill_9_then_resume_matches_uninterrupted(setup, uninterrupted):
     a = {r["step"]: r for r in read_metrics(run_dir) if "reward" in r}
     b = {r["step"]: r for r in read_metrics(uninterrupted["run_dir"]) if "reward" in r}
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))  # no step logged twice or missing
+    assert any(r["kl"] > 0 for r in b.values()) and any(r["loss"] != 0 for r in b.values())  # it learned
     for k in a:
         for key in ("reward", "loss", "kl", "clip_fraction", "completion_len_mean"):
             assert a[k][key] == pytest.approx(b[k][key], abs=1e-5), (k, key)
@@ -185,7 +195,7 @@ def test_kill_9_then_resume_matches_uninterrupted(setup, uninterrupted):
         (["grpo.loss_type=ppo"], "grpo.loss_type"),
         (["generation.num_generations=1"], "num_generations must be >= 2"),
         (["rewards.names=[format_exact,nope]"], "unknown reward 'nope'"),
-        (["rewards.weights=[1.0]"], "rewards.weights: 1 weights for 4 rewards"),
+        (["rewards.weights=[1.0]"], "rewards.weights: 1 weights for 2 rewards"),
         (["grpo.epsilon=1.5"], "grpo.epsilon must be in (0, 1)"),
         (["init.sft_run=/nonexistent/sft-run"], "make train"),
     ],
