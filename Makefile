@@ -34,7 +34,7 @@ parity: $(MODEL) ## Max |logit difference| torch vs JAX on the real model (exit 
 test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the real default model)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## Tests that do not need the real model
+test-fast: $(STAMP) chromium ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
 
 bench: $(STAMP) ## pytest-benchmark suite of the hot paths, each beside a peer
@@ -65,10 +65,11 @@ data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into d
 CONFIG ?= configs/sft_gemma3_270m_cpu.yaml
 RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(CONFIG) | head -n 1)
 TRAIN_ARGS ?=
+BACKEND ?= torch
 CURRICULUM_CONFIG ?= configs/curriculum/sft_gsm8k_steps_cpu.yaml
 
-train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; CONFIG=, RUN=, TRAIN_ARGS= override
-	$(PY) -m trainers_torch.sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
+train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; BACKEND=torch|jax, CONFIG=, RUN=, TRAIN_ARGS= override
+	$(PY) -m trainers_$(BACKEND).sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
 	@echo "results in runs/$(RUN)/: metrics.jsonl, plots/, eval/, summary.json, final/ (LoRA adapter), merged/ (HF safetensors)"
 
 curriculum: $(STAMP) $(MODEL) data ## Curriculum SFT A→B→C on GSM8K stage files (CURRICULUM_CONFIG=, TRAIN_ARGS= override)
@@ -95,17 +96,15 @@ grpo-missing-sft:
 
 # --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
 .PHONY: eval eval-report chromium
-# CONFIG and RUN are shared names with `make train`: the eval defaults are target-specific.
-eval: CONFIG = configs/eval/gsm8k_cpu.yaml
-eval: RUN =
+EVAL_CONFIG ?= configs/eval/gsm8k_cpu.yaml
 EVAL_DATA := data/built/gsm8k/test.jsonl
 
 $(EVAL_DATA): | $(STAMP)
 	$(MAKE) data
 
-eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs RUN=runs/<name> on the same items -> runs/<name>/eval/ (CONFIG=configs/eval/...)
-	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<name> [CONFIG=$(CONFIG)]" >&2; exit 2; }
-	$(PY) -m evals.run_eval --run $(RUN) --config $(CONFIG)
+eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs runs/<RUN> (default: the SFT default run) on the same held-out items -> runs/<RUN>/eval/
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run name> [EVAL_CONFIG=$(EVAL_CONFIG)]" >&2; exit 2; }
+	$(PY) -m evals.run_eval --run runs/$(RUN) --config $(EVAL_CONFIG)
 
 eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." -> runs/_compare/report.html
 	@test -n "$(RUNS)" || { echo "usage: make eval-report RUNS=\"runs/a runs/b\"" >&2; exit 2; }

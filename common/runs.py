@@ -8,6 +8,7 @@ and ``eval/``. Reports and packages read only these files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -15,14 +16,16 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from common.config import config_hash, dump_yaml
-from common.jsonl import atomic_open, write_json
+from common.jsonl import atomic_open, dumps, write_json
 
 LIBRARIES = (
     "torch", "transformers", "peft", "accelerate", "gguf", "jax", "jaxlib", "flax",
@@ -175,6 +178,24 @@ class RunDir:
     def finish(self, status: str = "completed", **fields: Any) -> None:
         self.update_manifest(end_time=now_iso(), status=status, **fields)
 
+    def clear(self) -> None:
+        """Remove a previous run's outputs (``overwrite=true``); config and manifest are rewritten anyway."""
+        for name in ("checkpoints", "final", "merged", "plots", "eval", "tb"):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        (self.path / "metrics.jsonl").unlink(missing_ok=True)
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop metric records after ``last_step`` (written by a killed attempt after its checkpoint)."""
+        keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= last_step]
+        with atomic_open(self.path / "metrics.jsonl") as fh:
+            for rec in keep:
+                fh.write(dumps(rec) + "\n")
+
+
+def resume_hash(cfg: Any) -> str:
+    """Config hash a checkpoint must share with the run resuming from it (resume/overwrite flags aside)."""
+    return config_hash(dataclasses.replace(cfg, resume=False, overwrite=False))
+
 
 class MetricsLogger:
     """Append one JSON record per step to ``metrics.jsonl`` and mirror scalars to TensorBoard."""
@@ -225,3 +246,42 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def write_plots(run: RunDir) -> None:
+    """plots/loss.png (train + held-out loss) and plots/lr.png from metrics.jsonl (any trainer)."""
+    plot_metrics(run, {"loss": ["loss", "valid_loss"], "lr": ["lr"]}, markers={"valid_loss"})
+
+
+def plot_metrics(run: RunDir, plots: dict[str, list[str]], markers: Collection[str] = ()) -> None:
+    """One ``plots/<name>.png`` per entry: the metrics.jsonl series ``keys`` against step.
+
+    A plot none of whose keys was logged is not written; keys in ``markers`` get dots (sparse evals).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run.path)
+    for name, keys in plots.items():
+        series = [(key, [r for r in records if isinstance(r.get(key), int | float)]) for key in keys]
+        if not any(rows for _, rows in series):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key, rows in series:
+            if rows:
+                ax.plot(
+                    [r["step"] for r in rows],
+                    [r[key] for r in rows],
+                    marker="o" if key in markers else None,
+                    label=key,
+                )
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        with atomic_open(run.plots / f"{name}.png", "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+        plt.close(fig)

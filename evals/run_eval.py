@@ -146,15 +146,12 @@ def evaluate_run(
             "generation": {k: v for k, v in gen_summary.items() if k not in ("model", "decoding")},
             "predictions": str(path),
         }
-    if summary["base"]["model"]["fingerprint"] == summary["trained"]["model"]["fingerprint"]:
-        summary["warnings"] = ["the trained model has the same weights as the base: nothing was trained?"]
     write_json(eval_dir / "eval_summary.json", summary)
 
     comparison = compare_files(
         eval_dir / "predictions_base.jsonl", eval_dir / "predictions_trained.jsonl", cfg.data.path
     )
     comparison["a"]["label"], comparison["b"]["label"] = "base", "trained"
-    comparison["warnings"] = summary.get("warnings", []) + comparison["warnings"]
     write_json(eval_dir / "compare.json", comparison)
     print_comparison(comparison)
 

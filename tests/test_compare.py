@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import scorer_standin
-
-scorer_standin.install()  # until the shared scorer (issue 3) is on this branch
-
-from evals import compare as cmp  # noqa: E402
-from evals.suites.prompts import check_completion, parse_tool_calls  # noqa: E402
+from evals import compare as cmp
+from evals.suites.prompts import check_completion, parse_tool_calls
 
 
 @pytest.mark.parametrize(
@@ -161,10 +157,12 @@ def test_compare_cli_scores_pairs_and_warns(tmp_path, capsys):
 
 def test_compare_flags_different_prompts(tmp_path):
     data = _write(tmp_path / "d.jsonl", [{"id": "g0", "question": "q", "answer": "1"}])
-    a = _write(tmp_path / "a.jsonl", [{"id": "g0", "prompt": "P1", "completion": "1"}])
-    b = _write(tmp_path / "b.jsonl", [{"id": "g0", "prompt": "P2", "completion": "1"}])
+    same = {"fingerprint": "f" * 64}
+    a = _write(tmp_path / "a.jsonl", [{"id": "g0", "prompt": "P1", "completion": "1", "model": same}])
+    b = _write(tmp_path / "b.jsonl", [{"id": "g0", "prompt": "P2", "completion": "1", "model": same}])
     res = cmp.compare_files(a, b, data)
     assert any("different prompts" in w for w in res["warnings"])
+    assert any("same weights" in w for w in res["warnings"])
 
 
 # ----------------------------------------------------------------------------- prompt-suite checks
@@ -239,3 +237,28 @@ def test_prompt_suite_summary_and_comparison(tmp_path):
     )
     res = cmp.compare_files(a, b, "evals/suites/multidomain.jsonl")
     assert res["primary_metric"] == "pass" and res["n_paired"] == 11 and res["too_small_to_separate"]
+
+
+def test_reasoning_gym_items_are_scored_by_their_task(tmp_path):
+    import reasoning_gym
+
+    from evals.suites import item_verdicts, suite_metrics, summarize
+
+    entries = list(reasoning_gym.create_dataset("basic_arithmetic", size=3, seed=0))
+    items = [
+        {"id": f"rg{i}", "question": e["question"], "answer": e["answer"],
+         "meta": {"source": "reasoning_gym", "category": "basic_arithmetic", "rg_task": "basic_arithmetic", "rg_entry": e}}
+        for i, e in enumerate(entries)
+    ]  # fmt: skip
+    assert suite_metrics(items) == (["rg", "strict", "flexible", "partial", "format"], "rg")
+    answers = [entries[0]["answer"], "12345", None]  # right, wrong, missing prediction
+    preds = [
+        {"id": f"rg{i}", "completion": f"<reasoning>work</reasoning><answer>{a}</answer>"}
+        for i, a in enumerate(answers)
+        if a is not None
+    ]
+    v = item_verdicts(preds, {it["id"]: it for it in items})
+    assert v["rg0"]["rg"] and v["rg0"]["rg_score"] == 1.0 and not v["rg1"]["rg"]
+    s = summarize(preds, items)
+    assert s["primary_metric"] == "rg" and s["n"] == 3 and s["rg_accuracy"] == pytest.approx(1 / 3)
+    assert s["strict_accuracy"] == pytest.approx(1 / 3) and s["items_without_prediction"] == ["rg2"]

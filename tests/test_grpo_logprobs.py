@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers_torch.sft import Example, collate, completion_logprobs, lm_head_logprobs, pack_rows
+from common.sft_data import Example, pack_rows
+from trainers_torch.sft import collate, completion_logprobs, lm_head_logprobs
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,9 @@ import torch
 
 from common.errors import InputError
 from common.runs import weights_sha256
+from common.sft_data import Example
 from trainers_torch.grpo import build_reference, load_grpo_config, reference_logprobs, resolve_start, sft_view
-from trainers_torch.sft import Example, build_model, collate, completion_logprobs
+from trainers_torch.sft import build_model, collate, completion_logprobs
 
 
 @pytest.fixture(autouse=True)

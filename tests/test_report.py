@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import scorer_standin
-
-scorer_standin.install()  # until the shared scorer (issue 3) is on this branch
-
-from evals import report  # noqa: E402
-from evals.compare import compare_files  # noqa: E402
-from evals.suites import summarize  # noqa: E402
+from evals import report
+from evals.compare import compare_files
+from evals.suites import summarize
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 EVIL = "<script>alert('x')</script></pre><img src=x onerror=alert(1)>"

@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import scorer_standin
-
-scorer_standin.install()  # until the shared scorer (issue 3) is on this branch
-
-from common.config import load_config  # noqa: E402
-from common.jsonl import read_jsonl  # noqa: E402
-from evals import run_eval  # noqa: E402
-from evals.generate import GenerateConfig  # noqa: E402
+from common.config import load_config
+from common.jsonl import read_jsonl
+from evals import run_eval
+from evals.generate import GenerateConfig
 
 
 def _dataset(path: Path) -> Path:
@@ -102,3 +98,17 @@ def test_run_without_trained_weights_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         run_eval.main(["--run", str(run), "--config", "configs/eval/gsm8k_cpu.yaml"])
     assert err.value.code == 2 and "without final/" in capsys.readouterr().err
+
+
+def test_prompt_suite_run_end_to_end(tiny_gemma3, tmp_path):
+    from tests.tiny_runs import build_trained_run
+
+    run = build_trained_run(tiny_gemma3, tmp_path / "runs" / "suite")
+    cfg = load_config(
+        GenerateConfig, "configs/eval/multidomain_cpu.yaml", ["decode.max_new_tokens=6", "batch_size=6"]
+    )
+    summary = run_eval.evaluate_run(run, cfg, progress=False, cache_dir=tmp_path / "cache")
+    assert summary["primary_metric"] == "pass" and summary["trained"]["n"] == 12
+    assert set(summary["trained"]["categories"]) == {"code", "reasoning", "tool_calling"}
+    html = (run / "eval" / "report.html").read_text()
+    assert "pass (primary)" in html and "tool_calling" in html and "<script" not in html

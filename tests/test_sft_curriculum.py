@@ -37,7 +37,7 @@ def test_two_stages_chain_and_resume(tiny_gemma3, tmp_path):
             lora: {{rank: 4, alpha: 8}}
             train: {{threads: 1}}
             optim: {{lr: 1.0e-3, warmup_steps: 1}}
-            eval: {{every_steps: 0, generate_n: 0}}
+            eval: {{every_steps: 0, generate_n: 2, max_new_tokens: 3, batch_size: 2}}
             """
         )
     )
@@ -62,6 +62,11 @@ def test_two_stages_chain_and_resume(tiny_gemma3, tmp_path):
     for row in summary["stages"]:
         assert row["steps"] > 0 and row["runtime_s"] > 0 and row["samples_per_s"] > 0
         assert row["final_loss"] > 0 and row["valid_loss"] > 0
+        # each stage's final model went through the eval harness (evals.generate + evals.score)
+        assert row["eval"]["gen_n"] == 2 and 0.0 <= row["eval"]["gen_format_accuracy"] <= 1.0
+        preds = (root / f"stage_{row['stage']}" / "eval").glob("predictions-step-*.jsonl")
+        lines = [json.loads(x) for p in preds for x in p.read_text().splitlines()]
+        assert len(lines) == 2 and all(x["completion_tokens"] <= 3 for x in lines)
     assert summary["stages"][1]["steps"] > summary["stages"][0]["steps"]  # 2 epochs of B
     cfg_b = (root / "stage_B" / "config.yaml").read_text()
     assert f"init_adapter: {root / 'stage_A' / 'final'}" in cfg_b and "lr: 0.0005" in cfg_b

@@ -58,33 +58,38 @@ from common.jsonl import atomic_open, dumps, write_json
 from common.prompts import format_prompt, load_tokenizer
 from common.records import iter_records
 from common.rewards import DEFAULT_REWARDS, REWARDS, RewardConfig, build_rewards
-from common.runs import MetricsLogger, RunDir, read_metrics, seed_everything, weights_sha256
-from trainers_torch.checkpoint import load_checkpoint, remove_partial, save_checkpoint
-from trainers_torch.model import check_model_dir, torch_dtype
-from trainers_torch.sft import (
+from common.runs import (
+    MetricsLogger,
+    RunDir,
+    plot_metrics,
+    read_metrics,
+    resume_hash,
+    seed_everything,
+    weights_sha256,
+)
+from common.sft_config import (
     CheckpointConfig,
-    Example,
     LoraConfig,
     ModelConfig,
     OptimConfig,
     SFTConfig,
     TrainConfig,
+    lr_factor,
+)
+from common.sft_data import Example, pack_rows
+from trainers_torch.checkpoint import load_checkpoint, remove_partial, save_checkpoint
+from trainers_torch.model import check_model_dir, torch_dtype
+from trainers_torch.sft import (
     build_model,
     build_optimizer,
     causal_lm,
-    clear_run,
     collate,
     completion_logprobs,
     export,
-    lr_factor,
-    pack_rows,
     parameter_counts,
-    plot_metrics,
     prepare_run_dir,
     resolve_device,
-    resume_hash,
     say,
-    truncate_metrics,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -897,7 +902,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     P, G = cfg.generation.prompts_per_step, cfg.generation.num_generations
 
     if resume_from is None and cfg.overwrite:
-        clear_run(run_path)
+        RunDir(run_path).clear()
         for name in ("samples.jsonl", "summary.json"):
             (run_path / name).unlink(missing_ok=True)
     data_files = {"train": cfg.data.train, **({"valid": cfg.data.valid} if eval_prompts else {})}
@@ -933,12 +938,12 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     start_step = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
-        if state.get("config_hash") != resume_hash(cfg):  # type: ignore[arg-type]
+        if state.get("config_hash") != resume_hash(cfg):
             raise InputError(
                 f"{resume_from}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config"
             )
         start_step = int(state["step"])
-        truncate_metrics(run.path, start_step)
+        run.truncate_metrics(start_step)
         truncate_samples(run.path, start_step)
         say(f"resumed from {resume_from} (step {start_step})")
     elif cfg.resume:
@@ -954,7 +959,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
             model,
             optimizer,
             scheduler,
-            {"prompts_seen": step * P, "config_hash": resume_hash(cfg)},  # type: ignore[arg-type]
+            {"prompts_seen": step * P, "config_hash": resume_hash(cfg)},
             save_adapter=save_adapter if cfg.train.method == "lora" else None,
             keep_last=cfg.checkpoint.keep_last,
         )

@@ -2,7 +2,8 @@
 
     python -m trainers_torch.sft --config configs/sft_gemma3_270m_cpu.yaml key=value ...
 
-Read top to bottom: config → data (tokenize, overflow check, packing) → model (LoRA or
+Read top to bottom: config (``common/sft_config.py``) → data (``common/sft_data.py``,
+shared with the JAX trainer) (tokenize, overflow check, packing) → model (LoRA or
 full, optional freezing) → the loss (decoder body, then the LM head in chunks on completion
 positions only) → the training loop (grad accumulation, clipping, warmup + cosine,
 held-out eval, atomic checkpoints, resume) → export (PEFT adapter in ``final/``, merged HF
@@ -18,28 +19,46 @@ block-diagonal causal mask from the position ids (``find_packed_sequence_indices
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import math
+import itertools
 import os
-import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from common.config import config_hash, load_config, split_cli
+from common import sft_data
+from common.config import load_config, split_cli
 from common.errors import InputError, cli
 from common.jsonl import atomic_open, dumps, write_json
-from common.prompts import end_of_turn, format_prompt, format_target, load_tokenizer
+from common.prompts import end_of_turn, format_prompt, load_tokenizer
 from common.records import iter_records
-from common.runs import MetricsLogger, RunDir, read_metrics, seed_everything
+from common.runs import MetricsLogger, RunDir, read_metrics, resume_hash, seed_everything, write_plots
+from common.sft_config import (  # noqa: F401  (re-exported: the recipe's config lives beside both trainers)
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    SFTConfig,
+    TrainConfig,
+    lr_factor,
+)
+from common.sft_data import (
+    IGNORE,
+    DataPlan,
+    Example,
+    overflow_line,
+    pack_rows,
+    tokenize_records,
+)
 from trainers_torch.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -48,123 +67,9 @@ from trainers_torch.checkpoint import (
 )
 from trainers_torch.model import check_model_dir, default_device, torch_dtype
 
-IGNORE = -100
-
 # --------------------------------------------------------------------------------------------
-# Config
+# Config: common/sft_config.py (the same YAML keys drive trainers_jax.sft)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelConfig:
-    path: str = "models/gemma-3-270m"
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
-    init_adapter: str | None = None  # start LoRA from this PEFT adapter dir (curriculum stages)
-
-
-@dataclass
-class DataConfig:
-    train: str = "data/built/gsm8k/train.jsonl"
-    valid: str | None = "data/built/gsm8k/valid.jsonl"
-    train_limit: int | None = None  # train on a seeded sample of this many records
-    valid_limit: int = 200  # the first N valid records (loss + generation eval)
-    trace_format: Literal["text", "yaml"] = "text"
-    max_len: int = 512  # prompt + target tokens; longer examples are dropped or fail
-    on_overflow: Literal["drop", "fail"] = "fail"
-    pack_tokens: int = 1024  # tokens per packed row
-
-    def __post_init__(self) -> None:
-        if self.pack_tokens < self.max_len:
-            raise ValueError(
-                f"data.pack_tokens ({self.pack_tokens}) must be >= data.max_len ({self.max_len})"
-            )
-        if self.max_len < 8:
-            raise ValueError("data.max_len must be >= 8")
-
-
-@dataclass
-class LoraConfig:
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    target_modules: list[str] | None = None  # None: every nn.Linear inside the decoder blocks
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError("lora.rank must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("lora.dropout must be in [0, 1)")
-
-
-@dataclass
-class TrainConfig:
-    method: Literal["lora", "full"] = "lora"
-    # Train only the last N decoder blocks (full: those blocks + final norm + lm_head; LoRA:
-    # adapters only in those blocks). None: all blocks.
-    trainable_layers: int | None = None
-    train_lm_head: bool = True  # full method with trainable_layers (tied: trains the embedding too)
-    epochs: float = 1.0
-    max_steps: int | None = None  # when set, exactly this many optimizer steps (epochs ignored)
-    micro_batch_rows: int = 1  # packed rows per forward pass
-    grad_accum: int = 1  # forward passes per optimizer step
-    loss_chunk_tokens: int = 256  # completion positions per LM-head chunk
-    gradient_checkpointing: bool = False
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-
-    def __post_init__(self) -> None:
-        if self.max_steps is None and self.epochs <= 0:
-            raise ValueError("train.epochs must be > 0 (or set train.max_steps)")
-        for name in ("micro_batch_rows", "grad_accum", "loss_chunk_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1")
-        if self.trainable_layers is not None and self.trainable_layers < 1:
-            raise ValueError("train.trainable_layers must be >= 1 (or null for all)")
-
-
-@dataclass
-class OptimConfig:
-    name: Literal["adamw", "adafactor"] = "adamw"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 10
-    schedule: Literal["cosine", "constant"] = "cosine"
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still logged)
-
-
-@dataclass
-class EvalConfig:
-    every_steps: int = 50  # held-out loss every N steps (0: only at the end)
-    generate_n: int = 32  # valid items for the generation eval through evals/ (0: off)
-    generate_during: bool = False  # also generate at intermediate evals, not only at the end
-    max_new_tokens: int = 320
-    batch_size: int = 16
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = 50
-    keep_last: int = 2
-
-
-@dataclass
-class SFTConfig:
-    run_name: str = "sft-gemma3-270m-cpu"
-    output_dir: str = "runs"
-    seed: int = 0
-    resume: bool = False  # continue from the newest complete checkpoint in runs/<run_name>/
-    overwrite: bool = False  # start over in a run dir that already holds a run
-    export: bool = True  # write final/ (adapter) and merged/ (HF safetensors) at the end
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def say(msg: str) -> None:
@@ -174,106 +79,8 @@ def say(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Data: records → token ids → packed rows
+# Data: records → token ids → packed rows (common/sft_data.py, shared with the JAX trainer)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Example:
-    id: str
-    line: int
-    ids: list[int]
-    n_prompt: int  # the first n_prompt ids are the prompt; the rest is the target
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def tokenize_records(
-    path: str | Path, tok: Any, cfg: DataConfig, limit: int | None = None, seed: int | None = None
-) -> tuple[list[Example], list[dict[str, Any]], dict[str, Any]]:
-    """Tokenize a record file into examples; return ``(examples, records, report)``.
-
-    ``limit`` keeps a sample of that many records (seeded shuffle when ``seed`` is given,
-    else the first ones). Records whose prompt + target exceed ``max_len`` are counted and
-    dropped, or raise ``InputError`` naming the first one (``on_overflow: fail``). Records
-    marked ``meta.has_reasoning: false`` carry no worked reasoning and are skipped.
-    """
-    lines_records = [(ln, r) for ln, r in iter_records(path)]
-    no_reasoning = [r["id"] for _, r in lines_records if (r.get("meta") or {}).get("has_reasoning") is False]
-    lines_records = [
-        (ln, r) for ln, r in lines_records if (r.get("meta") or {}).get("has_reasoning") is not False
-    ]
-    eot = end_of_turn(tok)
-    prompts = [format_prompt(tok, r["question"], cfg.trace_format) for _, r in lines_records]
-    targets = [format_target(r["reasoning"], r["answer"]) + eot for _, r in lines_records]
-    prompt_ids = tok(prompts).input_ids if prompts else []
-    target_ids = tok(targets, add_special_tokens=False).input_ids if targets else []
-    examples, records, overflow = [], [], []
-    for (line, rec), p, t in zip(lines_records, prompt_ids, target_ids, strict=True):
-        ex = Example(rec["id"], line, list(p) + list(t), len(p))
-        if len(ex) > cfg.max_len:
-            if cfg.on_overflow == "fail":
-                raise InputError(
-                    f"{path}:{line}: id {rec['id']!r}: prompt + target is {len(ex)} tokens, over "
-                    f"data.max_len={cfg.max_len} (raise data.max_len or set data.on_overflow=drop)"
-                )
-            overflow.append(ex)
-        else:
-            examples.append(ex)
-            records.append(rec)
-    longest = max(overflow, key=len, default=None)
-    n_total = len(lines_records)
-    report = {
-        "file": str(path),
-        "records": n_total + len(no_reasoning),
-        "skipped_no_reasoning": len(no_reasoning),
-        "max_len": cfg.max_len,
-        "policy": cfg.on_overflow,
-        "overflow_count": len(overflow),
-        "overflow_share": round(len(overflow) / n_total, 6) if n_total else 0.0,
-        "overflow_longest": {"id": longest.id, "tokens": len(longest)} if longest else None,
-        "overflow_ids": [ex.id for ex in overflow[:20]],
-    }
-    if limit is not None and limit < len(examples):
-        order = list(range(len(examples)))
-        if seed is not None:
-            random.Random(f"subset-{seed}").shuffle(order)
-        chosen = sorted(order[:limit])
-        examples = [examples[i] for i in chosen]
-        records = [records[i] for i in chosen]
-    report["used"] = len(examples)
-    report["tokens"] = sum(len(e) for e in examples)
-    report["target_tokens"] = sum(len(e) - e.n_prompt for e in examples)
-    if not examples:
-        raise InputError(f"{path}: no usable examples (all {n_total} over data.max_len={cfg.max_len}?)")
-    return examples, records, report
-
-
-def overflow_line(report: dict[str, Any]) -> str:
-    n, share, longest = report["overflow_count"], report["overflow_share"], report["overflow_longest"]
-    text = f"{report['file']}: {report['records']} records, {report['used']} used; over max_len={report['max_len']}: {n} ({share:.1%})"
-    if longest:
-        text += f", longest {longest['id']} with {longest['tokens']} tokens (dropped)"
-    if report["skipped_no_reasoning"]:
-        text += f"; {report['skipped_no_reasoning']} without reasoning skipped"
-    return text
-
-
-def pack_rows(lengths: list[int], order: list[int], pack_tokens: int) -> list[list[int]]:
-    """Greedy in-order packing: fill a row with the next examples until the next one would not fit."""
-    rows: list[list[int]] = []
-    row: list[int] = []
-    used = 0
-    for i in order:
-        if row and used + lengths[i] > pack_tokens:
-            rows.append(row)
-            row, used = [], 0
-        row.append(i)
-        used += lengths[i]
-    if row:
-        rows.append(row)
-    return rows
 
 
 @dataclass
@@ -287,88 +94,16 @@ class Batch:
 
 
 def collate(examples: list[Example], rows: list[list[int]], pad_id: int) -> Batch:
-    """Packed rows → tensors. Rows shorter than the longest are padded; padding is its own segment."""
-    seqs, poss, tgts = [], [], []
-    for row in rows:
-        ids: list[int] = []
-        pos: list[int] = []
-        tgt: list[int] = []
-        for i in row:
-            ex = examples[i]
-            n, p = len(ex.ids), ex.n_prompt
-            ids += ex.ids
-            pos += range(n)
-            # position t predicts token t+1: a target only where token t+1 is in the completion
-            tgt += [IGNORE] * (p - 1) + ex.ids[p:] + [IGNORE]
-        seqs.append(ids)
-        poss.append(pos)
-        tgts.append(tgt)
-    width = max(len(s) for s in seqs)
-    for ids, pos, tgt in zip(seqs, poss, tgts, strict=True):
-        pad = width - len(ids)
-        ids += [pad_id] * pad
-        pos += range(pad)
-        tgt += [IGNORE] * pad
-    targets = torch.tensor(tgts)
+    """Packed rows → tensors (the shared numpy collate, converted; segment ids are not needed here)."""
+    b = sft_data.collate(examples, rows, pad_id)
     return Batch(
-        input_ids=torch.tensor(seqs),
-        position_ids=torch.tensor(poss),
-        targets=targets,
-        n_tokens=sum(len(examples[i]) for row in rows for i in row),
-        n_targets=int((targets != IGNORE).sum()),
-        n_examples=sum(len(row) for row in rows),
+        input_ids=torch.from_numpy(b.input_ids).long(),
+        position_ids=torch.from_numpy(b.position_ids).long(),
+        targets=torch.from_numpy(b.targets).long(),
+        n_tokens=b.n_tokens,
+        n_targets=b.n_targets,
+        n_examples=b.n_examples,
     )
-
-
-class DataPlan:
-    """The seeded order of packed rows over epochs; step k's rows are a pure function of (seed, k)."""
-
-    def __init__(self, examples: list[Example], pack_tokens: int, rows_per_step: int, seed: int):
-        self.lengths = [len(e) for e in examples]
-        self.pack_tokens = pack_tokens
-        self.rows_per_step = rows_per_step
-        self.seed = seed
-        self._epochs: list[list[list[int]]] = []
-
-    def epoch_rows(self, epoch: int) -> list[list[int]]:
-        while len(self._epochs) <= epoch:
-            e = len(self._epochs)
-            order = list(range(len(self.lengths)))
-            random.Random(f"order-{self.seed}-{e}").shuffle(order)
-            self._epochs.append(pack_rows(self.lengths, order, self.pack_tokens))
-        return self._epochs[epoch]
-
-    def total_steps(self, epochs: float, max_steps: int | None) -> int:
-        if max_steps is not None:
-            return max_steps
-        whole, frac = int(epochs), epochs - int(epochs)
-        rows = sum(len(self.epoch_rows(e)) for e in range(whole))
-        if frac > 0:
-            rows += math.ceil(frac * len(self.epoch_rows(whole)))
-        return max(1, math.ceil(rows / self.rows_per_step))
-
-    def position(self, rows_seen: int) -> tuple[int, int]:
-        """``(epoch, row_in_epoch)`` after ``rows_seen`` rows."""
-        epoch = 0
-        while rows_seen >= len(self.epoch_rows(epoch)):
-            rows_seen -= len(self.epoch_rows(epoch))
-            epoch += 1
-        return epoch, rows_seen
-
-    def step_rows(self, step: int) -> list[list[int]]:
-        start = step * self.rows_per_step
-        epoch, r = self.position(start)
-        out = []
-        while len(out) < self.rows_per_step:
-            rows = self.epoch_rows(epoch)
-            take = rows[r : r + self.rows_per_step - len(out)]
-            out += take
-            epoch, r = epoch + 1, 0
-        return out
-
-    def epoch_float(self, rows_seen: int) -> float:
-        epoch, r = self.position(rows_seen)
-        return epoch + r / len(self.epoch_rows(epoch))
 
 
 # --------------------------------------------------------------------------------------------
@@ -763,16 +498,6 @@ def build_optimizer(model: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.Adafactor(groups, lr=cfg.lr)
 
 
-def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
-    """Linear warmup to 1, then constant or cosine down to ``min_lr_ratio``."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 # --------------------------------------------------------------------------------------------
 # Generation eval (through evals/ once the eval harness is available), plots, export
 # --------------------------------------------------------------------------------------------
@@ -783,7 +508,8 @@ def generation_eval(
 ) -> dict[str, Any] | None:
     """Generate on ``eval.generate_n`` held-out items with ``evals.generate`` and score with ``evals.score``.
 
-    Returns the scalar scores, or ``None`` when the eval harness is not installed yet.
+    Writes the predictions to ``out`` and the decoding settings + full score summary beside it
+    (``scores-*.json``); returns the scalar scores, or ``None`` when evals/ is not importable.
     """
     try:
         from evals.generate import DecodeSettings, generate_completions
@@ -809,46 +535,11 @@ def generation_eval(
         for rec in predictions:
             fh.write(dumps(rec) + "\n")
     scores = score_predictions(predictions, items)
+    write_json(
+        out.with_name(out.name.replace("predictions-", "scores-").replace(".jsonl", ".json")),
+        {"items": cfg.data.valid, "n": len(items), "decode": dataclasses.asdict(settings), "scores": scores},
+    )
     return {k: v for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-def write_plots(run: RunDir) -> None:
-    """plots/loss.png (train + held-out loss) and plots/lr.png from metrics.jsonl."""
-    plot_metrics(run, {"loss": ["loss", "valid_loss"], "lr": ["lr"]}, markers={"valid_loss"})
-
-
-def plot_metrics(run: RunDir, plots: dict[str, list[str]], markers: Collection[str] = ()) -> None:
-    """One ``plots/<name>.png`` per entry: the metrics.jsonl series ``keys`` against step.
-
-    A plot none of whose keys was logged is not written; keys in ``markers`` get dots (sparse evals).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(run.path)
-    for name, keys in plots.items():
-        series = [(key, [r for r in records if isinstance(r.get(key), int | float)]) for key in keys]
-        if not any(rows for _, rows in series):
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key, rows in series:
-            if rows:
-                ax.plot(
-                    [r["step"] for r in rows],
-                    [r[key] for r in rows],
-                    marker="o" if key in markers else None,
-                    label=key,
-                )
-        ax.set_xlabel("step")
-        ax.set_ylabel(name)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with atomic_open(run.plots / f"{name}.png", "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-        plt.close(fig)
 
 
 def _write_dir(target: Path, fill: Callable[[Path], None]) -> None:
@@ -908,11 +599,6 @@ def export(model: Any, tok: Any, cfg: SFTConfig, run: RunDir) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def resume_hash(cfg: SFTConfig) -> str:
-    """Config hash that must match between a checkpoint and the run resuming from it."""
-    return config_hash(dataclasses.replace(cfg, resume=False, overwrite=False))
-
-
 def prepare_run_dir(cfg: SFTConfig) -> tuple[Path, Path | None]:
     """``(run_path, checkpoint to resume from or None)``; refuses to clobber an existing run."""
     run_path = Path(cfg.output_dir) / cfg.run_name
@@ -927,22 +613,6 @@ def prepare_run_dir(cfg: SFTConfig) -> tuple[Path, Path | None]:
             "overwrite=true to start over, or another run_name"
         )
     return run_path, None
-
-
-def clear_run(run_path: Path) -> None:
-    for name in ("checkpoints", "final", "merged", "plots", "eval", "tb"):
-        shutil.rmtree(run_path / name, ignore_errors=True)
-    for name in ("metrics.jsonl",):
-        with contextlib.suppress(FileNotFoundError):
-            (run_path / name).unlink()
-
-
-def truncate_metrics(run_path: Path, last_step: int) -> None:
-    """Drop metric records after ``last_step`` (written by the killed attempt after its checkpoint)."""
-    keep = [r for r in read_metrics(run_path) if r.get("step", 0) <= last_step]
-    with atomic_open(run_path / "metrics.jsonl") as fh:
-        for rec in keep:
-            fh.write(dumps(rec) + "\n")
 
 
 def train(cfg: SFTConfig) -> dict[str, Any]:
@@ -961,9 +631,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     valid_records: list[dict[str, Any]] = []
     valid_report = None
     if cfg.data.valid:
-        valid_ex, valid_records, valid_report = tokenize_records(
-            cfg.data.valid, tok, cfg.data, cfg.data.valid_limit
-        )
+        valid_ex, _, valid_report = tokenize_records(cfg.data.valid, tok, cfg.data, cfg.data.valid_limit)
+        # generation needs no max_len: the first generate_n held-out records, long ones included
+        valid_records = [r for _, r in itertools.islice(iter_records(cfg.data.valid), cfg.eval.generate_n)]
     seed_everything(cfg.seed)  # LoRA init and dropout follow the seed
     model = build_model(cfg)
     rows_per_step = cfg.train.micro_batch_rows * cfg.train.grad_accum
@@ -975,7 +645,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     if resume_from is None and cfg.overwrite:
-        clear_run(run_path)
+        RunDir(run_path).clear()
     data_files = {"train": cfg.data.train, **({"valid": cfg.data.valid} if cfg.data.valid else {})}
     run = RunDir.start(
         run_path,
@@ -1011,7 +681,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 f"{resume_from}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config"
             )
         start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        truncate_metrics(run.path, start_step)
+        run.truncate_metrics(start_step)
         say(f"resumed from {resume_from} (step {start_step})")
     elif cfg.resume:
         say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")

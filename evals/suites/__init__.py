@@ -49,16 +49,10 @@ def _category(rec: dict) -> str | None:
 
 
 def _rg_scores(completions: list[str], metas: list[dict]) -> list[float]:
-    try:
-        from common.rewards import RewardConfig, reasoning_gym_score
-    except ImportError:
-        raise InputError(
-            "reasoning-gym items are scored by common.rewards.reasoning_gym_score (issue 3), not on this branch yet"
-        ) from None
-    cfg = RewardConfig()
-    weight = getattr(cfg, "reasoning_gym", 1.0) or 1.0
-    scores = reasoning_gym_score(None, completions, cfg, meta=metas)
-    return [s / weight for s in scores]
+    """The reasoning-gym task's own ``score_answer`` (0..1) on each completion's answer text."""
+    from common.rewards import RewardConfig, reasoning_gym_score
+
+    return reasoning_gym_score(None, completions, RewardConfig(reasoning_gym=1.0), meta=metas)
 
 
 def item_verdicts(predictions: list[dict], by_id: dict[str, dict]) -> dict[str, dict[str, Any]]:

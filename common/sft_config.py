@@ -1,0 +1,134 @@
+"""The SFT recipe's config, shared by ``trainers_torch.sft`` and ``trainers_jax.sft``.
+
+Both trainers read the same YAML files (``configs/sft_*.yaml``) into these dataclasses, so
+every key means the same thing on either side; keys only one framework uses say so in their
+comment. ``lr_factor`` is the learning-rate schedule both follow step for step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    path: str = "models/gemma-3-270m"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # torch only
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
+    init_adapter: str | None = None  # start LoRA from this PEFT adapter dir (curriculum stages)
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/built/gsm8k/train.jsonl"
+    valid: str | None = "data/built/gsm8k/valid.jsonl"
+    train_limit: int | None = None  # train on a seeded sample of this many records
+    valid_limit: int = 200  # the first N valid records (loss + generation eval)
+    trace_format: Literal["text", "yaml"] = "text"
+    max_len: int = 512  # prompt + target tokens; longer examples are dropped or fail
+    on_overflow: Literal["drop", "fail"] = "fail"
+    pack_tokens: int = 1024  # tokens per packed row
+
+    def __post_init__(self) -> None:
+        if self.pack_tokens < self.max_len:
+            raise ValueError(
+                f"data.pack_tokens ({self.pack_tokens}) must be >= data.max_len ({self.max_len})"
+            )
+        if self.max_len < 8:
+            raise ValueError("data.max_len must be >= 8")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: every nn.Linear inside the decoder blocks
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError("lora.rank must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("lora.dropout must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["lora", "full"] = "lora"
+    # Train only the last N decoder blocks (full: those blocks + final norm + lm_head; LoRA:
+    # adapters only in those blocks). None: all blocks.
+    trainable_layers: int | None = None
+    train_lm_head: bool = True  # full method with trainable_layers (tied: trains the embedding too)
+    epochs: float = 1.0
+    max_steps: int | None = None  # when set, exactly this many optimizer steps (epochs ignored)
+    micro_batch_rows: int = 1  # packed rows per forward pass
+    grad_accum: int = 1  # forward passes per optimizer step
+    loss_chunk_tokens: int = 256  # completion positions per LM-head chunk
+    gradient_checkpointing: bool = False
+    threads: int | None = None  # torch CPU threads (None: torch's default); torch only
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError("train.epochs must be > 0 (or set train.max_steps)")
+        for name in ("micro_batch_rows", "grad_accum", "loss_chunk_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1")
+        if self.trainable_layers is not None and self.trainable_layers < 1:
+            raise ValueError("train.trainable_layers must be >= 1 (or null for all)")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adafactor"] = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 10
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still logged)
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 50  # held-out loss every N steps (0: only at the end)
+    generate_n: int = 32  # valid items for the generation eval through evals/ (0: off)
+    generate_during: bool = False  # also generate at intermediate evals, not only at the end
+    max_new_tokens: int = 320
+    batch_size: int = 16
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 50
+    keep_last: int = 2
+
+
+@dataclass
+class SFTConfig:
+    run_name: str = "sft-gemma3-270m-cpu"
+    output_dir: str = "runs"
+    seed: int = 0
+    resume: bool = False  # continue from the newest complete checkpoint in runs/<run_name>/
+    overwrite: bool = False  # start over in a run dir that already holds a run
+    export: bool = True  # write final/ (adapter) and merged/ (HF safetensors) at the end
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warmup to 1, then constant or cosine down to ``min_lr_ratio``."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,187 @@
+"""JAX SFT (trainers_jax.sft) against the torch recipe: same weights + same rows → same loss,
+before and after one AdamW step; the fsdp=2 path; Orbax resume; the merged HF export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common import sft_data
+from common.prompts import load_tokenizer
+from common.sft_config import DataConfig
+from tests.sft_data import arithmetic_records, write_records
+
+ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 64
+
+
+@pytest.fixture(scope="module")
+def tiny6(tmp_path_factory):
+    """Six layers: five sliding-window + one global, Gemma 3's pattern (so packing masks matter)."""
+    from tests.tiny import build_gemma3
+
+    return build_gemma3(tmp_path_factory.mktemp("tiny6"), layers=6)
+
+
+@pytest.fixture(scope="module")
+def rows(tiny6, tmp_path_factory):
+    tok = load_tokenizer(tiny6)
+    path = write_records(tmp_path_factory.mktemp("data") / "train.jsonl", arithmetic_records(12))
+    examples, _, _ = sft_data.tokenize_records(path, tok, DataConfig(max_len=400, pack_tokens=1024))
+    packed = sft_data.pack_rows([len(e) for e in examples], list(range(len(examples))), 1024)
+    return examples, packed[:2], path
+
+
+def test_loss_and_one_adamw_step_match_torch(tiny6, rows):
+    from transformers import AutoModelForCausalLM
+
+    import trainers_jax.sft as J
+    import trainers_torch.sft as T
+
+    torch.set_num_threads(1)
+    examples, packed, _ = rows
+    overrides = [f"model.path={tiny6}", "train.method=full", "optim.warmup_steps=0", "optim.weight_decay=0.01",
+                 "optim.max_grad_norm=1.0", f"train.loss_chunk_tokens={CHUNK}"]  # fmt: skip
+    cfg = J.load_sft_config(None, overrides)
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny6), dtype=torch.float32)
+    lm.config.use_cache = False
+    micro_t = [T.collate(examples, [r], 0) for r in packed]  # two micro-batches: grad accumulation
+    micro_n = [sft_data.collate(examples, [r], 0) for r in packed]
+    n_targets = sum(b.n_targets for b in micro_n)
+
+    mesh = J.make_mesh(1, 1)
+    model, _ = J.build_model(cfg, mesh)
+    arrays = [J.device_arrays(b, CHUNK, 1024) for b in micro_n]
+
+    def losses():
+        t = sum(T.completion_loss_sum(lm, b, CHUNK).item() for b in micro_t) / n_targets
+        j = sum(float(J.eval_loss_sum(model, a, CHUNK)) for a in arrays) / n_targets
+        return t, j
+
+    t0, j0 = losses()
+    assert abs(t0 - j0) / t0 < 1e-4, (t0, j0)
+    unmasked = dict(arrays[0], segment_ids=(arrays[0]["segment_ids"] > 0).astype(np.int32))
+    assert (
+        abs(float(J.eval_loss_sum(model, unmasked, CHUNK)) - float(J.eval_loss_sum(model, arrays[0], CHUNK)))
+        > 1e-3
+    )
+
+    wrt = J.trainable_filter(cfg, model.config.num_layers)
+    optimizer = J.build_optimizer(model, cfg, wrt, total_steps=3)
+    loss, grad_norm = J.train_step(model, optimizer, arrays, n_targets, CHUNK, wrt)
+    opt_t = T.build_optimizer(lm, cfg.optim)
+    for b in micro_t:
+        (T.completion_loss_sum(lm, b, CHUNK) / n_targets).backward()
+    norm_t = float(torch.nn.utils.clip_grad_norm_([p for p in lm.parameters() if p.requires_grad], 1.0))
+    opt_t.step()
+    assert abs(loss - t0) / t0 < 1e-4 and abs(grad_norm - norm_t) / norm_t < 1e-4, (loss, grad_norm, norm_t)
+    t1, j1 = losses()
+    assert t1 < t0 - 1e-3  # the step moved the weights
+    assert abs(t1 - j1) / t1 < 1e-4, (t1, j1)
+
+
+FSDP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    sys.path.insert(0, {root!r})
+    import jax
+    from common import sft_data
+    from common.prompts import load_tokenizer
+    from common.sft_config import DataConfig
+    import trainers_jax.sft as J
+
+    tok = load_tokenizer({model!r})
+    ex, _, _ = sft_data.tokenize_records({data!r}, tok, DataConfig(max_len=400, pack_tokens=1024))
+    rows = sft_data.pack_rows([len(e) for e in ex], list(range(len(ex))), 1024)[:2]
+    batch = sft_data.collate(ex, rows, 0)
+    arrays = J.device_arrays(batch, 64, 1024)
+    out = {{"devices": len(jax.devices())}}
+    for fsdp in (1, 2):
+        cfg = J.load_sft_config(None, ["model.path={model}", "train.method=full"])
+        mesh = J.make_mesh(fsdp, 1)
+        model, _ = J.build_model(cfg, mesh)
+        wrt = J.trainable_filter(cfg, model.config.num_layers)
+        with mesh:
+            opt = J.build_optimizer(model, cfg, wrt, 2)
+            loss, norm = J.train_step(model, opt, [arrays], batch.n_targets, 64, wrt)
+            after = float(J.eval_loss_sum(model, arrays, 64)) / batch.n_targets
+        shard = model.embedder.input_embedding[...].sharding
+        out[fsdp] = {{"loss": loss, "norm": norm, "after": after, "sharding": str(shard)}}
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def test_fsdp2_on_two_cpu_devices_matches_one_device(tiny6, rows):
+    _, _, data = rows
+    script = FSDP_SCRIPT.format(root=str(ROOT), model=str(tiny6), data=str(data))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line[len("RESULT ") :])
+    assert out["devices"] == 2
+    one, two = out["1"], out["2"]
+    assert "fsdp" in two["sharding"], two["sharding"]
+    for key in ("loss", "norm", "after"):
+        assert abs(one[key] - two[key]) / abs(one[key]) < 1e-4, (key, one, two)
+
+
+def test_train_resume_and_merged_export_loads_in_transformers(tiny6, rows, tmp_path):
+    import jax
+    from flax import nnx
+    from transformers import AutoModelForCausalLM
+
+    import trainers_jax.sft as J
+    from trainers_jax.model import forward_logits
+
+    _, _, data = rows
+    args = ["--config", str(ROOT / "configs/sft_gemma3_270m_cpu.yaml"), f"model.path={tiny6}", f"data.train={data}",
+            f"data.valid={data}", "data.train_limit=null", "data.valid_limit=4", f"output_dir={tmp_path}", "run_name=r",
+            "train.max_steps=3", "checkpoint.every_steps=2", "eval.every_steps=0", f"train.loss_chunk_tokens={CHUNK}",
+            "optim.lr=1e-2", "lora.rank=4"]  # fmt: skip
+    assert J.main(args) == 0
+    run = tmp_path / "r"
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in train_recs] == [1, 2, 3] and all(m["grad_norm"] > 0 for m in train_recs[1:])
+    assert {"lr", "tokens_per_s", "completion_tokens", "tokens_seen", "epoch"} <= set(train_recs[0])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
+    with pytest.raises(SystemExit) as err:  # refuses to clobber
+        J.main(args)
+    assert err.value.code == 2
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "3")  # as if killed after the step-2 checkpoint
+    summary = J.train(J.load_sft_config(args[1], [*args[2:], "resume=true"]))
+    assert summary["resumed_from_step"] == 2
+    again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    again = [m for m in again if "loss" in m]
+    assert [m["step"] for m in again] == [1, 2, 3]
+    assert abs(again[-1]["loss"] - train_recs[-1]["loss"]) < 1e-5  # same rows, same state
+
+    # merged/ export of a LoRA model with non-zero adapters: transformers gives the JAX logits
+    cfg = J.load_sft_config(None, [f"model.path={tiny6}", "lora.rank=4", "lora.alpha=8"])
+    model, tok = J.build_model(cfg, J.make_mesh(1, 1))
+    key = jax.random.key(0)
+    for _path, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
+        key, sub = jax.random.split(key)
+        var.value = 0.05 * jax.random.normal(sub, var.value.shape, var.value.dtype)
+    out = J.export_merged(model, tok, tiny6, tmp_path / "merged", lora_alpha=cfg.lora.alpha)
+    ids = np.asarray([tok("3 and 4?").input_ids * 3], dtype=np.int32)
+    want = np.asarray(forward_logits(model, ids, np.ones_like(ids, dtype=bool)))
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = hf(torch.from_numpy(ids).long()).logits.numpy()
+    assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
