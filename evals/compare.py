@@ -107,8 +107,11 @@ def compare_verdicts(
             )
             for c in cats
         }
-    out["warnings"] = small_n_warnings(out["metrics"][primary], primary, len(paired), min_n)
+    out["warnings"] = small_n_warnings(out["metrics"][primary], primary, min_n)
     out["too_small_to_separate"] = bool(out["warnings"])
+    for metric in metrics:  # the other metrics' deltas get the same scrutiny
+        if metric != primary:
+            out["warnings"] += small_n_warnings(out["metrics"][metric], metric, min_n, whole_set=False)
     if out["only_in_a"] or out["only_in_b"]:
         out["warnings"].append(
             f"{len(out['only_in_a'])} ids only in A and {len(out['only_in_b'])} only in B are not paired "
@@ -156,12 +159,18 @@ def _paired_metric(
     return res
 
 
-def small_n_warnings(res: dict[str, Any], metric: str, n: int, min_n: int = MIN_N) -> list[str]:
-    """Why these items cannot separate A from B on ``metric``, if they cannot (else ``[]``)."""
+def small_n_warnings(
+    res: dict[str, Any], metric: str, min_n: int = MIN_N, whole_set: bool = True
+) -> list[str]:
+    """Why these items cannot separate A from B on ``metric``, if they cannot (else ``[]``).
+
+    ``whole_set`` adds the warnings about the item count itself (given once, for the primary metric).
+    """
     warnings = []
+    n = res["n"]
     if n == 0:
-        return [f"no paired items: nothing to compare on {metric}"]
-    if best_possible_p(n) >= ALPHA:
+        return [f"no paired items: nothing to compare on {metric}"] if whole_set else []
+    if whole_set and best_possible_p(n) >= ALPHA:
         warnings.append(
             f"n={n} paired items cannot separate the two at all: even if every item flipped the same way, "
             f"the exact McNemar p would be {best_possible_p(n):.3f} >= {ALPHA}"

@@ -262,3 +262,14 @@ def test_reasoning_gym_items_are_scored_by_their_task(tmp_path):
     s = summarize(preds, items)
     assert s["primary_metric"] == "rg" and s["n"] == 3 and s["rg_accuracy"] == pytest.approx(1 / 3)
     assert s["strict_accuracy"] == pytest.approx(1 / 3) and s["items_without_prediction"] == ["rg2"]
+
+
+def test_secondary_metrics_get_warnings_too():
+    # format: 0/8 -> 5/8 looks decisive (its interval excludes 0) but 5 discordant pairs give p=0.0625.
+    a = {str(i): {"strict": False, "format": False} for i in range(8)}
+    b = {str(i): {"strict": False, "format": i < 5} for i in range(8)}
+    res = cmp.compare_verdicts(a, b, ["strict", "format"], "strict")
+    fmt = res["metrics"]["format"]
+    assert fmt["delta_ci95"][0] > 0 and fmt["mcnemar_p"] == 0.0625
+    assert any(w.startswith("format: only 5 discordant pairs") for w in res["warnings"])
+    assert any(w.startswith("format: n=8 < 200") and "excludes 0" in w for w in res["warnings"])
