@@ -42,6 +42,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -872,11 +873,29 @@ GRPO_PLOTS = {
 # --------------------------------------------------------------------------------------------
 
 
+def warn_if_cpu_busy(cfg: GRPOConfig) -> None:
+    """Say so when other jobs already load every core and torch would still run several threads:
+    decoding is many small ops, and oversubscribed threads make it many times slower."""
+    if resolve_device(cfg.model.device) != "cpu" or torch.get_num_threads() < 2:
+        return
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if load >= cores:
+        say(
+            f"warning: load average {load:.1f} on {cores} cores before this job starts, and torch will "
+            f"use {torch.get_num_threads()} threads; on a shared CPU train.threads=1 is usually much faster"
+        )
+
+
 def train(cfg: GRPOConfig) -> dict[str, Any]:
     """Run one GRPO job end to end; return its summary (also written to ``summary.json``)."""
     t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    warn_if_cpu_busy(cfg)
     run_path, resume_from = prepare_run_dir(cfg)  # type: ignore[arg-type]
 
     # Everything that can fail on bad input happens before the run dir is touched.
