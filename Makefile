@@ -76,6 +76,24 @@ curriculum: $(STAMP) $(MODEL) data ## Curriculum SFT A→B→C on GSM8K stage fi
 	$(PY) -m scripts.dataset curriculum data/built/gsm8k/train.jsonl --config configs/curriculum/gsm8k_steps.yaml --out data/built/gsm8k/curriculum
 	$(PY) -m scripts.run_curriculum --config $(CURRICULUM_CONFIG) $(TRAIN_ARGS)
 
+# GRPO continues the SFT default run (`make train`); its own variable names, so CONFIG/RUN stay SFT's.
+.PHONY: train-grpo
+GRPO_CONFIG ?= configs/grpo_gemma3_270m_cpu.yaml
+GRPO_RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(GRPO_CONFIG) | head -n 1)
+SFT_RUN ?= runs/sft-gemma3-270m-cpu
+GRPO_ARGS ?=
+
+# Checked before anything is installed or built: without the SFT run there is nothing to continue.
+GRPO_NEEDS := $(if $(wildcard $(SFT_RUN)/final/adapter_model.safetensors),,grpo-missing-sft)
+
+train-grpo: $(GRPO_NEEDS) $(STAMP) $(MODEL) data ## GRPO from the SFT run (SFT_RUN=runs/sft-gemma3-270m-cpu) into runs/<GRPO_RUN>/; GRPO_CONFIG=, GRPO_ARGS= override
+	$(PY) -m trainers_torch.grpo --config $(GRPO_CONFIG) run_name=$(GRPO_RUN) init.sft_run=$(SFT_RUN) $(GRPO_ARGS)
+	@echo "results in runs/$(GRPO_RUN)/: metrics.jsonl (reward, eval_reward at step 0 and the end), samples.jsonl, plots/, eval/, final/, merged/"
+
+.PHONY: grpo-missing-sft
+grpo-missing-sft:
+	@echo "error: $(SFT_RUN)/final/ holds no SFT adapter; run \`make train\` first (or pass SFT_RUN=runs/<sft run>)" >&2; exit 2
+
 # --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
 .PHONY: eval eval-report chromium
 EVAL_CONFIG ?= configs/eval/gsm8k_cpu.yaml

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -249,24 +250,31 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def write_plots(run: RunDir) -> None:
     """plots/loss.png (train + held-out loss) and plots/lr.png from metrics.jsonl (any trainer)."""
+    plot_metrics(run, {"loss": ["loss", "valid_loss"], "lr": ["lr"]}, markers={"valid_loss"})
+
+
+def plot_metrics(run: RunDir, plots: dict[str, list[str]], markers: Collection[str] = ()) -> None:
+    """One ``plots/<name>.png`` per entry: the metrics.jsonl series ``keys`` against step.
+
+    A plot none of whose keys was logged is not written; keys in ``markers`` get dots (sparse evals).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(run.path)
-    train = [r for r in records if "loss" in r]
-    valid = [r for r in records if "valid_loss" in r]
-    if not train:
-        return
-    for name, series in (("loss", [("loss", train), ("valid_loss", valid)]), ("lr", [("lr", train)])):
+    for name, keys in plots.items():
+        series = [(key, [r for r in records if isinstance(r.get(key), int | float)]) for key in keys]
+        if not any(rows for _, rows in series):
+            continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key, rows in series:
             if rows:
                 ax.plot(
                     [r["step"] for r in rows],
                     [r[key] for r in rows],
-                    marker="o" if key == "valid_loss" else None,
+                    marker="o" if key in markers else None,
                     label=key,
                 )
         ax.set_xlabel("step")

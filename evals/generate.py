@@ -118,8 +118,14 @@ def stop_token_ids(tokenizer: Any, settings: DecodeSettings) -> dict[int, StopRe
     return stops
 
 
-def _finish(tokenizer: Any, generated: list[int], stops: dict[int, StopReason], prompt_tokens: int) -> dict:
-    """Cut ``generated`` at its first stop token and describe it."""
+def _finish(
+    tokenizer: Any,
+    generated: list[int],
+    stops: dict[int, StopReason],
+    prompt_tokens: int,
+    return_ids: bool = False,
+) -> dict:
+    """Cut ``generated`` at its first stop token and describe it (with its token ids if asked)."""
     reason: StopReason = "max_new_tokens"
     end = len(generated)
     for i, tok in enumerate(generated):
@@ -129,16 +135,20 @@ def _finish(tokenizer: Any, generated: list[int], stops: dict[int, StopReason], 
     text = tokenizer.decode(generated[:end], skip_special_tokens=True)
     if text.endswith(END_OF_TURN):  # a tokenizer that does not mark it special
         text = text[: -len(END_OF_TURN)]
-    return {
-        "completion": text,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": end + (reason != "max_new_tokens"),  # the stop token counts
-        "stop_reason": reason,
-    }
+    n = end + (reason != "max_new_tokens")  # the stop token counts
+    out = {"completion": text, "prompt_tokens": prompt_tokens, "completion_tokens": n, "stop_reason": reason}
+    if return_ids:
+        out["completion_ids"] = [int(t) for t in generated[:n]]
+    return out
 
 
 def _torch_batches(
-    model: Any, tokenizer: Any, prompts: list[str], settings: DecodeSettings, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    settings: DecodeSettings,
+    batch_size: int,
+    return_ids: bool = False,
 ) -> Iterator[list[tuple[int, dict]]]:
     import torch
     from transformers import GenerationConfig
@@ -171,7 +181,9 @@ def _torch_batches(
             out = model.generate(**enc, generation_config=gen_cfg)
         new = out[:, enc.input_ids.shape[1] :].tolist()
         n_prompt = enc.attention_mask.sum(dim=1).tolist()
-        yield [(i, _finish(tokenizer, new[k], stops, int(n_prompt[k]))) for k, i in enumerate(idx)]
+        yield [
+            (i, _finish(tokenizer, new[k], stops, int(n_prompt[k]), return_ids)) for k, i in enumerate(idx)
+        ]
 
 
 def _next_pow2(n: int) -> int:
@@ -179,7 +191,12 @@ def _next_pow2(n: int) -> int:
 
 
 def _jax_batches(
-    model: Any, tokenizer: Any, prompts: list[str], settings: DecodeSettings, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    settings: DecodeSettings,
+    batch_size: int,
+    return_ids: bool = False,
 ) -> Iterator[list[tuple[int, dict]]]:
     """Tunix ``Sampler`` on an NNX model; shapes fixed across batches so it compiles once."""
     import numpy as np
@@ -230,7 +247,7 @@ def _jax_batches(
         for k, i in enumerate(idx):
             row = out.tokens[k].tolist()
             after = buffer[k, prompt_len + len(row) : prompt_len + len(row) + 1].tolist()
-            results.append((i, _finish(tokenizer, row + after, stops, lengths[i])))
+            results.append((i, _finish(tokenizer, row + after, stops, lengths[i], return_ids)))
         yield results
 
 
@@ -241,6 +258,7 @@ def iter_completions(
     settings: DecodeSettings,
     batch_size: int = 16,
     progress: bool = True,
+    return_ids: bool = False,
 ) -> Iterator[list[tuple[int, dict]]]:
     """Yield ``[(prompt_index, result), ...]`` one batch at a time (longest prompts first)."""
     from tqdm import tqdm
@@ -253,7 +271,7 @@ def iter_completions(
     ) as bar:
         if not prompts:
             return
-        for results in batches(model, tokenizer, prompts, settings, batch_size):
+        for results in batches(model, tokenizer, prompts, settings, batch_size, return_ids):
             bar.update(len(results))
             yield results
 
@@ -265,6 +283,7 @@ def generate_completions(
     settings: DecodeSettings,
     batch_size: int = 16,
     progress: bool = True,
+    return_ids: bool = False,
 ) -> list[dict]:
     """Decode every prompt; per prompt ``{completion, prompt_tokens, completion_tokens, stop_reason}``.
 
@@ -272,10 +291,12 @@ def generate_completions(
     or a Tunix NNX model (Tunix ``Sampler``). Generation stops at eos and, unless
     ``settings.stop_at_end_of_turn`` is off, at the chat end-of-turn token; ``stop_reason``
     says which, or ``max_new_tokens`` for a cut-off completion. Completions are decoded
-    without special tokens. Results come back in the order of ``prompts``.
+    without special tokens. Results come back in the order of ``prompts``. With ``return_ids``
+    each result also holds ``completion_ids``: the sampled token ids, up to and including the
+    stop token (``completion_tokens`` of them), for a trainer that scores its own samples (GRPO).
     """
     out: list[dict | None] = [None] * len(prompts)
-    for results in iter_completions(model, tokenizer, prompts, settings, batch_size, progress):
+    for results in iter_completions(model, tokenizer, prompts, settings, batch_size, progress, return_ids):
         for i, res in results:
             out[i] = res
     return out  # type: ignore[return-value]

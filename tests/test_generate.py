@@ -316,3 +316,23 @@ def test_unusable_dirs_give_clear_errors(tmp_path, tiny_gemma3):
     with pytest.raises(InputError, match="no local base model found.*hub/only"):
         gen.resolve_model(str(adapter))
     assert gen.resolve_model(str(adapter), base=str(tiny_gemma3)).weights_dir == str(tiny_gemma3)
+
+
+def test_return_ids_gives_the_sampled_tokens_up_to_the_stop(stopping_gemma3):
+    from trainers_torch.model import load_model
+
+    model, tok = load_model(stopping_gemma3)
+    prompts = [gen.build_prompt(tok, q, "plain") for q in ["Hi", "2+3?", "x", "Add 7 and 11.", "zzz", "Q?"]]
+    hot = DecodeSettings(max_new_tokens=20, temperature=1.0, seed=5)
+    plain = generate_completions(model, tok, prompts, hot, batch_size=3, progress=False)
+    with_ids = generate_completions(model, tok, prompts, hot, batch_size=3, progress=False, return_ids=True)
+    stops = gen.stop_token_ids(tok, hot)
+    for a, b in zip(plain, with_ids, strict=True):
+        ids = b.pop("completion_ids")
+        assert a == b  # the same samples; ids are only added
+        assert len(ids) == b["completion_tokens"]
+        if b["stop_reason"] == "max_new_tokens":
+            assert not set(ids) & set(stops)
+        else:
+            assert stops[ids[-1]] == b["stop_reason"] and not set(ids[:-1]) & set(stops)
+        assert tok.decode(ids, skip_special_tokens=True) == b["completion"]

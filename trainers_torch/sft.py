@@ -325,8 +325,110 @@ def lm_head_loss_sum(
     return total
 
 
-def completion_loss_sum(model: Any, batch: Batch, chunk: int) -> torch.Tensor:
-    """Summed token loss over the completion tokens of a packed batch (divide by ``n_targets``)."""
+class _LinearLogProbs(torch.autograd.Function):
+    """Per-row ``log softmax(hidden @ weight.T / temperature)[target]``, chunk by chunk, never
+    keeping [N, vocab] (soft-capping, when the model has it, comes before the temperature).
+
+    When only ``hidden`` needs a gradient (LoRA: the LM head is frozen), the forward pass keeps
+    d logp / d hidden ([N, H], one row per token) and backward only scales it. When the head
+    weight trains too, backward recomputes each chunk's logits (one extra matmul per chunk).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, inv_temp):  # type: ignore[override]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        keep_jacobian = need_h and not (need_w or need_b)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        jac = torch.empty_like(hidden) if keep_jacobian else None
+        for s in range(0, hidden.shape[0], chunk):
+            h, y = hidden[s : s + chunk], targets[s : s + chunk]
+            logits, t = _head_logits(h, weight, bias, softcap)
+            if inv_temp != 1.0:
+                logits.mul_(inv_temp)
+            lse = torch.logsumexp(logits, dim=-1)
+            out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - lse
+            if jac is not None:
+                g = _dlogp_dlogits(logits, lse, y, t, inv_temp)
+                jac[s : s + chunk] = g.to(weight.dtype) @ weight
+        ctx.chunk, ctx.softcap, ctx.inv_temp, ctx.keep_jacobian = chunk, softcap, inv_temp, keep_jacobian
+        if keep_jacobian:
+            ctx.save_for_backward(jac)
+        elif need_h or need_w or need_b:
+            ctx.save_for_backward(hidden, weight, bias, targets)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        if ctx.keep_jacobian:
+            (jac,) = ctx.saved_tensors
+            return jac * grad_out[:, None].to(jac.dtype), None, None, None, None, None, None
+        hidden, weight, bias, targets = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, y = hidden[s : s + ctx.chunk], targets[s : s + ctx.chunk]
+            logits, t = _head_logits(h, weight, bias, ctx.softcap)
+            if ctx.inv_temp != 1.0:
+                logits.mul_(ctx.inv_temp)
+            lse = torch.logsumexp(logits, dim=-1)
+            g = _dlogp_dlogits(logits, lse, y, t, ctx.inv_temp)
+            g.mul_(grad_out[s : s + ctx.chunk, None].float())
+            if grad_h is not None:
+                grad_h[s : s + ctx.chunk] = g.to(weight.dtype) @ weight
+            if grad_w is not None:
+                grad_w.addmm_(g.t(), h.float())
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        out_w = None if grad_w is None else grad_w.to(weight.dtype)
+        out_b = None if grad_b is None else grad_b.to(bias.dtype)
+        return grad_h, out_w, out_b, None, None, None, None
+
+
+def _dlogp_dlogits(
+    scaled: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, inv_temp: float
+) -> torch.Tensor:
+    """d log softmax(scaled)[y] / d raw logits, in place of ``scaled`` (onehot - softmax, chained
+    through the temperature and the soft-cap)."""
+    g = scaled.sub_(lse[:, None]).exp_().neg_()
+    g[torch.arange(y.shape[0], device=y.device), y] += 1.0
+    if inv_temp != 1.0:
+        g.mul_(inv_temp)
+    if t is not None:
+        g.mul_(1.0 - t * t)
+    return g
+
+
+def lm_head_logprobs(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    chunk: int,
+    softcap: float | None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """float32 ``log softmax(head(hidden) / temperature)[target]`` per row; hidden [N, H] -> [N].
+
+    Differentiable (GRPO's per-token log-probs); the full [N, vocab] logits never exist at once.
+    """
+    bias = getattr(head, "bias", None)
+    inv_temp = 1.0 / temperature
+    if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
+        return _LinearLogProbs.apply(hidden, head.weight, bias, targets, chunk, softcap, inv_temp)
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk):
+        logits, _ = _head_logits(hidden[s : s + chunk], head.weight, bias, softcap)
+        if inv_temp != 1.0:
+            logits.mul_(inv_temp)
+        y = targets[s : s + chunk]
+        out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+    return out
+
+
+def completion_states(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Any, float | None]:
+    """``(hidden, targets, lm_head, softcap)`` at the positions of a packed batch that predict a
+    completion token, in row order (each row's examples in packing order, tokens in order)."""
     lm = causal_lm(model)
     device = next(lm.parameters()).device
     hidden = lm.get_decoder()(
@@ -338,7 +440,19 @@ def completion_loss_sum(model: Any, batch: Batch, chunk: int) -> torch.Tensor:
     targets = batch.targets.to(device)
     keep = targets != IGNORE
     softcap = getattr(lm.config, "final_logit_softcapping", None)
-    return lm_head_loss_sum(hidden[keep], lm.get_output_embeddings(), targets[keep], chunk, softcap)
+    return hidden[keep], targets[keep], lm.get_output_embeddings(), softcap
+
+
+def completion_loss_sum(model: Any, batch: Batch, chunk: int) -> torch.Tensor:
+    """Summed token loss over the completion tokens of a packed batch (divide by ``n_targets``)."""
+    hidden, targets, head, softcap = completion_states(model, batch)
+    return lm_head_loss_sum(hidden, head, targets, chunk, softcap)
+
+
+def completion_logprobs(model: Any, batch: Batch, chunk: int, temperature: float = 1.0) -> torch.Tensor:
+    """log p of every completion token of a packed batch ([n_targets], order of ``completion_states``)."""
+    hidden, targets, head, softcap = completion_states(model, batch)
+    return lm_head_logprobs(hidden, head, targets, chunk, softcap, temperature)
 
 
 @torch.no_grad()

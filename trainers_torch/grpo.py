@@ -1,0 +1,1097 @@
+"""GRPO on trace records: sample G completions per prompt, score them with the shared rewards,
+and raise the log-probability of the completions that beat their group (LoRA or full).
+
+    python -m trainers_torch.grpo --config configs/grpo_gemma3_270m_cpu.yaml key=value ...
+
+Read top to bottom: config → prompts (record file, tokenised, seeded order) → model (the base,
+or an SFT run's adapter / merged export; the reference) → one step:
+
+1. generate: P prompts x G samples, batched KV-cache decoding through ``evals.generate``
+   (temperature, top-k, top-p, stop at end of turn), keeping the sampled token ids;
+2. rewards: the reward functions of ``common.rewards`` named in the config, weighted, summed;
+3. advantages: reward minus its group's mean, divided by the group's std (``scale_rewards:
+   group``) or not (``none``); a group whose rewards are all equal gets 0;
+4. loss, per completion token t of completion i (advantage A_i, r = exp(logp - logp_old)):
+
+       loss_t = -min(r * A_i, clip(r, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * kl_t
+       kl_t   = exp(ref_t - logp_t) - (ref_t - logp_t) - 1      (k3: >= 0, 0 where equal)
+
+   summed over the N = P * G completions with |o_i| tokens, T tokens in all, as
+   ``grpo``: mean_i(sum_t loss_t / |o_i|); ``dr_grpo``: sum loss_t / (N * max_new_tokens)
+   (= each group's sum over G * max_new_tokens, averaged over groups); ``dapo``: sum loss_t / T.
+   ``num_iterations`` (mu) optimizer updates reuse each generation batch; logp_old is the
+   generation-time policy (with mu = 1 it is logp itself, detached: r = 1). The reference is
+   the model with its LoRA adapter disabled (no second copy) or, for full fine-tuning, a
+   frozen copy; with beta = 0 it is never run.
+
+→ held-out eval (greedy, fixed items; shared rewards and ``evals.score``) at step 0, every
+``eval.every`` steps and at the end → atomic checkpoints and resume → ``final/`` + ``merged/``.
+
+Log-probs are those of the sampling distribution (logits / temperature, as the sampler saw
+them; top-k / top-p truncation is not corrected for). The LM head runs in chunks on completion
+positions only (``sft.lm_head_logprobs``), never on [batch, length, vocab] at once. With
+beta = 0, completions with advantage 0 contribute exactly zero gradient and are left out of
+the training forward pass (the optimizer still steps, so the result is unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm import tqdm
+
+from common.config import load_config, read_yaml, split_cli
+from common.errors import InputError, cli
+from common.jsonl import atomic_open, dumps, write_json
+from common.prompts import format_prompt, load_tokenizer
+from common.records import iter_records
+from common.rewards import DEFAULT_REWARDS, REWARDS, RewardConfig, build_rewards
+from common.runs import (
+    MetricsLogger,
+    RunDir,
+    plot_metrics,
+    read_metrics,
+    resume_hash,
+    seed_everything,
+    weights_sha256,
+)
+from common.sft_config import (
+    CheckpointConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    SFTConfig,
+    TrainConfig,
+    lr_factor,
+)
+from common.sft_data import Example, pack_rows
+from trainers_torch.checkpoint import load_checkpoint, remove_partial, save_checkpoint
+from trainers_torch.model import check_model_dir, torch_dtype
+from trainers_torch.sft import (
+    build_model,
+    build_optimizer,
+    causal_lm,
+    collate,
+    completion_logprobs,
+    export,
+    parameter_counts,
+    prepare_run_dir,
+    resolve_device,
+    say,
+)
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InitConfig:
+    # runs/<name> of an SFT run to start from (None: model.path itself).
+    sft_run: str | None = None
+    # continue: keep training the run's final/ LoRA adapter on model.path (the reference is
+    #   model.path, the adapter disabled); merged: start a fresh adapter on the run's merged/
+    #   export (the reference is the SFT model). Full fine-tuning always starts from merged/.
+    sft_mode: Literal["continue", "merged"] = "continue"
+
+
+@dataclass
+class PromptDataConfig:
+    train: str = "data/built/gsm8k/train.jsonl"
+    valid: str | None = "data/built/gsm8k/valid.jsonl"  # held-out eval prompts (the first eval.n)
+    train_limit: int | None = None  # a seeded sample of this many training prompts
+    trace_format: Literal["text", "yaml"] = "text"
+    max_prompt_tokens: int = 256
+    on_overflow: Literal["drop", "fail"] = "drop"
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_tokens < 1:
+            raise ValueError("data.max_prompt_tokens must be >= 1")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise ValueError("data.train_limit must be >= 1 (or null for all)")
+
+
+@dataclass
+class SamplingConfig:
+    prompts_per_step: int = 4  # P
+    num_generations: int = 4  # G, completions per prompt
+    max_new_tokens: int = 200
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    batch_size: int = 0  # sequences per generate call; 0: all P * G at once
+
+    def __post_init__(self) -> None:
+        if self.prompts_per_step < 1:
+            raise ValueError("generation.prompts_per_step must be >= 1")
+        if self.num_generations < 2:
+            raise ValueError("generation.num_generations must be >= 2 (advantages compare within a group)")
+        if self.max_new_tokens < 1:
+            raise ValueError("generation.max_new_tokens must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError("generation.temperature must be > 0 (GRPO samples; greedy groups are all alike)")
+        if self.top_k < 0:
+            raise ValueError("generation.top_k must be >= 0 (0 = off)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("generation.top_p must be in (0, 1]")
+        if self.batch_size < 0:
+            raise ValueError("generation.batch_size must be >= 0 (0 = all at once)")
+
+
+@dataclass
+class LossConfig:
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    epsilon: float = 0.2  # ratio clipped to [1 - epsilon, 1 + epsilon_high]
+    epsilon_high: float | None = None  # None: = epsilon (DAPO's clip-higher uses e.g. 0.28)
+    beta: float = 0.0  # KL weight; 0 skips the reference model entirely
+    num_iterations: int = 1  # mu: optimizer updates per generation batch
+    scale_rewards: Literal["group", "none"] = "group"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.epsilon < 1:
+            raise ValueError("grpo.epsilon must be in (0, 1)")
+        if self.epsilon_high is not None and self.epsilon_high <= 0:
+            raise ValueError("grpo.epsilon_high must be > 0 (or null for epsilon)")
+        if self.beta < 0:
+            raise ValueError("grpo.beta must be >= 0")
+        if self.num_iterations < 1:
+            raise ValueError("grpo.num_iterations must be >= 1")
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        high = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        return 1.0 - self.epsilon, 1.0 + high
+
+
+@dataclass
+class RewardsConfig:
+    names: list[str] = field(default_factory=lambda: list(DEFAULT_REWARDS))
+    weights: list[float] | None = None  # None: 1.0 each
+    params: RewardConfig = field(default_factory=RewardConfig)  # tier values (common.rewards)
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise ValueError("rewards.names: list at least one reward")
+        unknown = [n for n in self.names if n not in REWARDS]
+        if unknown:
+            raise ValueError(f"rewards.names: unknown reward '{unknown[0]}'; known: {', '.join(REWARDS)}")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("rewards.names: a reward is listed twice (give it one weight instead)")
+        if self.weights is not None and len(self.weights) != len(self.names):
+            raise ValueError(
+                f"rewards.weights: {len(self.weights)} weights for {len(self.names)} rewards {self.names}"
+            )
+
+    def weight_list(self) -> list[float]:
+        return list(self.weights) if self.weights is not None else [1.0] * len(self.names)
+
+
+@dataclass
+class GRPOTrainConfig:
+    method: Literal["lora", "full"] = "lora"
+    trainable_layers: int | None = None  # as in SFT: only the last N decoder blocks train
+    train_lm_head: bool = True  # full method with trainable_layers
+    max_steps: int = 20  # generation batches (each gives grpo.num_iterations optimizer updates)
+    micro_batch_rows: int = 1  # packed rows per forward pass
+    pack_tokens: int = 1024  # tokens per packed row (prompt + completion sequences)
+    loss_chunk_tokens: int = 256  # completion positions per LM-head chunk
+    gradient_checkpointing: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError("train.max_steps must be >= 1")
+        for name in ("micro_batch_rows", "pack_tokens", "loss_chunk_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1")
+        if self.trainable_layers is not None and self.trainable_layers < 1:
+            raise ValueError("train.trainable_layers must be >= 1 (or null for all)")
+
+
+@dataclass
+class GRPOEvalConfig:
+    every: int = 0  # held-out eval every N steps (always at step 0 and at the end); 0: only those
+    n: int = 32  # the first n prompts of data.valid (0: no held-out eval)
+    max_new_tokens: int | None = None  # None: generation.max_new_tokens
+    batch_size: int = 16
+    samples: int = 4  # completions per kind (held-out, training) written to samples.jsonl per eval
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.n < 0 or self.samples < 0:
+            raise ValueError("eval.every, eval.n and eval.samples must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError("eval.batch_size must be >= 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError("eval.max_new_tokens must be >= 1 (or null)")
+
+
+@dataclass
+class GRPOConfig:
+    run_name: str = "grpo-gemma3-270m-cpu"
+    output_dir: str = "runs"
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    export: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    generation: SamplingConfig = field(default_factory=SamplingConfig)
+    grpo: LossConfig = field(default_factory=LossConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.0))
+    train: GRPOTrainConfig = field(default_factory=GRPOTrainConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=0, schedule="constant")
+    )
+    eval: GRPOEvalConfig = field(default_factory=GRPOEvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every_steps=5, keep_last=2))
+
+
+def load_grpo_config(path: str | Path | None, overrides: list[str]) -> GRPOConfig:
+    return load_config(GRPOConfig, path, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts: records → prompt strings and ids → the seeded per-step order
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prompt:
+    record: dict[str, Any]
+    line: int
+    text: str
+    ids: list[int]
+
+
+def load_prompts(
+    path: str | Path, tok: Any, cfg: PromptDataConfig, limit: int | None = None, seed: int | None = None
+) -> tuple[list[Prompt], dict[str, Any]]:
+    """The prompts of a record file that fit ``max_prompt_tokens``, and a report of the rest.
+
+    ``limit`` keeps that many (a seeded sample when ``seed`` is given, else the first ones).
+    """
+    pairs = list(iter_records(path))
+    texts = [format_prompt(tok, r["question"], cfg.trace_format) for _, r in pairs]
+    ids = tok(texts).input_ids if texts else []
+    prompts, too_long = [], []
+    for (line, rec), text, p_ids in zip(pairs, texts, ids, strict=True):
+        if len(p_ids) > cfg.max_prompt_tokens:
+            if cfg.on_overflow == "fail":
+                raise InputError(
+                    f"{path}:{line}: id {rec['id']!r}: prompt is {len(p_ids)} tokens, over "
+                    f"data.max_prompt_tokens={cfg.max_prompt_tokens} (raise it or set data.on_overflow=drop)"
+                )
+            too_long.append((rec["id"], len(p_ids)))
+            continue
+        prompts.append(Prompt(rec, line, text, list(p_ids)))
+    if not prompts:
+        raise InputError(
+            f"{path}: no usable prompts ({len(pairs)} records, all over data.max_prompt_tokens?)"
+        )
+    if limit is not None and limit < len(prompts):
+        order = list(range(len(prompts)))
+        if seed is not None:
+            random.Random(f"grpo-subset-{seed}").shuffle(order)
+        prompts = [prompts[i] for i in sorted(order[:limit])]
+    report = {
+        "file": str(path),
+        "records": len(pairs),
+        "used": len(prompts),
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+        "overflow_count": len(too_long),
+        "overflow_ids": [i for i, _ in too_long[:20]],
+        "prompt_tokens_max": max(len(p.ids) for p in prompts),
+    }
+    return prompts, report
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(f"grpo-order-{seed}-{epoch}").shuffle(order)
+    return tuple(order)
+
+
+def step_prompt_indices(n: int, per_step: int, seed: int, step: int) -> list[int]:
+    """Prompts of step ``step`` (0-based): consecutive slices through seeded per-epoch shuffles."""
+    start = step * per_step
+    return [_epoch_order(n, seed, (start + k) // n)[(start + k) % n] for k in range(per_step)]
+
+
+# --------------------------------------------------------------------------------------------
+# Model: where training starts, the SFTConfig view the shared builders take, the reference
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Start:
+    model_path: str  # the HF dir the policy (and reference) weights come from
+    init_adapter: str | None  # a PEFT adapter to keep training, or None for a fresh one
+    info: dict[str, Any]
+
+
+def _sft_shape(sft_cfg: dict[str, Any]) -> dict[str, Any]:
+    lora = sft_cfg.get("lora") or {}
+    train = sft_cfg.get("train") or {}
+    return {
+        "lora.rank": lora.get("rank", 16),
+        "lora.alpha": float(lora.get("alpha", 32.0)),
+        "lora.target_modules": lora.get("target_modules"),
+        "train.trainable_layers": train.get("trainable_layers"),
+    }
+
+
+def resolve_start(cfg: GRPOConfig) -> Start:
+    """Where the policy starts: ``model.path``, or the SFT run named by ``init.sft_run``."""
+    if cfg.init.sft_run is None:
+        return Start(cfg.model.path, cfg.model.init_adapter, {"from": "model.path"})
+    if cfg.model.init_adapter:
+        raise InputError("set init.sft_run or model.init_adapter, not both")
+    run = Path(cfg.init.sft_run)
+    if not run.is_dir():
+        raise InputError(
+            f"init.sft_run {run}: no such run directory; train it first (`make train` for the default SFT run)"
+        )
+    sft_cfg = read_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
+    if cfg.train.method == "lora" and cfg.init.sft_mode == "continue":
+        final = run / "final"
+        if not (final / "adapter_model.safetensors").is_file():
+            raise InputError(
+                f"{final}: no PEFT adapter (adapter_model.safetensors); has the SFT run finished (`make train`)? "
+                "A full fine-tune has no adapter: use init.sft_mode=merged"
+            )
+        ours = {
+            "lora.rank": cfg.lora.rank,
+            "lora.alpha": float(cfg.lora.alpha),
+            "lora.target_modules": cfg.lora.target_modules,
+            "train.trainable_layers": cfg.train.trainable_layers,
+        }
+        theirs = _sft_shape(sft_cfg)
+        diff = [k for k in ours if ours[k] != theirs[k]]
+        if diff:
+            k = diff[0]
+            raise InputError(
+                f"{k}={ours[k]} here but {theirs[k]} in {run / 'config.yaml'}: continuing an SFT adapter "
+                f"needs its shape (set {k}={theirs[k]}, or init.sft_mode=merged for a fresh adapter)"
+            )
+        manifest = run / "run_manifest.json"
+        sft_sha = (
+            (json.loads(manifest.read_text()).get("model") or {}).get("weights_sha256")
+            if manifest.is_file()
+            else None
+        )
+        ours_sha = weights_sha256(check_model_dir(cfg.model.path))
+        if sft_sha is not None and sft_sha != ours_sha:
+            raise InputError(
+                f"{final}: trained on other base weights (sha256 {sft_sha[:12]}… in {manifest}) than "
+                f"model.path={cfg.model.path} ({(ours_sha or '?')[:12]}…); point model.path at its base model"
+            )
+        info = {"from": "sft_run", "sft_run": str(run), "mode": "continue", "adapter": str(final)}
+        return Start(cfg.model.path, str(final), info)
+    merged = run / "merged"
+    if not (merged / "config.json").is_file():
+        raise InputError(f"{merged}: no merged HF export; has the SFT run finished (`make train`)?")
+    return Start(
+        str(merged), None, {"from": "sft_run", "sft_run": str(run), "mode": "merged", "model": str(merged)}
+    )
+
+
+def sft_view(cfg: GRPOConfig, start: Start) -> SFTConfig:
+    """The SFT config the shared model builder and exporter read (same model, LoRA and freezing)."""
+    return SFTConfig(
+        run_name=cfg.run_name,
+        output_dir=cfg.output_dir,
+        seed=cfg.seed,
+        model=dataclasses.replace(cfg.model, path=start.model_path, init_adapter=start.init_adapter),
+        lora=cfg.lora,
+        train=TrainConfig(
+            method=cfg.train.method,
+            trainable_layers=cfg.train.trainable_layers,
+            train_lm_head=cfg.train.train_lm_head,
+            max_steps=cfg.train.max_steps,
+            gradient_checkpointing=cfg.train.gradient_checkpointing,
+            loss_chunk_tokens=cfg.train.loss_chunk_tokens,
+        ),
+        optim=cfg.optim,
+    )
+
+
+def build_reference(cfg: GRPOConfig, start: Start) -> Any:
+    """A frozen copy of the starting model (full fine-tuning with beta > 0); LoRA needs none."""
+    if cfg.grpo.beta == 0 or cfg.train.method == "lora":
+        return None
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(
+        str(check_model_dir(start.model_path)),
+        dtype=torch_dtype(cfg.model.dtype),
+        attn_implementation=cfg.model.attn_implementation,
+    )
+    ref.to(resolve_device(cfg.model.device)).eval()
+    ref.config.use_cache = False
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def reference_kind(cfg: GRPOConfig, reference: Any) -> str:
+    if cfg.grpo.beta == 0:
+        return "none (beta=0: no reference forward)"
+    if reference is not None:
+        return "frozen copy of the starting model"
+    return "the policy with its LoRA adapter disabled"
+
+
+@torch.no_grad()
+def reference_logprobs(
+    model: Any, reference: Any, batch: Any, chunk: int, temperature: float
+) -> torch.Tensor:
+    """log p under the reference: the frozen copy, or the policy with its LoRA adapter disabled."""
+    if reference is not None:
+        return completion_logprobs(reference, batch, chunk, temperature)
+    with model.disable_adapter():
+        return completion_logprobs(model, batch, chunk, temperature)
+
+
+@contextlib.contextmanager
+def generation_mode(model: Any):
+    """Eval mode with the KV cache on, for decoding; the training RNG is left untouched."""
+    lm = causal_lm(model)
+    was_training = model.training
+    model.eval()
+    lm.config.use_cache = True
+    devices = [torch.cuda.current_device()] if next(lm.parameters()).is_cuda else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        lm.config.use_cache = False
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------
+# Rewards, advantages and the loss
+# --------------------------------------------------------------------------------------------
+
+
+def score_rewards(
+    reward_fns: list[Any],
+    weights: list[float],
+    prompts: list[str],
+    completions: list[str],
+    records: list[dict],
+) -> tuple[list[float], dict[str, list[float]]]:
+    """``(total per completion, {reward name: raw values})``; totals are the weighted sums."""
+    columns = {
+        k: [r.get(k) for r in records] for k in ("id", "question", "answer", "reasoning", "steps", "meta")
+    }
+    per: dict[str, list[float]] = {}
+    for fn in reward_fns:
+        values = fn(prompts, completions, **columns)
+        if len(values) != len(completions):
+            raise InputError(f"reward {fn.__name__}: {len(values)} values for {len(completions)} completions")
+        values = [float(v) for v in values]
+        if not all(math.isfinite(v) for v in values):
+            raise InputError(f"reward {fn.__name__}: returned a non-finite value {values}")
+        per[fn.__name__] = values
+    totals = [
+        sum(w * per[fn.__name__][i] for fn, w in zip(reward_fns, weights, strict=True))
+        for i in range(len(completions))
+    ]
+    return totals, per
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(advantages [N], zero_variance [N / group_size])`` for rewards laid out group by group.
+
+    A = r - mean(group), divided by (std(group) + eps) with ``scale="group"`` (std with n - 1,
+    as TRL). Groups whose rewards are all equal get exactly 0.
+    """
+    r = rewards.reshape(-1, group_size).to(torch.float64)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+    elif scale != "none":
+        raise ValueError(f"scale_rewards must be 'group' or 'none', got {scale!r}")
+    flat = r.amax(dim=1) == r.amin(dim=1)
+    centred[flat] = 0.0
+    return centred.reshape(-1).to(torch.float32), flat
+
+
+def sequence_weights(lengths: list[int], loss_type: str, max_new_tokens: int) -> list[float]:
+    """Per-token weight of each completion, so that loss = sum over tokens of weight * loss_t."""
+    n, total = len(lengths), sum(lengths)
+    if loss_type == "grpo":
+        return [1.0 / (n * max(1, length)) for length in lengths]
+    if loss_type == "dr_grpo":
+        return [1.0 / (n * max_new_tokens)] * n
+    if loss_type == "dapo":
+        return [1.0 / max(1, total)] * n
+    raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    cfg: LossConfig,
+    ref_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted clipped-ratio loss over flat completion tokens (all tensors [n_tokens]).
+
+    Returns ``(loss, stats)``: stats hold token counts clipped below / above (ratio outside the
+    range on the side where clipping stops the gradient) and the summed k3 KL (beta > 0).
+    """
+    low, high = cfg.clip_range
+    ratio = torch.exp(logp - old_logp)
+    per_token = -torch.minimum(ratio * advantages, ratio.clamp(low, high) * advantages)
+    stats = {
+        "clipped_low": ((ratio < low) & (advantages < 0)).sum().detach(),
+        "clipped_high": ((ratio > high) & (advantages > 0)).sum().detach(),
+    }
+    if cfg.beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs the reference log-probs")
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1.0
+        per_token = per_token + cfg.beta * kl
+        stats["kl_sum"] = kl.sum().detach()
+    return (per_token * weights).sum(), stats
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: LossConfig,
+    max_new_tokens: int,
+    ref_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of a padded batch: logp / old_logp / ref_logp / mask [B, T], advantages [B].
+
+    The same computation the trainer runs on packed micro-batches, for checking by hand.
+    """
+    keep = mask.bool()
+    lengths = keep.sum(dim=1).tolist()
+    w = torch.tensor(sequence_weights(lengths, cfg.loss_type, max_new_tokens), dtype=logp.dtype)
+    adv_tok = advantages[:, None].expand_as(logp)[keep]
+    w_tok = w[:, None].expand_as(logp)[keep]
+    ref = ref_logp[keep] if ref_logp is not None else None
+    loss, stats = token_loss(logp[keep], old_logp[keep], adv_tok, w_tok, cfg, ref)
+    n = max(1, int(keep.sum()))
+    out = {"clip_fraction": float(stats["clipped_low"] + stats["clipped_high"]) / n}
+    if "kl_sum" in stats:
+        out["kl"] = float(stats["kl_sum"]) / n
+    return loss, out
+
+
+# --------------------------------------------------------------------------------------------
+# One GRPO step: generate, score, advantages, mu policy updates
+# --------------------------------------------------------------------------------------------
+
+
+def generate(
+    model: Any, tok: Any, texts: list[str], settings: Any, batch_size: int, progress: bool
+) -> list[dict]:
+    from evals.generate import generate_completions
+
+    with generation_mode(model):
+        return generate_completions(
+            model, tok, texts, settings, batch_size=batch_size, progress=progress, return_ids=True
+        )
+
+
+@dataclass
+class MicroBatch:
+    batch: Any  # sft.Batch
+    adv: torch.Tensor  # [n_tokens]
+    weights: torch.Tensor  # [n_tokens]
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+
+
+def policy_update(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    examples: list[Example],
+    advantages: list[float],
+    cfg: GRPOConfig,
+    pad_id: int,
+    reference: Any = None,
+) -> dict[str, Any]:
+    """``grpo.num_iterations`` optimizer updates on one generation batch; returns the step's stats.
+
+    ``examples[i]`` is prompt + completion i (its completion tokens are the loss positions).
+    """
+    g = cfg.grpo
+    temp = cfg.generation.temperature
+    chunk = cfg.train.loss_chunk_tokens
+    device = next(causal_lm(model).parameters()).device
+    lengths = [len(e) - e.n_prompt for e in examples]
+    weights = sequence_weights(lengths, g.loss_type, cfg.generation.max_new_tokens)
+    # with beta = 0, a zero-advantage completion adds exactly nothing to the loss or gradient
+    trained = [i for i, a in enumerate(advantages) if a != 0.0 or g.beta > 0]
+    rows = pack_rows([len(e) for e in examples], trained, cfg.train.pack_tokens) if trained else []
+    micro: list[MicroBatch] = []
+    t0 = time.perf_counter()
+    for k in range(0, len(rows), cfg.train.micro_batch_rows):
+        part = rows[k : k + cfg.train.micro_batch_rows]
+        order = [i for row in part for i in row]
+        reps = torch.tensor([lengths[i] for i in order])
+        mb = MicroBatch(
+            batch=collate(examples, part, pad_id),
+            adv=torch.tensor([advantages[i] for i in order]).repeat_interleave(reps).to(device),
+            weights=torch.tensor([weights[i] for i in order]).repeat_interleave(reps).to(device),
+        )
+        if g.num_iterations > 1:  # the generation-time policy, before any update
+            with torch.no_grad():
+                mb.old_logp = completion_logprobs(model, mb.batch, chunk, temp)
+        if g.beta > 0:
+            mb.ref_logp = reference_logprobs(model, reference, mb.batch, chunk, temp)
+        micro.append(mb)
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+    n_tokens = sum(lengths)
+    losses, clip_fracs, clip_lows, clip_highs, kls, norms, lrs = [], [], [], [], [], [], []
+    for _ in range(g.num_iterations):
+        loss_sum, low, high, kl = 0.0, 0, 0, 0.0
+        for mb in micro:
+            logp = completion_logprobs(model, mb.batch, chunk, temp)
+            old = logp.detach() if mb.old_logp is None else mb.old_logp
+            loss, stats = token_loss(logp, old, mb.adv, mb.weights, g, mb.ref_logp)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            low += int(stats["clipped_low"])
+            high += int(stats["clipped_high"])
+            kl += float(stats.get("kl_sum", 0.0))
+        for p in params:  # a batch without signal still steps the optimizer, as the full loss would
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss_sum)
+        clip_lows.append(low / n_tokens)
+        clip_highs.append(high / n_tokens)
+        clip_fracs.append((low + high) / n_tokens)
+        kls.append(kl / n_tokens)
+    dt = time.perf_counter() - t0
+    train_tokens = sum(len(examples[i]) for i in trained) * g.num_iterations
+    out: dict[str, Any] = {
+        "loss": sum(losses) / len(losses),
+        "clip_fraction": sum(clip_fracs) / len(clip_fracs),
+        "clip_low": sum(clip_lows) / len(clip_lows),
+        "clip_high": sum(clip_highs) / len(clip_highs),
+        "grad_norm": norms[-1],
+        "lr": lrs[0],
+        "trained_sequences": len(trained),
+        "train_tokens": train_tokens,
+        "train_time_s": round(dt, 4),
+        "train_tokens_per_s": train_tokens / dt if dt > 0 and train_tokens else 0.0,
+    }
+    if g.beta > 0:
+        out["kl"] = sum(kls) / len(kls)
+    return out
+
+
+def grpo_step(
+    model: Any,
+    tok: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    prompts: list[Prompt],
+    reward_fns: list[Any],
+    cfg: GRPOConfig,
+    step: int,
+    pad_id: int,
+    reference: Any = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One GRPO step on ``prompts``: ``(metrics, per-completion records)``."""
+    from evals.generate import DecodeSettings
+
+    gen = cfg.generation
+    G = gen.num_generations
+    settings = DecodeSettings(
+        max_new_tokens=gen.max_new_tokens,
+        temperature=gen.temperature,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+        seed=cfg.seed * 1_000_000 + step,  # each step's samples follow (seed, step): resumable
+    )
+    texts = [p.text for p in prompts for _ in range(G)]
+    records = [p.record for p in prompts for _ in range(G)]
+    t0 = time.perf_counter()
+    outs = generate(model, tok, texts, settings, gen.batch_size or len(texts), progress=False)
+    gen_s = time.perf_counter() - t0
+    completions = [o["completion"] for o in outs]
+    totals, per = score_rewards(reward_fns, cfg.rewards.weight_list(), texts, completions, records)
+    adv, flat = group_advantages(torch.tensor(totals), G, cfg.grpo.scale_rewards)
+    examples = [
+        Example(str(k), k, prompts[k // G].ids + o["completion_ids"], len(prompts[k // G].ids))
+        for k, o in enumerate(outs)
+    ]
+    stats = policy_update(model, optimizer, scheduler, examples, adv.tolist(), cfg, pad_id, reference)
+    lengths = [o["completion_tokens"] for o in outs]
+    t = torch.tensor(totals)
+    metrics: dict[str, Any] = {"reward": float(t.mean()), "reward_std": float(t.std()) if len(t) > 1 else 0.0}
+    for name, values in per.items():
+        v = torch.tensor(values)
+        metrics[f"reward_{name}"] = float(v.mean())
+        metrics[f"reward_{name}_std"] = float(v.std()) if len(v) > 1 else 0.0
+    metrics.update(
+        {
+            "zero_std_groups": float(flat.float().mean()),
+            "completion_len_mean": sum(lengths) / len(lengths),
+            "completion_len_max": max(lengths),
+            "truncated": sum(o["stop_reason"] == "max_new_tokens" for o in outs) / len(outs),
+            **stats,
+            "gen_tokens": sum(lengths),
+            "gen_time_s": round(gen_s, 4),
+            "gen_tokens_per_s": sum(lengths) / gen_s if gen_s > 0 else 0.0,
+        }
+    )
+    samples = [
+        {
+            "id": records[k]["id"],
+            "question": records[k]["question"],
+            "completion": completions[k],
+            "stop_reason": outs[k]["stop_reason"],
+            "reward": totals[k],
+            "rewards": {name: per[name][k] for name in per},
+            "advantage": float(adv[k]),
+        }
+        for k in range(len(outs))
+    ]
+    return metrics, samples
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out eval: greedy completions on fixed prompts, shared rewards and scorer
+# --------------------------------------------------------------------------------------------
+
+
+def heldout_eval(
+    model: Any, tok: Any, prompts: list[Prompt], reward_fns: list[Any], cfg: GRPOConfig, out: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Mean total reward (and per reward) plus format / strict accuracy of greedy completions."""
+    from evals.generate import DecodeSettings
+    from evals.score import score_predictions
+
+    settings = DecodeSettings(max_new_tokens=cfg.eval.max_new_tokens or cfg.generation.max_new_tokens)
+    texts = [p.text for p in prompts]
+    records = [p.record for p in prompts]
+    outs = generate(model, tok, texts, settings, cfg.eval.batch_size, progress=True)
+    completions = [o["completion"] for o in outs]
+    totals, per = score_rewards(reward_fns, cfg.rewards.weight_list(), texts, completions, records)
+    predictions = []
+    for k, (p, o) in enumerate(zip(prompts, outs, strict=True)):
+        o = {key: v for key, v in o.items() if key != "completion_ids"}
+        rewards = {name: per[name][k] for name in per}
+        predictions.append(
+            {"id": p.record["id"], "prompt": p.text, **o, "reward": totals[k], "rewards": rewards}
+        )
+    with atomic_open(out) as fh:
+        for rec in predictions:
+            fh.write(dumps(rec) + "\n")
+    scores = score_predictions(predictions, records)
+    metrics: dict[str, Any] = {"eval_reward": sum(totals) / len(totals)}
+    for name, values in per.items():
+        metrics[f"eval_reward_{name}"] = sum(values) / len(values)
+    for key in ("format_accuracy", "strict_accuracy", "flexible_accuracy", "partial_accuracy"):
+        metrics[f"eval_{key}"] = scores[key]
+    metrics["eval_n"] = len(prompts)
+    metrics["eval_truncated"] = sum(o["stop_reason"] == "max_new_tokens" for o in outs) / len(outs)
+    metrics["eval_completion_len_mean"] = sum(o["completion_tokens"] for o in outs) / len(outs)
+    samples = [
+        {
+            "id": r["id"],
+            "question": p.record["question"],
+            "completion": r["completion"],
+            "stop_reason": r["stop_reason"],
+            "reward": r["reward"],
+            "rewards": r["rewards"],
+        }
+        for p, r in zip(prompts, predictions, strict=True)
+    ]
+    return metrics, samples
+
+
+def append_samples(run: RunDir, step: int, kind: str, samples: list[dict[str, Any]]) -> None:
+    with (run.path / "samples.jsonl").open("a", encoding="utf-8") as fh:
+        for s in samples:
+            fh.write(dumps({"step": step, "kind": kind, **s}) + "\n")
+
+
+def truncate_samples(run_path: Path, last_step: int) -> None:
+    path = run_path / "samples.jsonl"
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a killed run
+    with atomic_open(path) as fh:
+        fh.write("".join(k + "\n" for k in keep))
+
+
+GRPO_PLOTS = {
+    "reward": ["reward", "eval_reward"],
+    "kl": ["kl"],
+    "loss": ["loss"],
+    "completion_len": ["completion_len_mean", "eval_completion_len_mean"],
+    "lr": ["lr"],
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------
+
+
+def warn_if_cpu_busy(cfg: GRPOConfig) -> None:
+    """Say so when other jobs already load every core and torch would still run several threads:
+    decoding is many small ops, and oversubscribed threads make it many times slower."""
+    if resolve_device(cfg.model.device) != "cpu" or torch.get_num_threads() < 2:
+        return
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if load >= cores:
+        say(
+            f"warning: load average {load:.1f} on {cores} cores before this job starts, and torch will "
+            f"use {torch.get_num_threads()} threads; on a shared CPU train.threads=1 is usually much faster"
+        )
+
+
+def train(cfg: GRPOConfig) -> dict[str, Any]:
+    """Run one GRPO job end to end; return its summary (also written to ``summary.json``)."""
+    t_start = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    warn_if_cpu_busy(cfg)
+    run_path, resume_from = prepare_run_dir(cfg)  # type: ignore[arg-type]
+
+    # Everything that can fail on bad input happens before the run dir is touched.
+    start = resolve_start(cfg)
+    view = sft_view(cfg, start)
+    reward_fns = build_rewards(cfg.rewards.names, cfg.rewards.params)
+    tok = load_tokenizer(check_model_dir(start.model_path))
+    train_prompts, train_report = load_prompts(cfg.data.train, tok, cfg.data, cfg.data.train_limit, cfg.seed)
+    eval_prompts: list[Prompt] = []
+    eval_report = None
+    if cfg.data.valid and cfg.eval.n > 0:
+        eval_prompts, eval_report = load_prompts(cfg.data.valid, tok, cfg.data)
+        eval_prompts = eval_prompts[: cfg.eval.n]
+    seed_everything(cfg.seed)  # LoRA init follows the seed
+    model = build_model(view)
+    reference = build_reference(cfg, start)
+    total_steps = cfg.train.max_steps
+    updates = total_steps * cfg.grpo.num_iterations
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, updates, cfg.optim))
+    counts = parameter_counts(model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    P, G = cfg.generation.prompts_per_step, cfg.generation.num_generations
+
+    if resume_from is None and cfg.overwrite:
+        RunDir(run_path).clear()
+        for name in ("samples.jsonl", "summary.json"):
+            (run_path / name).unlink(missing_ok=True)
+    data_files = {"train": cfg.data.train, **({"valid": cfg.data.valid} if eval_prompts else {})}
+    run = RunDir.start(
+        run_path,
+        cfg,
+        data_files=data_files,
+        model_dir=start.model_path,
+        device=resolve_device(cfg.model.device),
+        extra={
+            "trainer": "trainers_torch.grpo",
+            "init": start.info,
+            "data_report": {"train": train_report, "valid": eval_report},
+            "parameters": counts,
+            "total_steps": total_steps,
+            "optimizer_updates": updates,
+            "reference": reference_kind(cfg, reference),
+        },
+    )
+    removed = remove_partial(run.checkpoints)
+    if removed:
+        say(f"removed unfinished checkpoint writes: {', '.join(removed)}")
+    say(
+        f"{train_report['file']}: {train_report['records']} records, {train_report['used']} prompts used; "
+        f"over max_prompt_tokens={cfg.data.max_prompt_tokens}: {train_report['overflow_count']} (dropped)"
+    )
+    say(
+        f"start: {start.info}; {cfg.train.method}: {counts['trainable']:,} of {counts['total']:,} parameters train; "
+        f"{total_steps} steps of {P} prompts x {G} samples (max_new_tokens={cfg.generation.max_new_tokens}), "
+        f"loss {cfg.grpo.loss_type}, beta {cfg.grpo.beta}, mu {cfg.grpo.num_iterations}"
+    )
+
+    start_step = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        if state.get("config_hash") != resume_hash(cfg):
+            raise InputError(
+                f"{resume_from}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config"
+            )
+        start_step = int(state["step"])
+        run.truncate_metrics(start_step)
+        truncate_samples(run.path, start_step)
+        say(f"resumed from {resume_from} (step {start_step})")
+    elif cfg.resume:
+        say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
+
+    def save_adapter(d: Path) -> None:
+        model.save_pretrained(d)
+
+    def checkpoint(step: int) -> None:
+        path = save_checkpoint(
+            run.checkpoints,
+            step,
+            model,
+            optimizer,
+            scheduler,
+            {"prompts_seen": step * P, "config_hash": resume_hash(cfg)},
+            save_adapter=save_adapter if cfg.train.method == "lora" else None,
+            keep_last=cfg.checkpoint.keep_last,
+        )
+        say(f"checkpoint saved: {path}")
+
+    logger = MetricsLogger(run.path)
+    last_train_samples: list[dict[str, Any]] = []
+
+    def evaluate(step: int) -> dict[str, Any]:
+        if not eval_prompts:
+            return {}
+        out, samples = heldout_eval(
+            model, tok, eval_prompts, reward_fns, cfg, run.eval / f"predictions-step-{step:06d}.jsonl"
+        )
+        logger.log(step, **out)
+        append_samples(run, step, "eval", samples[: cfg.eval.samples])
+        append_samples(run, step, "train", last_train_samples[: cfg.eval.samples])
+        say(
+            f"step {step} held-out ({out['eval_n']} prompts, greedy): reward {out['eval_reward']:.4f}, "
+            f"format {out['eval_format_accuracy']:.3f}, strict {out['eval_strict_accuracy']:.3f}, "
+            f"truncated {out['eval_truncated']:.2f}"
+        )
+        return out
+
+    evals_done = {r["step"] for r in read_metrics(run.path) if "eval_reward" in r}
+    if start_step == 0 and 0 not in evals_done:
+        evaluate(0)
+    model.train()
+    bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc=cfg.run_name)
+    for step in range(start_step, total_steps):
+        t0 = time.perf_counter()
+        idx = step_prompt_indices(len(train_prompts), P, cfg.seed, step)
+        metrics, samples = grpo_step(
+            model,
+            tok,
+            optimizer,
+            scheduler,
+            [train_prompts[i] for i in idx],
+            reward_fns,
+            cfg,
+            step,
+            pad_id,
+            reference,
+        )
+        last_train_samples = samples
+        metrics["epoch"] = round((step + 1) * P / len(train_prompts), 4)
+        metrics["step_time_s"] = round(time.perf_counter() - t0, 4)
+        logger.log(step + 1, **metrics)
+        bar.update(1)
+        bar.set_postfix(
+            reward=f"{metrics['reward']:.3f}", len=f"{metrics['completion_len_mean']:.0f}",
+            gen_tok_s=f"{metrics['gen_tokens_per_s']:.0f}", train_tok_s=f"{metrics['train_tokens_per_s']:.0f}",
+        )  # fmt: skip
+        done = step + 1 == total_steps
+        if cfg.eval.every > 0 and (step + 1) % cfg.eval.every == 0 and not done:
+            evaluate(step + 1)
+            plot_metrics(run, GRPO_PLOTS, markers={"eval_reward", "eval_completion_len_mean"})
+        if done or (cfg.checkpoint.every_steps > 0 and (step + 1) % cfg.checkpoint.every_steps == 0):
+            checkpoint(step + 1)
+    bar.close()
+    final_eval = evaluate(total_steps) if total_steps not in evals_done else {}
+    logger.close()
+    plot_metrics(run, GRPO_PLOTS, markers={"eval_reward", "eval_completion_len_mean"})
+    exported = export(model, tok, view, run) if cfg.export else {}
+    metrics_all = read_metrics(run.path)
+    steps = [r for r in metrics_all if "reward" in r]
+    evals = {r["step"]: r for r in metrics_all if "eval_reward" in r}
+
+    def total(key: str) -> float:
+        return sum(r.get(key, 0) for r in steps)
+
+    def eval_view(r: dict[str, Any] | None) -> dict[str, Any] | None:
+        return {k: v for k, v in r.items() if k.startswith("eval_")} if r else None
+
+    summary = {
+        "run_dir": str(run.path),
+        "steps": total_steps,
+        "init": start.info,
+        "train_reward_first": steps[0]["reward"] if steps else None,
+        "train_reward_last": steps[-1]["reward"] if steps else None,
+        "eval_before": eval_view(evals.get(0)),
+        "eval_after": eval_view(evals.get(total_steps)) or eval_view(final_eval),
+        "gen_tokens_per_s": round(total("gen_tokens") / total("gen_time_s"), 2)
+        if total("gen_time_s")
+        else None,
+        "train_tokens_per_s": round(total("train_tokens") / total("train_time_s"), 2)
+        if total("train_time_s")
+        else None,
+        "step_seconds_mean": round(total("step_time_s") / len(steps), 2) if steps else None,
+        "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
+        "resumed_from_step": start_step if resume_from is not None else None,
+        **exported,
+    }
+    write_json(run.path / "summary.json", summary)
+    run.finish(summary=summary)
+    before, after = summary["eval_before"], summary["eval_after"]
+    if before and after:
+        say(f"done: {run.path}; held-out reward {before['eval_reward']:.4f} -> {after['eval_reward']:.4f}")
+    else:
+        say(f"done: {run.path}")
+    return summary
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    flags, overrides = split_cli(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m trainers_torch.grpo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", help="YAML config (configs/grpo_*.yaml); key=value pairs override it")
+    args = ap.parse_args(flags)
+    cfg = load_grpo_config(args.config, overrides)
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
