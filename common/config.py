@@ -9,8 +9,10 @@ Optional, list[...], dict[str, ...] and nested dataclasses.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
+import sys
 import types
 import typing
 from pathlib import Path
@@ -210,3 +212,16 @@ def split_cli(argv: list[str]) -> tuple[list[str], list[str]]:
     for arg in argv:
         (overrides if "=" in arg and not arg.startswith("-") else flags).append(arg)
     return flags, overrides
+
+
+def config_from_cli(
+    cls: type[T], argv: list[str] | None, prog: str, doc: str | None, config_required: bool = False
+) -> T:
+    """A recipe's command line, ``--config FILE key=value …``, validated into ``cls``."""
+    flags, overrides = split_cli(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
+    ap.add_argument(
+        "--config", required=config_required, help="YAML config; key=value pairs override its keys"
+    )
+    args = ap.parse_args(flags)
+    return load_config(cls, args.config, overrides)

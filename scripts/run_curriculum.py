@@ -13,15 +13,13 @@ eval (loss, plus generation through ``evals/`` when available). ``curriculum_sum
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import load_config, split_cli
+from common.config import config_from_cli, load_config
 from common.errors import InputError, cli
 from common.jsonl import write_json
 from trainers_torch.sft import SFTConfig, say, train
@@ -157,15 +155,11 @@ def run_curriculum(cfg: CurriculumConfig) -> dict[str, Any]:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    flags, overrides = split_cli(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(
-        prog="python -m scripts.run_curriculum", description=__doc__.split("\n\n")[0]
+    run_curriculum(
+        config_from_cli(
+            CurriculumConfig, argv, "python -m scripts.run_curriculum", __doc__, config_required=True
+        )
     )
-    ap.add_argument(
-        "--config", required=True, help="YAML (configs/curriculum/sft_*.yaml); key=value overrides it"
-    )
-    args = ap.parse_args(flags)
-    run_curriculum(load_config(CurriculumConfig, args.config, overrides))
     return 0
 
 

@@ -32,7 +32,6 @@ Differences from torch that the frameworks force (and say so at start-up):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -51,7 +50,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from common import sft_data
-from common.config import load_config, split_cli
+from common.config import config_from_cli, load_config
 from common.errors import InputError, cli
 from common.jsonl import write_json
 from common.prompts import end_of_turn
@@ -683,11 +682,7 @@ def load_sft_config(path: str | None, overrides: list[str]) -> JaxSFTConfig:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    flags, overrides = split_cli(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m trainers_jax.sft", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", help="YAML config (configs/sft_*.yaml); key=value pairs override it")
-    args = ap.parse_args(flags)
-    train(load_sft_config(args.config, overrides))
+    train(config_from_cli(JaxSFTConfig, argv, "python -m trainers_jax.sft", __doc__))
     return 0
 
 

@@ -36,7 +36,6 @@ the training forward pass (the optimizer still steps, so the result is unchanged
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -44,7 +43,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +51,7 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from common.config import load_config, read_yaml, split_cli
+from common.config import config_from_cli, load_config, read_yaml
 from common.errors import InputError, cli
 from common.jsonl import atomic_open, dumps, write_json
 from common.prompts import format_prompt, load_tokenizer
@@ -1084,12 +1082,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    flags, overrides = split_cli(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m trainers_torch.grpo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", help="YAML config (configs/grpo_*.yaml); key=value pairs override it")
-    args = ap.parse_args(flags)
-    cfg = load_grpo_config(args.config, overrides)
-    train(cfg)
+    train(config_from_cli(GRPOConfig, argv, "python -m trainers_torch.grpo", __doc__))
     return 0
 
 

@@ -18,7 +18,6 @@ block-diagonal causal mask from the position ids (``find_packed_sequence_indices
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import os
@@ -34,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from common import sft_data
-from common.config import load_config, split_cli
+from common.config import config_from_cli, load_config
 from common.errors import InputError, cli
 from common.jsonl import atomic_open, dumps, write_json
 from common.prompts import end_of_turn, format_prompt, load_tokenizer
@@ -810,12 +809,7 @@ def load_sft_config(path: str | None, overrides: list[str]) -> SFTConfig:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    flags, overrides = split_cli(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m trainers_torch.sft", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", help="YAML config (configs/sft_*.yaml); key=value pairs override it")
-    args = ap.parse_args(flags)
-    cfg = load_sft_config(args.config, overrides)
-    train(cfg)
+    train(config_from_cli(SFTConfig, argv, "python -m trainers_torch.sft", __doc__))
     return 0
 
 
