@@ -52,7 +52,7 @@ clean: ## Remove caches (keeps .venv, models/ and runs/)
 	rm -rf .pytest_cache .ruff_cache .benchmarks
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# --- data: trace datasets (issue 4) -------------------------------------------------------------
+# --- data: trace datasets ----------------------------------------------------------------------
 .PHONY: data
 DATA_CONFIGS := configs/data/gsm8k.yaml configs/data/rg_mix.yaml configs/data/rg_gsm_symbolic.yaml
 
@@ -60,7 +60,7 @@ data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into d
 	@for cfg in $(DATA_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
 	$(PY) -m scripts.dataset contamination data/built/rg_mix/train.jsonl data/built/gsm8k/test.jsonl
 
-# --- train: SFT and curriculum (issue 5) --------------------------------------------------------
+# --- train: SFT, curriculum and GRPO ---------------------------------------------------------------
 .PHONY: train curriculum
 CONFIG ?= configs/sft_gemma3_270m_cpu.yaml
 RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(CONFIG) | head -n 1)
@@ -94,7 +94,7 @@ train-grpo: $(GRPO_NEEDS) $(STAMP) $(MODEL) data ## GRPO from the SFT run (SFT_R
 grpo-missing-sft:
 	@echo "error: $(SFT_RUN)/final/ holds no SFT adapter; run \`make train\` first (or pass SFT_RUN=runs/<sft run>)" >&2; exit 2
 
-# --- eval: base vs a trained run on the same held-out items (issue 6) ---------------------------
+# --- eval: base vs a trained run on the same held-out items ------------------------------------
 .PHONY: eval eval-report chromium
 EVAL_CONFIG ?= configs/eval/gsm8k_cpu.yaml
 EVAL_DATA := data/built/gsm8k/test.jsonl

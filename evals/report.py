@@ -297,7 +297,7 @@ def generation_table(summary: dict[str, Any]) -> str:
         )
     return (
         "<table><tr><th></th><th>stopped at end of turn</th><th>eos</th><th>cut at max_new_tokens</th>"
-        "<th>mean completion tokens</th><th>empty</th><th>items/s (this session)</th></tr>"
+        "<th>mean completion tokens</th><th>empty</th><th>items/s (this run)</th></tr>"
         + "".join(rows)
         + "</table>"
     )
