@@ -149,7 +149,7 @@ def test_train_resume_and_merged_export_loads_in_transformers(tiny6, rows, tmp_p
     _, _, data = rows
     args = ["--config", str(ROOT / "configs/sft_gemma3_270m_cpu.yaml"), f"model.path={tiny6}", f"data.train={data}",
             f"data.valid={data}", "data.train_limit=null", "data.valid_limit=4", f"output_dir={tmp_path}", "run_name=r",
-            "train.max_steps=3", "checkpoint.every_steps=2", "eval.every_steps=0", f"train.loss_chunk_tokens={CHUNK}",
+            "data.max_len=400", "train.max_steps=3", "checkpoint.every_steps=2", "eval.every_steps=0", f"train.loss_chunk_tokens={CHUNK}",
             "optim.lr=1e-2", "lora.rank=4"]  # fmt: skip
     assert J.main(args) == 0
     run = tmp_path / "r"

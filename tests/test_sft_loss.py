@@ -157,3 +157,23 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examp
     assert abs(grads[0][0] - grads[1][0]) < 1e-6
     for n, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_bfloat16_training_step(tiny_gemma3, examples):
+    from trainers_torch.sft import build_model, build_optimizer, load_sft_config
+
+    tok, ex, _ = examples
+    batch = collate(ex, [[0, 1]], tok.pad_token_id)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        cfg = load_sft_config(None, [f"model.path={tiny_gemma3}", f"model.dtype={dtype}", "lora.dropout=0.0"])
+        model = build_model(cfg).train()
+        opt = build_optimizer(model, cfg.optim)
+        loss = completion_loss_sum(model, batch, 64) / batch.n_targets
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+        opt.step()
+        losses[dtype] = loss.item()
+    assert abs(losses["bfloat16"] - losses["float32"]) / losses["float32"] < 2e-2

@@ -100,6 +100,19 @@ def test_kill_9_then_resume_matches_uninterrupted(setup, uninterrupted):
     assert manifest["status"] == "completed" and manifest["previous_attempts"][-1]["status"] == "running"
 
 
+def test_resume_with_another_config_fails_and_writes_nothing(setup, uninterrupted):
+    from common.errors import InputError
+
+    root, config = setup
+    run = root / "runs" / "straight"
+    before = {
+        p: p.read_bytes() for p in (run / "config.yaml", run / "run_manifest.json", run / "metrics.jsonl")
+    }
+    with pytest.raises(InputError, match="another config"):
+        train(load_sft_config(config, ["run_name=straight", "resume=true", "optim.lr=0.5"]))
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
 def test_killed_save_leaves_nothing_resume_would_pick(setup, uninterrupted, tmp_path):
     root, _ = setup
     ckpts = root / "runs" / "straight" / "checkpoints"

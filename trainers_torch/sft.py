@@ -133,14 +133,6 @@ def linear_module_names(lm: Any) -> list[str]:
     return sorted(names)
 
 
-def layer_prefix(lm: Any) -> str:
-    layers = decoder_layers(lm)
-    for name, module in lm.named_modules():
-        if module is layers:
-            return name
-    raise InputError("decoder layers not found among the model's modules")
-
-
 def apply_lora(lm: Any, cfg: SFTConfig) -> Any:
     """Wrap ``lm`` with LoRA adapters (PEFT) on the decoder's linear layers; the embedding stays frozen."""
     from peft import LoraConfig as PeftLoraConfig
@@ -643,6 +635,15 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg.optim))
     counts = parameter_counts(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    start_step, tokens_seen = 0, 0
+    if resume_from is not None:  # restore weights, optimizer, schedule and RNG before writing anything
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        if state.get("config_hash") != resume_hash(cfg):
+            raise InputError(
+                f"{resume_from}: made with another config than this one (resume needs the same config; "
+                f"the checkpoint's is {run_path / 'config.yaml'})"
+            )
+        start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
 
     if resume_from is None and cfg.overwrite:
         RunDir(run_path).clear()
@@ -673,14 +674,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         f"(pack_tokens={cfg.data.pack_tokens}); {total_steps} steps of {rows_per_step} rows"
     )
 
-    start_step, tokens_seen = 0, 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler)
-        if state.get("config_hash") != resume_hash(cfg):
-            raise InputError(
-                f"{resume_from}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config"
-            )
-        start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
         run.truncate_metrics(start_step)
         say(f"resumed from {resume_from} (step {start_step})")
     elif cfg.resume:
