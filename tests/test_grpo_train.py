@@ -188,6 +188,17 @@ def test_kill_9_then_resume_matches_uninterrupted(setup, uninterrupted):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-6
 
 
+def test_resume_with_another_config_fails_before_touching_the_run(setup, uninterrupted):
+    from common.errors import InputError
+
+    _, config = setup
+    run = Path(uninterrupted["run_dir"])
+    before = (run / "config.yaml").read_text(), (run / "run_manifest.json").read_text()
+    with pytest.raises(InputError, match="another config"):
+        train(load_grpo_config(config, ["run_name=straight", "resume=true", "optim.lr=1.0e-3"]))
+    assert ((run / "config.yaml").read_text(), (run / "run_manifest.json").read_text()) == before
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

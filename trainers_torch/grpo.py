@@ -917,6 +917,15 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     counts = parameter_counts(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     P, G = cfg.generation.prompts_per_step, cfg.generation.num_generations
+    start_step = 0
+    if resume_from is not None:  # restore weights, optimizer, schedule and RNG before writing anything
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        if state.get("config_hash") != resume_hash(cfg):
+            raise InputError(
+                f"{resume_from}: made with another config than this one (resume needs the same config; "
+                f"the checkpoint's is {run_path / 'config.yaml'})"
+            )
+        start_step = int(state["step"])
 
     if resume_from is None and cfg.overwrite:
         RunDir(run_path).clear()
@@ -952,14 +961,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
         f"loss {cfg.grpo.loss_type}, beta {cfg.grpo.beta}, mu {cfg.grpo.num_iterations}"
     )
 
-    start_step = 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler)
-        if state.get("config_hash") != resume_hash(cfg):
-            raise InputError(
-                f"{resume_from}: made with a different config than {run_path}/config.yaml now holds; resume needs the same config"
-            )
-        start_step = int(state["step"])
         run.truncate_metrics(start_step)
         truncate_samples(run.path, start_step)
         say(f"resumed from {resume_from} (step {start_step})")
