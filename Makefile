@@ -37,7 +37,7 @@ test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the 
 test-fast: $(STAMP) chromium ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
 
-bench: $(STAMP) ## pytest-benchmark suite of the hot paths, each beside a peer
+bench: $(STAMP) $(MODEL) ## pytest-benchmark suite of the hot paths, each beside a peer
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + format check
