@@ -45,10 +45,10 @@ from scripts.dataset.build import BuildConfig
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/kaggle/notebook.yaml"
 STAGES = ("check", "setup", "data", "sft", "grpo", "eval", "collect")
-# What each trainer stage runs, and the function that validates its config (module, loader).
+# What each trainer stage runs, and the config dataclass its command line is validated into.
 TRAINERS = {
-    "sft": ("trainers_jax.sft", "load_sft_config"),
-    "grpo": ("trainers_jax.grpo", "load_grpo_config"),
+    "sft": ("trainers_jax.sft", "JaxSFTConfig"),
+    "grpo": ("trainers_jax.grpo", "JaxGRPOConfig"),
 }
 # Modules the stages import; `setup` checks them where it installs nothing.
 NEEDED_MODULES = (
@@ -203,14 +203,15 @@ def eval_overrides(plan: Plan) -> list[str]:
 
 
 def _load_recipe(stage: str, path: Path, overrides: list[str]) -> Any:
-    module, loader = TRAINERS[stage]
+    """``stage``'s config as its trainer will read it (the same dataclass, loader and overrides)."""
+    module, cls = TRAINERS[stage]
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as err:
         raise InputError(
             f"{stage}: {module} cannot be imported ({err}); the {stage} stage cannot run"
         ) from None
-    return getattr(mod, loader)(str(path), overrides)
+    return load_config(getattr(mod, cls), path, overrides)
 
 
 # What each stage loads: its own config, and the recipe configs that name the runs it touches.
@@ -303,13 +304,13 @@ def run_commands(plan: Plan, commands: list[list[str]]) -> None:
 
 def check(cfg: NotebookConfig, configs_only: bool = False) -> Plan:
     """Validate everything a long run depends on; print the plan."""
-    plan, loaded = make_plan(cfg, "check")
     if not configs_only:
         model = project_path(cfg.model_dir)
         if not (model / "config.json").is_file():
             raise InputError(f"model_dir: {model} is not an HF model directory (no config.json)")
         if not any(model.glob("*.safetensors")):
             raise InputError(f"model_dir: {model} holds no *.safetensors weights")
+    plan, loaded = make_plan(cfg, "check")
     print(f"notebook config ok; project {ROOT}")
     print(f"  model      {project_path(cfg.model_dir)}")
     print(f"  workspace  {plan.workspace} (data/, runs/)")
