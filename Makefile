@@ -117,7 +117,7 @@ chromium: ## Install headless Chromium for the report render test (no-op when pr
 .PHONY: kaggle-check kaggle-notebook-test
 KAGGLE_CONFIG ?= configs/kaggle/notebook.yaml
 
-kaggle-check: $(STAMP) ## Validate the Kaggle notebook and every config it names (seconds: no model, no run)
+kaggle-check: $(STAMP) ## Validate the Kaggle notebook and every config it names (no model, no run)
 	$(PY) -m submission.kaggle check --configs-only --config $(KAGGLE_CONFIG)
 	$(PY) -m submission.kaggle check --configs-only --config configs/kaggle/ci_tiny.yaml
 	$(PY) -m pytest -q tests/test_kaggle_notebook.py -m "not slow" $(PYTEST_ARGS)
