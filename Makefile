@@ -112,3 +112,15 @@ eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." -> runs/
 
 chromium: ## Install headless Chromium for the report render test (no-op when present)
 	@bash scripts/ensure_chromium.sh
+
+# --- kaggle: the TPU notebook and its configs -------------------------------------------------
+.PHONY: kaggle-check kaggle-notebook-test
+KAGGLE_CONFIG ?= configs/kaggle/notebook.yaml
+
+kaggle-check: $(STAMP) ## Validate the Kaggle notebook and every config it names (no model, no run)
+	$(PY) -m submission.kaggle check --configs-only --config $(KAGGLE_CONFIG)
+	$(PY) -m submission.kaggle check --configs-only --config configs/kaggle/ci_tiny.yaml
+	$(PY) -m pytest -q tests/test_kaggle_notebook.py -m "not slow" $(PYTEST_ARGS)
+
+kaggle-notebook-test: $(STAMP) ## Execute the notebook end to end on CPU (ci_tiny.yaml, tiny model, minutes)
+	$(PY) -m pytest -q tests/test_kaggle_notebook.py $(PYTEST_ARGS)

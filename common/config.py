@@ -181,6 +181,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def merge_mappings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``: mappings merge key by key, any other value replaces."""
+    return _merge(base, extra)
+
+
+def config_from_mapping(cls: type[T], data: dict[str, Any], source: str | Path) -> T:
+    """Build ``cls`` from already-read YAML data, strictly; errors name ``source``."""
+    try:
+        return _build(cls, data, "")
+    except InputError as err:
+        raise InputError(f"{source}: {err}") from None
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build ``cls`` from a YAML file plus dotted overrides, strictly."""
     data = read_yaml(path) if path is not None else {}

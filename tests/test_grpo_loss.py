@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from trainers_torch.grpo import LossConfig, group_advantages, grpo_loss, sequence_weights, token_loss
+from common.grpo_config import LossConfig
+from trainers_torch.grpo import group_advantages, grpo_loss, sequence_weights, token_loss
 
 
 def test_group_advantages_normalise_within_groups():

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from common.errors import InputError
+from common.grpo_config import load_grpo_config
 from common.runs import weights_sha256
 from common.sft_data import Example
-from trainers_torch.grpo import build_reference, load_grpo_config, reference_logprobs, resolve_start, sft_view
+from trainers_torch.grpo import build_reference, reference_logprobs, resolve_start, sft_view
 from trainers_torch.sft import build_model, collate, completion_logprobs
 
 

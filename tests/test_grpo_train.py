@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.grpo_config import load_grpo_config
 from common.prompts import format_prompt, load_tokenizer
 from common.rewards import REWARDS
 from common.runs import read_metrics
 from tests import grpo_helpers
 from tests.sft_data import arithmetic_records, write_records
-from trainers_torch.grpo import load_grpo_config, main, train
+from trainers_torch.grpo import main, train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4

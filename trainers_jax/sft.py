@@ -55,7 +55,7 @@ from common.errors import InputError, cli
 from common.jsonl import write_json
 from common.prompts import end_of_turn
 from common.runs import MetricsLogger, RunDir, read_metrics, resume_hash, write_plots
-from common.sft_config import SFTConfig, TrainConfig, lr_factor
+from common.sft_config import OptimConfig, SFTConfig, TrainConfig, lr_factor
 from common.sft_data import IGNORE, DataPlan, Example, overflow_line, pack_rows, tokenize_records
 from trainers_jax.model import load_model, make_mesh
 
@@ -277,9 +277,8 @@ def heldout_loss(model: Any, examples: list[Example], cfg: SFTConfig, pad_id: in
 # --------------------------------------------------------------------------------------------
 
 
-def build_optimizer(model: Any, cfg: SFTConfig, wrt: Any, total_steps: int) -> nnx.Optimizer:
+def optax_transform(o: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """optax AdamW/Adafactor with the torch recipe's schedule, decay on matrices only, clipping."""
-    o = cfg.optim
     table = jnp.asarray([o.lr * lr_factor(s, total_steps, o) for s in range(total_steps + 1)], jnp.float32)
 
     def schedule(count: jax.Array) -> jax.Array:
@@ -298,7 +297,12 @@ def build_optimizer(model: Any, cfg: SFTConfig, wrt: Any, total_steps: int) -> n
         tx = optax.adafactor(schedule, weight_decay_rate=o.weight_decay or None, weight_decay_mask=decay_mask)
     if o.max_grad_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(o.max_grad_norm), tx)
-    return nnx.Optimizer(model, tx, wrt=wrt)
+    return tx
+
+
+def build_optimizer(model: Any, cfg: SFTConfig, wrt: Any, total_steps: int) -> nnx.Optimizer:
+    """The optimizer of the trainable parameters (``optax_transform``)."""
+    return nnx.Optimizer(model, optax_transform(cfg.optim, total_steps), wrt=wrt)
 
 
 @nnx.jit(static_argnames=("chunk", "wrt"))

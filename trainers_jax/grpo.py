@@ -1,0 +1,594 @@
+"""GRPO on Tunix (Flax NNX): Tunix's ``GRPOLearner`` + ``RLCluster`` with a qwix LoRA policy,
+scored by the shared rewards, on the same YAML as ``trainers_torch.grpo``.
+
+    python -m trainers_jax.grpo --config configs/grpo_gemma3_270m_cpu.yaml key=value ... [mesh.fsdp=2]
+
+Read top to bottom: config (``common/grpo_config.py`` plus ``mesh: {fsdp, tp}``; keys JAX cannot
+honour are rejected or announced) → start (the base model, or an SFT run's ``merged/`` export)
+→ policy (Tunix Gemma 3 + a fresh qwix LoRA whose B is zero-initialised, so the step-0 policy
+*is* the starting model) → the Tunix cluster (vanilla rollout sharing the actor's weights, the
+actor trainer with our optax optimizer and schedule) → one step per ``GRPOLearner.train`` call
+on the step's P prompts (the same seeded order as torch) → held-out greedy eval at step 0,
+every ``eval.every`` steps and at the end → Orbax checkpoints + resume → ``merged/`` HF
+safetensors that ``evals`` and ``trainers_torch`` load.
+
+What Tunix does here: sampling (``Sampler`` through ``RLCluster.generate``: temperature, top-k,
+top-p, stop at eos / end of turn), the rewards' call (weighted sum), group advantages, the
+clipped-ratio loss with optional k3 KL to the reference, ``num_iterations`` updates per batch.
+What is ours: the prompts and their order, the reward functions (``common.rewards``, each
+wrapped to apply its weight and keep its raw values for the metrics), the step loop around
+the learner, metrics names (``metrics.jsonl`` as torch writes it), eval, checkpoints, export.
+
+How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
+- ``grpo.loss_type``: ``grpo`` → ``loss_agg_mode=sequence-mean-token-mean`` (mean over
+  completions of each one's token mean), ``dr_grpo`` → ``sequence-mean-token-scale`` (each
+  completion's token sum / max_new_tokens, mean over completions), ``dapo`` → ``token-mean``
+  (sum over all completion tokens / their count). These are torch's three formulas.
+- ``grpo.epsilon`` / ``epsilon_high``: Tunix's ratio clip ``[1 - epsilon, 1 + epsilon_high]``
+  (``epsilon_high`` is read from the config object, which ``GRPOConfig`` has no field for: it is
+  set as an attribute). Tunix also clips the log-ratio to ±20 before ``exp`` (torch does not).
+- ``grpo.beta``: Tunix's ``kl_loss_mode=low_var_kl`` is torch's k3 estimator; the reference
+  is the starting model (a second copy of its weights; with beta = 0 none is loaded or run).
+- ``grpo.scale_rewards``: ``group`` → Tunix's ``grpo`` advantages ((r - mean) / (std + 1e-6),
+  std with n - 1; torch adds 1e-4), ``none`` → ``drgrpo`` (r - mean). Flat groups get 0 in both.
+- ``init.sft_mode: continue`` cannot continue a PEFT adapter here: the run's ``merged/`` export
+  is loaded and a fresh LoRA added (announced). The step-0 policy is the same model; the KL
+  reference is then the SFT model rather than the base (moot with beta = 0).
+- Completion lengths are Tunix's: the stop token is not counted (torch counts it), and a
+  completion of exactly ``max_new_tokens`` tokens counts as truncated.
+- ``gen_time_s`` is Tunix's generate-and-score phase (sampling, rewards, advantages, old /
+  reference log-probs); ``train_time_s`` the rest of the step.
+- torch-only keys (announced when set away from their defaults): ``train.micro_batch_rows``,
+  ``pack_tokens``, ``loss_chunk_tokens``, ``gradient_checkpointing``, ``threads``,
+  ``generation.batch_size``, ``model.attn_implementation``; ``lora.dropout`` is not applied.
+  Rejected: ``train.method=full`` and ``model.init_adapter`` (LoRA on an HF dir only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from common.config import config_from_cli, load_config
+from common.errors import InputError, cli
+from common.grpo_config import (
+    GRPO_PLOTS,
+    GRPOConfig,
+    Prompt,
+    append_samples,
+    load_prompts,
+    score_heldout,
+    step_prompt_indices,
+    truncate_samples,
+)
+from common.jsonl import write_json
+from common.prompts import end_of_turn
+from common.rewards import build_rewards
+from common.runs import MetricsLogger, RunDir, plot_metrics, read_metrics, resume_hash
+from common.sft_config import TrainConfig, lr_factor
+from trainers_jax.model import load_model, make_mesh
+from trainers_jax.sft import (
+    JaxSFTConfig,
+    MeshConfig,
+    apply_lora,
+    checkpoint_manager,
+    export_merged,
+    optax_transform,
+    parameter_counts,
+    restore_checkpoint,
+    save_checkpoint,
+)
+
+# --------------------------------------------------------------------------------------------
+# Config: the torch recipe's keys (common/grpo_config.py) plus the device mesh
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JaxGRPOConfig(GRPOConfig):
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+LOSS_AGG = {"grpo": "sequence-mean-token-mean", "dr_grpo": "sequence-mean-token-scale", "dapo": "token-mean"}
+ADVANTAGES = {"group": "grpo", "none": "drgrpo"}
+TORCH_ONLY = {  # key → its default: set to anything else, the JAX trainer says it is not applied
+    "train.micro_batch_rows": 1,
+    "train.pack_tokens": 1024,
+    "train.loss_chunk_tokens": 256,
+    "train.gradient_checkpointing": False,
+    "train.threads": None,
+    "generation.batch_size": 0,
+}
+
+
+def say(msg: str) -> None:
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def jax_notes(cfg: JaxGRPOConfig) -> list[str]:
+    """Reject what the JAX trainer cannot do; return the differences it announces at start-up."""
+    if cfg.train.method != "lora":
+        raise InputError("train.method=full is not supported by trainers_jax.grpo (LoRA only)")
+    if cfg.model.init_adapter:
+        raise InputError(
+            "model.init_adapter is not supported by trainers_jax.grpo; use init.sft_run (its merged/ export)"
+        )
+    notes = []
+    for key, default in TORCH_ONLY.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value != default:
+            notes.append(f"{key}={value} is torch-only; not applied by trainers_jax.grpo")
+    if cfg.lora.dropout > 0:
+        notes.append(f"lora.dropout={cfg.lora.dropout} is not applied (deterministic LoRA)")
+    if cfg.init.sft_run and cfg.init.sft_mode == "continue":
+        notes.append(
+            "init.sft_mode=continue: JAX starts a fresh LoRA on the SFT run's merged/ export "
+            "(same step-0 policy; the KL reference is the SFT model)"
+        )
+    return notes
+
+
+# --------------------------------------------------------------------------------------------
+# Start: the base model or an SFT run's merged/ export; the policy is it + a fresh LoRA
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_start(cfg: GRPOConfig) -> tuple[str, dict[str, Any]]:
+    """``(HF dir the policy starts from, description)``: ``model.path`` or ``<init.sft_run>/merged``."""
+    if cfg.init.sft_run is None:
+        return cfg.model.path, {"from": "model.path", "model": cfg.model.path}
+    run = Path(cfg.init.sft_run)
+    merged = run / "merged"
+    if not (merged / "config.json").is_file():
+        raise InputError(
+            f"init.sft_run {run}: no merged/ HF export ({merged}/config.json); has the SFT run "
+            "(trainers_torch.sft or trainers_jax.sft, export=true) finished?"
+        )
+    return str(merged), {"from": "sft_run", "sft_run": str(run), "mode": "merged", "model": str(merged)}
+
+
+def lora_view(cfg: GRPOConfig, model_path: str) -> JaxSFTConfig:
+    """The SFT config ``apply_lora`` reads (same LoRA shape, targets and trainable layers)."""
+    return JaxSFTConfig(
+        seed=cfg.seed,
+        model=dataclasses.replace(cfg.model, path=model_path),
+        lora=cfg.lora,
+        train=TrainConfig(method="lora", trainable_layers=cfg.train.trainable_layers),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rewards: the shared functions, weighted for Tunix, their raw values kept for the metrics
+# --------------------------------------------------------------------------------------------
+
+COLUMNS = ("id", "question", "answer")  # dataset columns the rewards receive (as numpy str arrays)
+
+
+class RewardRecorder:
+    """Wraps the shared rewards for Tunix: each returns ``weight * value``; the last call's
+    completions and raw values stay here for ``metrics.jsonl`` and ``samples.jsonl``."""
+
+    def __init__(self, fns: list[Any], weights: list[float]):
+        self.raw: dict[str, list[float]] = {}
+        self.completions: list[str] = []
+        self.columns: dict[str, list[Any]] = {}
+        self.fns = [self._wrap(fn, w) for fn, w in zip(fns, weights, strict=True)]
+
+    def _wrap(self, fn: Any, weight: float) -> Any:
+        def reward(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+            cols = {k: [str(x) for x in columns[k]] for k in COLUMNS if k in columns}
+            values = [float(v) for v in fn(prompts, completions, **cols)]
+            if len(values) != len(completions) or not all(np.isfinite(values)):
+                raise InputError(
+                    f"reward {fn.__name__}: {len(values)} values for {len(completions)} completions"
+                )
+            self.raw[fn.__name__] = values
+            self.completions, self.columns = list(completions), cols
+            return [weight * v for v in values]
+
+        reward.__name__ = reward.__qualname__ = fn.__name__
+        return reward
+
+
+def recording_learner(base: type) -> type:
+    """``GRPOLearner`` that keeps each step's completion lengths, advantages and timing."""
+
+    class Recording(base):  # type: ignore[misc, valid-type]
+        def _generate_and_compute_advantage(self, training_input: Any, mode: Any = None) -> Any:
+            from tunix.rl import rl_cluster as rlc
+
+            t0 = time.perf_counter()
+            example = super()._generate_and_compute_advantage(training_input, mode or rlc.Mode.TRAIN)
+            self.last = {
+                "lengths": np.asarray(example.completion_mask).sum(axis=-1).astype(int).tolist(),
+                "prompt_tokens": np.asarray(example.prompt_mask).sum(axis=-1).astype(int).tolist(),
+                "advantages": np.asarray(example.advantages).astype(float).tolist(),
+                "gen_time_s": time.perf_counter() - t0,
+            }
+            return example
+
+    return Recording
+
+
+# --------------------------------------------------------------------------------------------
+# The Tunix cluster and learner
+# --------------------------------------------------------------------------------------------
+
+
+def rollout_config(cfg: GRPOConfig, tok: Any, prompt_len: int, seed: int | None = None) -> Any:
+    from tunix.rl.rollout import base_rollout
+
+    gen = cfg.generation
+    eot = tok.convert_tokens_to_ids(end_of_turn(tok))
+    stops = [t for t in (eot, tok.eos_token_id) if isinstance(t, int) and t != tok.unk_token_id]
+    return base_rollout.RolloutConfig(
+        max_tokens_to_generate=gen.max_new_tokens,
+        max_prompt_length=prompt_len,
+        kv_cache_size=prompt_len + gen.max_new_tokens + 8,
+        temperature=gen.temperature,
+        top_k=gen.top_k or None,
+        top_p=gen.top_p,
+        eos_tokens=list(dict.fromkeys(stops)),
+        seed=seed,
+    )
+
+
+def build_learner(
+    cfg: GRPOConfig, actor: Any, reference: Any, tok: Any, mesh: Any, prompt_len: int, rewards: RewardRecorder
+) -> Any:
+    """``RLCluster`` (actor, rollout and reference on one mesh) + ``GRPOLearner`` for ``cfg``."""
+    from tunix.rl import rl_cluster as rlc
+    from tunix.rl.grpo import grpo_learner
+
+    g = cfg.grpo
+    updates = cfg.train.max_steps * g.num_iterations
+    training = rlc.RLTrainingConfig(
+        actor_optimizer=optax_transform(cfg.optim, updates),
+        eval_every_n_steps=10**9,  # held-out eval is ours (greedy, shared rewards)
+        max_steps=updates,
+    )
+    cluster = rlc.RLCluster(
+        actor=actor,
+        reference=reference,
+        tokenizer=tok,
+        cluster_config=rlc.ClusterConfig(
+            role_to_mesh={rlc.Role.ACTOR: mesh, rlc.Role.REFERENCE: mesh, rlc.Role.ROLLOUT: mesh},
+            rollout_engine="vanilla",
+            offload_to_cpu=False,
+            training_config=training,
+            rollout_config={rlc.Mode.TRAIN: rollout_config(cfg, tok, prompt_len)},
+        ),
+    )
+    algo = grpo_learner.GRPOConfig(
+        num_generations=cfg.generation.num_generations,
+        num_iterations=g.num_iterations,
+        beta=g.beta,
+        epsilon=g.epsilon,
+        loss_agg_mode=LOSS_AGG[g.loss_type],
+        advantage_estimator=ADVANTAGES[g.scale_rewards],
+        kl_loss_mode="low_var_kl",
+    )
+    algo.epsilon_high = g.epsilon if g.epsilon_high is None else g.epsilon_high  # read by Tunix's grpo loss
+    learner_cls = recording_learner(grpo_learner.GRPOLearner)
+    return learner_cls(rl_cluster=cluster, algo_config=algo, reward_fns=rewards.fns)
+
+
+def run_step(
+    learner: Any, cfg: GRPOConfig, tok: Any, prompts: list[Prompt], step: int, prompt_len: int
+) -> None:
+    """One generation batch (P prompts x G samples) and its ``num_iterations`` updates."""
+    from tunix.rl import rl_cluster as rlc
+
+    cluster = learner.rl_cluster  # each step's samples follow (seed, step): resumable
+    cluster.cluster_config.rollout_config[rlc.Mode.TRAIN] = rollout_config(
+        cfg, tok, prompt_len, seed=cfg.seed * 1_000_000 + step
+    )
+    batch = {"prompts": np.array([p.text for p in prompts])}
+    for k in COLUMNS:
+        batch[k] = np.array([str(p.record.get(k, "")) for p in prompts])
+    learner.train([batch])
+
+
+def step_metrics(
+    learner: Any, rewards: RewardRecorder, cfg: GRPOConfig, history_len: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The step's ``metrics.jsonl`` fields (torch's names) and its per-completion samples."""
+    G = cfg.generation.num_generations
+    last = learner.last
+    weights = cfg.rewards.weight_list()
+    names = list(rewards.raw)
+    totals = np.array([sum(w * rewards.raw[n][i] for n, w in zip(names, weights, strict=True))
+                       for i in range(len(rewards.completions))])  # fmt: skip
+    m: dict[str, Any] = {"reward": float(totals.mean()), "reward_std": float(totals.std(ddof=1))}
+    for n in names:
+        v = np.asarray(rewards.raw[n])
+        m[f"reward_{n}"] = float(v.mean())
+        m[f"reward_{n}_std"] = float(v.std(ddof=1))
+    groups = totals.reshape(-1, G)
+    lengths = last["lengths"]
+    m["zero_std_groups"] = float((groups.max(axis=1) == groups.min(axis=1)).mean())
+    m["completion_len_mean"] = float(np.mean(lengths))
+    m["completion_len_max"] = int(max(lengths))
+    m["truncated"] = float(np.mean([n >= cfg.generation.max_new_tokens for n in lengths]))
+    logger = learner.rl_cluster._rl_metrics_logger  # the actor trainer's loss / grad norm / lr history
+
+    def recent(name: str) -> list[float]:
+        if not logger.metric_exists("actor", name, "train"):
+            return []
+        return [float(x) for x in np.asarray(logger.get_metric_history("actor", name, "train"))[history_len:]]
+
+    losses, clips, norms = recent("loss"), recent("pg_clipfrac"), recent("grad_norm")
+    m["loss"] = float(np.mean(losses)) if losses else None
+    m["clip_fraction"] = float(np.mean(clips)) if clips else None
+    m["grad_norm"] = norms[-1] if norms else None
+    if cfg.grpo.beta > 0:
+        kls = recent("kl")
+        m["kl"] = float(np.mean(kls)) if kls else None
+    m["trained_sequences"] = int(sum(a != 0.0 for a in last["advantages"]))
+    train_tokens = int(sum(lengths) + sum(last["prompt_tokens"])) * cfg.grpo.num_iterations
+    m["train_tokens"] = train_tokens
+    m["gen_tokens"] = int(sum(lengths))
+    m["gen_time_s"] = round(last["gen_time_s"], 4)
+    m["gen_tokens_per_s"] = sum(lengths) / last["gen_time_s"] if last["gen_time_s"] > 0 else 0.0
+    samples = [
+        {
+            "id": rewards.columns.get("id", [""] * len(totals))[k],
+            "question": rewards.columns.get("question", [""] * len(totals))[k],
+            "completion": rewards.completions[k],
+            "stop_reason": "max_new_tokens" if lengths[k] >= cfg.generation.max_new_tokens else "stop",
+            "reward": float(totals[k]),
+            "rewards": {n: rewards.raw[n][k] for n in names},
+            "advantage": last["advantages"][k],
+        }
+        for k in range(len(totals))
+    ]
+    return m, samples
+
+
+def history_length(learner: Any) -> int:
+    logger = learner.rl_cluster._rl_metrics_logger
+    if not logger.metric_exists("actor", "loss", "train"):
+        return 0
+    return len(logger.get_metric_history("actor", "loss", "train"))
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out eval: greedy completions on fixed prompts (Tunix sampler via evals.generate)
+# --------------------------------------------------------------------------------------------
+
+
+def heldout_eval(
+    model: Any, tok: Any, prompts: list[Prompt], reward_fns: list[Any], cfg: GRPOConfig, out: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Mean total reward (and per reward) plus format / strict accuracy of greedy completions."""
+    from evals.generate import DecodeSettings, generate_completions
+
+    settings = DecodeSettings(max_new_tokens=cfg.eval.max_new_tokens or cfg.generation.max_new_tokens)
+    outs = generate_completions(model, tok, [p.text for p in prompts], settings, cfg.eval.batch_size)
+    return score_heldout(prompts, outs, reward_fns, cfg, out)
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
+    """Run one GRPO job end to end; return its summary (also written to ``summary.json``)."""
+    t_start = time.perf_counter()
+    run_path = Path(cfg.output_dir) / cfg.run_name
+    has_run = any((run_path / "checkpoints").glob("[0-9]*")) or (run_path / "merged").exists()
+    if has_run and not cfg.resume and not cfg.overwrite:
+        raise InputError(
+            f"{run_path}: already holds a run (checkpoints or merged/); pass resume=true to continue it, "
+            "overwrite=true to start over, or another run_name"
+        )
+
+    # Everything that can fail on bad input happens before the run dir is touched.
+    notes = jax_notes(cfg)
+    start_path, start_info = resolve_start(cfg)
+    reward_fns = build_rewards(cfg.rewards.names, cfg.rewards.params)
+    mesh = make_mesh(cfg.mesh.fsdp, cfg.mesh.tp)
+    base, tok = load_model(start_path, cfg.model.dtype, mesh)
+    train_prompts, train_report = load_prompts(cfg.data.train, tok, cfg.data, cfg.data.train_limit, cfg.seed)
+    eval_prompts: list[Prompt] = []
+    eval_report = None
+    if cfg.data.valid and cfg.eval.n > 0:
+        eval_prompts, eval_report = load_prompts(cfg.data.valid, tok, cfg.data)
+        eval_prompts = eval_prompts[: cfg.eval.n]
+    with mesh:
+        actor = apply_lora(base, lora_view(cfg, start_path))  # B = 0: the step-0 policy is the start model
+    reference = None
+    if cfg.grpo.beta > 0:
+        reference, _ = load_model(start_path, cfg.model.dtype, mesh)
+    recorder = RewardRecorder(reward_fns, cfg.rewards.weight_list())
+    prompt_len = max(p["prompt_tokens_max"] for p in (train_report, eval_report) if p)  # fixed: compiles once
+    with mesh:
+        learner = build_learner(cfg, actor, reference, tok, mesh, prompt_len, recorder)
+    trainer = learner.rl_cluster.actor_trainer
+    model, optimizer, wrt = trainer.model, trainer.optimizer, nnx.LoRAParam
+    counts = parameter_counts(model, wrt)
+    P, G = cfg.generation.prompts_per_step, cfg.generation.num_generations
+    total_steps = cfg.train.max_steps
+
+    mgr = checkpoint_manager(run_path / "checkpoints", cfg.checkpoint.keep_last)
+    start_step = 0
+    latest = mgr.latest_step() if cfg.resume else None
+    if latest is not None:  # restore before writing anything
+        with mesh:
+            meta = restore_checkpoint(mgr, latest, model, optimizer, wrt)
+        if meta.get("config_hash") != resume_hash(cfg):
+            raise InputError(
+                f"{run_path}/checkpoints/{latest}: made with another config than this one (resume needs the same config)"
+            )
+        start_step = int(meta["step"])
+    if cfg.overwrite and latest is None:
+        RunDir(run_path).clear()
+        for name in ("samples.jsonl", "summary.json"):
+            (run_path / name).unlink(missing_ok=True)
+    data_files = {"train": cfg.data.train, **({"valid": cfg.data.valid} if eval_prompts else {})}
+    run = RunDir.start(
+        run_path,
+        cfg,
+        data_files=data_files,
+        model_dir=start_path,
+        device=f"{jax.devices()[0].platform} x{len(mesh.devices.flat)} (fsdp={cfg.mesh.fsdp}, tp={cfg.mesh.tp})",
+        extra={
+            "trainer": "trainers_jax.grpo",
+            "init": start_info,
+            "data_report": {"train": train_report, "valid": eval_report},
+            "parameters": counts,
+            "total_steps": total_steps,
+            "optimizer_updates": total_steps * cfg.grpo.num_iterations,
+            "reference": "the starting model (a second copy)" if cfg.grpo.beta > 0 else "none (beta=0)",
+            "tunix": {
+                "loss_agg_mode": LOSS_AGG[cfg.grpo.loss_type],
+                "advantage_estimator": ADVANTAGES[cfg.grpo.scale_rewards],
+            },
+            "notes": notes,
+        },
+    )
+    for note in notes:
+        say(f"note: {note}")
+    say(
+        f"{train_report['file']}: {train_report['records']} records, {train_report['used']} prompts used; "
+        f"over max_prompt_tokens={cfg.data.max_prompt_tokens}: {train_report['overflow_count']} (dropped)"
+    )
+    say(
+        f"start: {start_info}; lora (JAX/Tunix): {counts['trainable']:,} of {counts['total']:,} parameters train; "
+        f"{total_steps} steps of {P} prompts x {G} samples (max_new_tokens={cfg.generation.max_new_tokens}), "
+        f"loss {cfg.grpo.loss_type} ({LOSS_AGG[cfg.grpo.loss_type]}), beta {cfg.grpo.beta}, mu {cfg.grpo.num_iterations}"
+    )
+    if latest is not None:
+        run.truncate_metrics(start_step)
+        truncate_samples(run.path, start_step)
+        say(f"resumed from {run.checkpoints}/{latest} (step {start_step})")
+    elif cfg.resume:
+        say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
+
+    def checkpoint(step: int) -> None:
+        meta = {"step": step, "prompts_seen": step * P, "config_hash": resume_hash(cfg)}
+        with mesh:
+            save_checkpoint(mgr, step, model, optimizer, wrt, meta)
+        say(f"checkpoint saved: {run.checkpoints}/{step}")
+
+    logger = MetricsLogger(run.path)
+    last_train_samples: list[dict[str, Any]] = []
+
+    def evaluate(step: int) -> dict[str, Any]:
+        if not eval_prompts:
+            return {}
+        with mesh:
+            out, samples = heldout_eval(
+                model, tok, eval_prompts, reward_fns, cfg, run.eval / f"predictions-step-{step:06d}.jsonl"
+            )
+        logger.log(step, **out)
+        append_samples(run, step, "eval", samples[: cfg.eval.samples])
+        append_samples(run, step, "train", last_train_samples[: cfg.eval.samples])
+        say(
+            f"step {step} held-out ({out['eval_n']} prompts, greedy): reward {out['eval_reward']:.4f}, "
+            f"format {out['eval_format_accuracy']:.3f}, strict {out['eval_strict_accuracy']:.3f}, "
+            f"truncated {out['eval_truncated']:.2f}"
+        )
+        return out
+
+    evals_done = {r["step"] for r in read_metrics(run.path) if "eval_reward" in r}
+    if start_step == 0 and 0 not in evals_done:
+        evaluate(0)
+    bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc=cfg.run_name)
+    for step in range(start_step, total_steps):
+        t0 = time.perf_counter()
+        idx = step_prompt_indices(len(train_prompts), P, cfg.seed, step)
+        seen = history_length(learner)
+        lr = cfg.optim.lr * _lr_factor(cfg, step * cfg.grpo.num_iterations)
+        with mesh:
+            run_step(learner, cfg, tok, [train_prompts[i] for i in idx], step, prompt_len)
+        metrics, samples = step_metrics(learner, recorder, cfg, seen)
+        last_train_samples = samples
+        dt = time.perf_counter() - t0
+        metrics["lr"] = lr
+        metrics["train_time_s"] = round(dt - metrics["gen_time_s"], 4)
+        metrics["train_tokens_per_s"] = metrics["train_tokens"] / max(1e-9, dt - metrics["gen_time_s"])
+        metrics["epoch"] = round((step + 1) * P / len(train_prompts), 4)
+        metrics["step_time_s"] = round(dt, 4)
+        logger.log(step + 1, **metrics)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['completion_len_mean']:.0f}")
+        done = step + 1 == total_steps
+        if cfg.eval.every > 0 and (step + 1) % cfg.eval.every == 0 and not done:
+            evaluate(step + 1)
+            plot_metrics(run, GRPO_PLOTS, markers={"eval_reward", "eval_completion_len_mean"})
+        if done or (cfg.checkpoint.every_steps > 0 and (step + 1) % cfg.checkpoint.every_steps == 0):
+            checkpoint(step + 1)
+    bar.close()
+    mgr.close()
+    final_eval = evaluate(total_steps) if total_steps not in evals_done else {}
+    logger.close()
+    plot_metrics(run, GRPO_PLOTS, markers={"eval_reward", "eval_completion_len_mean"})
+    exported = {}
+    if cfg.export:
+        exported["merged"] = str(export_merged(model, tok, start_path, run.path / "merged", cfg.lora.alpha))
+    metrics_all = read_metrics(run.path)
+    steps = [r for r in metrics_all if "reward" in r]
+    evals = {r["step"]: r for r in metrics_all if "eval_reward" in r}
+
+    def total(key: str) -> float:
+        return sum(r.get(key, 0) for r in steps)
+
+    def eval_view(r: dict[str, Any] | None) -> dict[str, Any] | None:
+        return {k: v for k, v in r.items() if k.startswith("eval_")} if r else None
+
+    summary = {
+        "run_dir": str(run.path),
+        "trainer": "trainers_jax.grpo",
+        "steps": total_steps,
+        "init": start_info,
+        "train_reward_first": steps[0]["reward"] if steps else None,
+        "train_reward_last": steps[-1]["reward"] if steps else None,
+        "eval_before": eval_view(evals.get(0)),
+        "eval_after": eval_view(evals.get(total_steps)) or eval_view(final_eval),
+        "gen_tokens_per_s": round(total("gen_tokens") / total("gen_time_s"), 2)
+        if total("gen_time_s")
+        else None,
+        "step_seconds_mean": round(total("step_time_s") / len(steps), 2) if steps else None,
+        "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
+        "resumed_from_step": start_step if latest is not None else None,
+        **exported,
+    }
+    write_json(run.path / "summary.json", summary)
+    run.finish(summary=summary)
+    before, after = summary["eval_before"], summary["eval_after"]
+    if before and after:
+        say(f"done: {run.path}; held-out reward {before['eval_reward']:.4f} -> {after['eval_reward']:.4f}")
+    else:
+        say(f"done: {run.path}")
+    return summary
+
+
+def _lr_factor(cfg: GRPOConfig, update: int) -> float:
+    return lr_factor(update, cfg.train.max_steps * cfg.grpo.num_iterations, cfg.optim)
+
+
+def load_grpo_config(path: str | Path | None, overrides: list[str]) -> JaxGRPOConfig:
+    return load_config(JaxGRPOConfig, path, overrides)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    train(config_from_cli(JaxGRPOConfig, argv, "python -m trainers_jax.grpo", __doc__))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
