@@ -380,7 +380,8 @@ def heldout_eval(
     from evals.generate import DecodeSettings, generate_completions
 
     settings = DecodeSettings(max_new_tokens=cfg.eval.max_new_tokens or cfg.generation.max_new_tokens)
-    outs = generate_completions(model, tok, [p.text for p in prompts], settings, cfg.eval.batch_size)
+    batch = min(cfg.eval.batch_size, len(prompts))  # the JAX sampler pads every batch to its size
+    outs = generate_completions(model, tok, [p.text for p in prompts], settings, batch)
     return score_heldout(prompts, outs, reward_fns, cfg, out)
 
 
