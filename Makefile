@@ -84,15 +84,17 @@ SFT_RUN ?= runs/sft-gemma3-270m-cpu
 GRPO_ARGS ?=
 
 # Checked before anything is installed or built: without the SFT run there is nothing to continue.
-GRPO_NEEDS := $(if $(wildcard $(SFT_RUN)/final/adapter_model.safetensors),,grpo-missing-sft)
+# torch continues the run's adapter (final/); JAX starts a fresh LoRA on its merged/ export.
+GRPO_SFT_FILE := $(if $(filter jax,$(BACKEND)),merged/config.json,final/adapter_model.safetensors)
+GRPO_NEEDS := $(if $(wildcard $(SFT_RUN)/$(GRPO_SFT_FILE)),,grpo-missing-sft)
 
-train-grpo: $(GRPO_NEEDS) $(STAMP) $(MODEL) data ## GRPO from the SFT run (SFT_RUN=runs/sft-gemma3-270m-cpu) into runs/<GRPO_RUN>/; GRPO_CONFIG=, GRPO_ARGS= override
-	$(PY) -m trainers_torch.grpo --config $(GRPO_CONFIG) run_name=$(GRPO_RUN) init.sft_run=$(SFT_RUN) $(GRPO_ARGS)
-	@echo "results in runs/$(GRPO_RUN)/: metrics.jsonl (reward, eval_reward at step 0 and the end), samples.jsonl, plots/, eval/, final/, merged/"
+train-grpo: $(GRPO_NEEDS) $(STAMP) $(MODEL) data ## GRPO from the SFT run (SFT_RUN=runs/sft-gemma3-270m-cpu) into runs/<GRPO_RUN>/; BACKEND=torch|jax, GRPO_CONFIG=, GRPO_ARGS= override
+	$(PY) -m trainers_$(BACKEND).grpo --config $(GRPO_CONFIG) run_name=$(GRPO_RUN) init.sft_run=$(SFT_RUN) $(GRPO_ARGS)
+	@echo "results in runs/$(GRPO_RUN)/: metrics.jsonl (reward, eval_reward at step 0 and the end), samples.jsonl, plots/, eval/, $(if $(filter jax,$(BACKEND)),,final/, )merged/"
 
 .PHONY: grpo-missing-sft
 grpo-missing-sft:
-	@echo "error: $(SFT_RUN)/final/ holds no SFT adapter; run \`make train\` first (or pass SFT_RUN=runs/<sft run>)" >&2; exit 2
+	@echo "error: $(SFT_RUN) holds no $(GRPO_SFT_FILE); run \`make train\` first (or pass SFT_RUN=runs/<sft run>)" >&2; exit 2
 
 # --- eval: base vs a trained run on the same held-out items ------------------------------------
 .PHONY: eval eval-report chromium

@@ -15,17 +15,29 @@ import pytest
 from common.prompts import format_prompt, load_tokenizer
 from common.rewards import REWARDS
 from common.runs import read_metrics
-from tests import grpo_helpers
 from tests.sft_data import arithmetic_records, write_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TOKEN = "s"  # rare at temperature 1 on the tiny model, common enough at 0.1 for groups of 16 to differ
+
+
+def likes_token(prompts, completions, cfg, **_):
+    """1 for a completion that is exactly TOKEN, else 0."""
+    return [float(c == TOKEN) for c in completions]
+
+
 @pytest.fixture(scope="module", autouse=True)
-def test_reward():
-    grpo_helpers.register()
+def jax_compile_cache(tmp_path_factory):
+    """The runs here compile the same programs (a resume, the evals): cache them on disk."""
+    import jax
+
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     yield
-    grpo_helpers.unregister()
+    jax.config.update("jax_compilation_cache_dir", old)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +53,13 @@ def setup(tiny_gemma3, tmp_path_factory):
             seed: 3
             model: {{path: {tiny_gemma3}}}
             data: {{train: {train_file}, valid: {valid_file}, max_prompt_tokens: 400}}
-            generation: {{prompts_per_step: 2, num_generations: 4, max_new_tokens: 6}}
+            generation: {{prompts_per_step: 4, num_generations: 16, max_new_tokens: 1, temperature: 0.1}}
             grpo: {{loss_type: dapo, beta: 0.0, epsilon_high: 0.28}}
-            rewards: {{names: [digit_count, format_approx], weights: [1.0, 0.5]}}
+            rewards: {{names: [likes_token]}}
             lora: {{rank: 4, alpha: 8, dropout: 0.0}}
             train: {{max_steps: 2}}
-            optim: {{lr: 2.0e-2, warmup_steps: 0}}
-            eval: {{n: 2, samples: 2, batch_size: 2}}
+            optim: {{lr: 1.0e-2, warmup_steps: 0}}
+            eval: {{n: 2, samples: 2, batch_size: 2, max_new_tokens: 4}}
             checkpoint: {{every_steps: 1, keep_last: 2}}
             """
         )
@@ -55,50 +67,43 @@ def setup(tiny_gemma3, tmp_path_factory):
     return root, config
 
 
-def test_two_steps_write_metrics_samples_checkpoints_and_a_merged_export(setup, tiny_gemma3):
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from trainers_jax.grpo import load_grpo_config, main, train
+@pytest.fixture(scope="module")
+def run(setup):
+    from trainers_jax.grpo import main
 
     root, config = setup
-    assert main(["--config", str(config), "run_name=r"]) == 0
-    run = root / "runs" / "r"
+    REWARDS["likes_token"] = likes_token
+    try:
+        assert main(["--config", str(config), "run_name=r"]) == 0
+        yield root / "runs" / "r"
+    finally:
+        REWARDS.pop("likes_token", None)
+
+
+def test_two_steps_write_metrics_samples_checkpoints_and_a_merged_export(setup, run):
+    from trainers_jax.grpo import main
+
+    root, config = setup
     metrics = read_metrics(run)
     steps = [m for m in metrics if "reward" in m]
     assert [m["step"] for m in steps] == [1, 2]
-    want = {"reward", "reward_std", "reward_digit_count", "reward_digit_count_std", "reward_format_approx",
-            "zero_std_groups", "completion_len_mean", "completion_len_max", "truncated", "loss", "clip_fraction",
-            "grad_norm", "lr", "trained_sequences", "gen_tokens", "gen_time_s", "gen_tokens_per_s",
-            "train_time_s", "epoch", "step_time_s"}  # fmt: skip
+    want = {"reward", "reward_std", "reward_likes_token", "reward_likes_token_std", "zero_std_groups",
+            "completion_len_mean", "completion_len_max", "truncated", "loss", "clip_fraction", "grad_norm", "lr",
+            "trained_sequences", "gen_tokens", "gen_time_s", "gen_tokens_per_s", "train_time_s", "epoch",
+            "step_time_s"}  # fmt: skip
     assert want <= set(steps[0]), want - set(steps[0])
-    assert all(0 < m["completion_len_mean"] <= 6 for m in steps)
-    assert any(m["trained_sequences"] > 0 and m["grad_norm"] > 0 for m in steps)
+    assert all(0 < m["completion_len_mean"] <= 1 for m in steps) and steps[0]["lr"] == 1e-2
+    assert any(0 < m["reward"] < 1 and m["trained_sequences"] > 0 and m["grad_norm"] > 0 for m in steps)
     evals = {m["step"]: m for m in metrics if "eval_reward" in m}
-    assert sorted(evals) == [0, 2] and evals[0]["eval_n"] == 2
+    assert sorted(evals) == [0, 2] and evals[0]["eval_n"] == 2 and "eval_format_accuracy" in evals[0]
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert {(s["step"], s["kind"]) for s in samples} >= {(0, "eval"), (2, "eval"), (2, "train")}
     manifest = json.loads((run / "run_manifest.json").read_text())
     assert manifest["trainer"] == "trainers_jax.grpo" and manifest["status"] == "completed"
+    assert (run / "merged" / "model.safetensors").is_file()
 
-    # resume: as if killed after the step-1 checkpoint; step 2 is redone from the same state and samples
-    shutil.rmtree(run / "checkpoints" / "2")
-    summary = train(load_grpo_config(config, ["run_name=r", "resume=true"]))
-    assert summary["resumed_from_step"] == 1
-    again = [m for m in read_metrics(run) if "reward" in m]
-    assert [m["step"] for m in again] == [1, 2]
-    assert again[-1]["reward"] == pytest.approx(steps[-1]["reward"], abs=1e-6)
-    assert again[-1]["loss"] == pytest.approx(steps[-1]["loss"], abs=1e-5)
-
-    hf = AutoModelForCausalLM.from_pretrained(str(run / "merged"), dtype=torch.float32).eval()
-    tok = load_tokenizer(run / "merged")
-    ids = torch.tensor([tok("3 plus 4").input_ids])
-    with torch.no_grad():
-        assert np.isfinite(hf(ids).logits.numpy()).all()
-
-    with pytest.raises(SystemExit) as err:  # an unknown key: exit 2, naming it
+    with pytest.raises(SystemExit) as err:  # an unknown key: exit 2, nothing written
         main(["--config", str(config), "run_name=bad", "grpo.no_such_key=1"])
     assert err.value.code == 2
     assert not (root / "runs" / "bad").exists()
@@ -119,30 +124,34 @@ def first_token_probs(model_dir: Path, prompts: list[str], temperature: float) -
     return torch.stack(probs).mean(0)
 
 
-def test_a_reward_for_one_token_raises_its_probability(setup, tiny_gemma3, monkeypatch):
-    from trainers_jax.grpo import load_grpo_config, train
-
-    root, config = setup
-    token = "s"  # rare at temperature 1 on the tiny model, common enough at 0.1 for groups of 16 to differ
-
-    def likes_token(prompts, completions, cfg, **_):
-        return [float(c == token) for c in completions]
-
-    monkeypatch.setitem(REWARDS, "likes_token", likes_token)
-    args = ["run_name=likes", "rewards.names=[likes_token]", "rewards.weights=null", "train.max_steps=2",
-            "generation.prompts_per_step=4", "generation.num_generations=16", "generation.max_new_tokens=1",
-            "generation.temperature=0.1", "eval.n=0", "optim.lr=1.0e-2", "checkpoint.every_steps=0"]  # fmt: skip
-    summary = train(load_grpo_config(config, args))
-    metrics = [r for r in read_metrics(summary["run_dir"]) if "reward" in r]
-    assert any(0 < m["reward"] < 1 for m in metrics), metrics
+def test_a_reward_for_one_token_raises_its_probability_in_the_merged_export(setup, run, tiny_gemma3):
+    root, _ = setup
     tok = load_tokenizer(tiny_gemma3)
     records = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
     prompts = [format_prompt(tok, r["question"]) for r in records]
-    before = first_token_probs(tiny_gemma3, prompts, 0.1)
-    after = first_token_probs(Path(summary["merged"]), prompts, 0.1)
-    tid = tok.convert_tokens_to_ids(token)
+    before = first_token_probs(tiny_gemma3, prompts, 0.1)  # the policy samples, and is scored, at 0.1
+    after = first_token_probs(run / "merged", prompts, 0.1)  # transformers loads the JAX export
+    tid = tok.convert_tokens_to_ids(TOKEN)
     assert after[tid] > 2 * before[tid], (before[tid], after[tid])
     assert int((after - before).argmax()) == tid  # no other token gained as much probability
+
+
+def test_resume_redoes_the_lost_step_from_the_same_state(setup, run):
+    from trainers_jax.grpo import load_grpo_config, train
+
+    _, config = setup
+    steps = [m for m in read_metrics(run) if "reward" in m]
+    shutil.rmtree(run / "checkpoints" / "2")  # as if killed after the step-1 checkpoint
+    REWARDS["likes_token"] = likes_token
+    try:
+        summary = train(load_grpo_config(config, ["run_name=r", "resume=true"]))
+    finally:
+        REWARDS.pop("likes_token", None)
+    assert summary["resumed_from_step"] == 1
+    again = [m for m in read_metrics(run) if "reward" in m]
+    assert [m["step"] for m in again] == [1, 2]
+    for key in ("reward", "loss", "grad_norm", "completion_len_mean"):
+        assert again[-1][key] == pytest.approx(steps[-1][key], rel=1e-4, abs=1e-6), key
 
 
 def test_torch_and_jax_read_the_yaml_into_the_same_values():

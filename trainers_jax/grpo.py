@@ -34,13 +34,16 @@ How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
 - ``init.sft_mode: continue`` cannot continue a PEFT adapter here: the run's ``merged/`` export
   is loaded and a fresh LoRA added (announced). The step-0 policy is the same model; the KL
   reference is then the SFT model rather than the base (moot with beta = 0).
-- Completion lengths are Tunix's: the stop token is not counted (torch counts it), and a
-  completion of exactly ``max_new_tokens`` tokens counts as truncated.
+- Completions are Tunix's sampler output, which ends *before* the stop token: the end-of-turn
+  token is neither counted in the lengths nor trained on (torch does both), a completion of
+  exactly ``max_new_tokens`` tokens counts as truncated, and an empty completion (a stop
+  token first) drops out of Tunix's mean over completions.
 - ``gen_time_s`` is Tunix's generate-and-score phase (sampling, rewards, advantages, old /
   reference log-probs); ``train_time_s`` the rest of the step.
 - torch-only keys (announced when set away from their defaults): ``train.micro_batch_rows``,
   ``pack_tokens``, ``loss_chunk_tokens``, ``gradient_checkpointing``, ``threads``,
-  ``generation.batch_size``, ``model.attn_implementation``; ``lora.dropout`` is not applied.
+  ``generation.batch_size``, ``model.attn_implementation``, ``model.device`` (JAX places on
+  ``mesh``); ``lora.dropout`` is not applied.
   Rejected: ``train.method=full`` and ``model.init_adapter`` (LoRA on an HF dir only).
 """
 
@@ -107,6 +110,8 @@ TORCH_ONLY = {  # key → its default: set to anything else, the JAX trainer say
     "train.gradient_checkpointing": False,
     "train.threads": None,
     "generation.batch_size": 0,
+    "model.attn_implementation": "sdpa",
+    "model.device": "auto",
 }
 
 
@@ -375,7 +380,8 @@ def heldout_eval(
     from evals.generate import DecodeSettings, generate_completions
 
     settings = DecodeSettings(max_new_tokens=cfg.eval.max_new_tokens or cfg.generation.max_new_tokens)
-    outs = generate_completions(model, tok, [p.text for p in prompts], settings, cfg.eval.batch_size)
+    batch = min(cfg.eval.batch_size, len(prompts))  # the JAX sampler pads every batch to its size
+    outs = generate_completions(model, tok, [p.text for p in prompts], settings, batch)
     return score_heldout(prompts, outs, reward_fns, cfg, out)
 
 
