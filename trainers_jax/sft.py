@@ -396,9 +396,10 @@ def load_checkpoint_for_eval(
     mesh = make_mesh(1, 1)
     model, tok = build_model(cfg, mesh)
     wrt = trainable_filter(cfg, model.config.num_layers)
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
         with mesh:
-            restored = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+            restored = checkpointer.restore(
                 step_dir.resolve(),
                 args=ocp.args.Composite(params=ocp.args.StandardRestore(nnx.state(model, wrt))),
             )
@@ -407,6 +408,8 @@ def load_checkpoint_for_eval(
         raise InputError(
             f"{step_dir}: could not restore the Orbax checkpoint's params: {first[:300]}"
         ) from None
+    finally:
+        checkpointer.close()
     nnx.update(model, restored["params"])
     return model, tok, cfg
 
