@@ -2,9 +2,9 @@
 
     python -m evals.generate --config configs/eval/gsm8k_cpu.yaml key=value ...
 
-Loads a base HF model, a PEFT adapter dir, a merged HF export or a run dir (``final/``
-adapter or ``merged/`` export), on torch (HF ``generate``, left padding, KV cache) or JAX
-(Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
+Loads a base HF model, a PEFT adapter dir, a merged HF export, a run dir (``final/``
+adapter or ``merged/`` export) or an Orbax checkpoint of a ``trainers_jax.sft`` run, on torch
+(HF ``generate``, left padding, KV cache) or JAX (Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
 shared chat format, and appends one record per item as soon as its batch finishes:
 ``{id, prompt, completion, prompt_tokens, completion_tokens, stop_reason, model, decoding}``.
 A crashed run resumes without redoing finished ids. A model that does not load, or whose
@@ -66,8 +66,8 @@ class DecodeSettings:
 
 @dataclass
 class ModelSpec:
-    path: str = "models/gemma-3-270m"  # HF dir, PEFT adapter dir, merged export, or runs/<name>
-    base: str | None = None  # base model for an adapter whose adapter_config/run config names none here
+    path: str = "models/gemma-3-270m"  # HF dir, PEFT adapter, merged export, runs/<name>, Orbax checkpoint
+    base: str | None = None  # base model for an adapter / Orbax checkpoint, overriding what its run names
     backend: Literal["torch", "jax"] = "torch"
     dtype: str = "float32"
     device: str = "auto"  # torch only: auto = cuda when available, else cpu
@@ -310,18 +310,67 @@ class ModelRef:
     """What ``model.path`` resolved to, before loading."""
 
     path: str  # as given
-    kind: Literal["hf", "adapter"]
-    weights_dir: str  # the HF dir whose weights are loaded (the base, for an adapter)
+    kind: Literal["hf", "adapter", "orbax"]
+    weights_dir: str  # the HF dir whose weights are loaded (the base, for an adapter or Orbax checkpoint)
     adapter_dir: str | None = None
     run_dir: str | None = None
     source: str = ""  # how it was found, in words
+    checkpoint_dir: str | None = None  # an Orbax checkpoint's step dir (runs/<name>/checkpoints/<step>)
 
 
-def _looks_like_orbax(p: Path) -> bool:
-    markers = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkpoint")
-    return any((p / m).exists() for m in markers) or any(
-        (d / m).exists() for d in p.glob("*") if d.is_dir() for m in markers
+def _is_orbax_step(p: Path) -> bool:
+    return (p / "_CHECKPOINT_METADATA").is_file() or (p / "params").is_dir()
+
+
+def _orbax_steps(checkpoints: Path) -> list[Path]:
+    """The finished step dirs (Orbax renames a save's temp dir to ``<step>`` when complete)."""
+    if not checkpoints.is_dir():
+        return []
+    steps = [d for d in checkpoints.iterdir() if d.is_dir() and d.name.isdigit() and _is_orbax_step(d)]
+    return sorted(steps, key=lambda d: int(d.name))
+
+
+def _orbax_ref(path: str, step_dir: Path, base: str | None, how: str) -> ModelRef:
+    """A step dir of a ``trainers_jax.sft`` run: checked, with the base model its run config names."""
+    run_dir = step_dir.parent.parent
+    for need in ("_CHECKPOINT_METADATA", "params/_METADATA"):
+        if not (step_dir / need).is_file():
+            raise InputError(f"{step_dir}: incomplete Orbax checkpoint ({need} missing)")
+    if not (run_dir / "config.yaml").is_file():
+        raise InputError(f"{step_dir}: Orbax checkpoint without its run's {run_dir / 'config.yaml'}")
+    candidates = [(base, "model.base"), (_run_base_model(run_dir), f"{run_dir}/config.yaml")]
+    tried = []
+    for cand, where in candidates:
+        if not cand:
+            continue
+        if (Path(cand) / "config.json").is_file():
+            return ModelRef(
+                path,
+                "orbax",
+                cand,
+                run_dir=str(run_dir),
+                checkpoint_dir=str(step_dir),
+                source=f"{how}: Orbax checkpoint step {step_dir.name}; base from {where}",
+            )
+        tried.append(f"{cand} ({where})")
+    raise InputError(
+        f"{step_dir}: Orbax checkpoint, but no local base model found; tried: {'; '.join(tried) or 'nothing named'}. "
+        "Set model.base=<HF model dir>"
     )
+
+
+def _find_orbax(p: Path, path: str, base: str | None) -> ModelRef | None:
+    """``p`` as a step dir, a ``checkpoints/`` dir (newest step) or a run dir (its newest checkpoint)."""
+    if _is_orbax_step(p):
+        return _orbax_ref(path, p, base, "step dir")
+    for ckpts, how in (
+        (p, "checkpoints dir, newest step"),
+        (p / "checkpoints", "run dir, newest checkpoint"),
+    ):
+        steps = _orbax_steps(ckpts)
+        if steps:
+            return _orbax_ref(path, steps[-1], base, how)
+    return None
 
 
 def _run_base_model(run_dir: Path) -> str | None:
@@ -376,7 +425,8 @@ def _adapter_base(adapter: Path, override: str | None, run_dir: Path | None) -> 
 
 
 def resolve_model(path: str, base: str | None = None, prefer: str = "merged") -> ModelRef:
-    """Work out what ``path`` holds: an HF model, a PEFT adapter, or a run dir with final/ / merged/."""
+    """Work out what ``path`` holds: an HF model, a PEFT adapter, a run dir with final/ / merged/,
+    or an Orbax checkpoint (a step dir, a ``checkpoints/`` dir, or a JAX run dir without exports)."""
     p = Path(path)
     if not p.exists():
         hint = " (run `make model` for the default model)" if "gemma-3-270m" in str(p) else ""
@@ -412,17 +462,17 @@ def resolve_model(path: str, base: str | None = None, prefer: str = "merged") ->
         if prefer == "adapter":
             options.sort(key=lambda r: r.kind != "adapter")
         return options[0]
-    if _looks_like_orbax(p) or _looks_like_orbax(p / "checkpoints"):
-        raise InputError(
-            f"model.path {p}: looks like Tunix/Orbax checkpoints without an HF export; evals load HF "
-            "safetensors only (trainers_jax.sft writes merged/ at the end of a run: point model.path at that run)"
-        )
+    orbax = _find_orbax(p, path, base)
+    if orbax is not None:
+        return orbax
     if (p / "run_manifest.json").is_file() or (p / "config.yaml").is_file():
         raise InputError(
             f"model.path {p}: a run dir without final/ (PEFT adapter or HF model) or merged/ (HF export); "
             "has training finished?"
         )
-    raise InputError(f"model.path {p}: neither an HF model (config.json), a PEFT adapter nor a run dir")
+    raise InputError(
+        f"model.path {p}: neither an HF model (config.json), a PEFT adapter, a run dir nor an Orbax checkpoint"
+    )
 
 
 def model_provenance(ref: ModelRef, backend: str, dtype: str) -> dict[str, Any]:
@@ -435,6 +485,8 @@ def model_provenance(ref: ModelRef, backend: str, dtype: str) -> dict[str, Any]:
         "weights_sha256": weights_sha256(ref.weights_dir),
         "adapter_dir": ref.adapter_dir,
         "adapter_sha256": None,
+        "checkpoint_dir": ref.checkpoint_dir,
+        "checkpoint_sha256": None,
         "backend": backend,
         "dtype": dtype,
     }
@@ -450,10 +502,30 @@ def model_provenance(ref: ModelRef, backend: str, dtype: str) -> dict[str, Any]:
         for f in files:
             h.update(f.name.encode() + sha256_file(f).encode())
         info["adapter_sha256"] = h.hexdigest()
-    info["fingerprint"] = hashlib.sha256(
-        f"{info['weights_sha256']}:{info['adapter_sha256']}".encode()
-    ).hexdigest()
+    fingerprint = f"{info['weights_sha256']}:{info['adapter_sha256']}"
+    if ref.checkpoint_dir is not None:
+        info["checkpoint_sha256"] = checkpoint_sha256(ref.checkpoint_dir)
+        # the run config says how the checkpoint's params combine with the base (LoRA alpha, layers)
+        run_cfg = sha256_file(Path(ref.run_dir or Path(ref.checkpoint_dir).parent.parent) / "config.yaml")
+        fingerprint += f":{info['checkpoint_sha256']}:{run_cfg}"
+    info["fingerprint"] = hashlib.sha256(fingerprint.encode()).hexdigest()
     return info
+
+
+def checkpoint_sha256(step_dir: str | Path) -> str:
+    """sha256 over an Orbax checkpoint's model params: every file under ``params/``, path and content.
+
+    The optimizer state is left out (it does not change what the model generates); nothing is
+    written into the run dir.
+    """
+    root = Path(step_dir) / "params"
+    files = sorted(f for f in root.rglob("*") if f.is_file())
+    if not files:
+        raise InputError(f"{step_dir}: Orbax checkpoint without params files")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
 
 
 def _tokenizer_dir(ref: ModelRef) -> str:
@@ -468,6 +540,8 @@ def load_for_eval(
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)``; any weight the checkpoint lacks is an error, never a random init."""
     tokenizer = load_tokenizer(_tokenizer_dir(ref))
+    if ref.kind == "orbax":
+        return _load_orbax(ref, backend, dtype, device), tokenizer
     if backend == "jax":
         if ref.kind == "adapter":
             raise InputError(
@@ -505,6 +579,40 @@ def load_for_eval(
             raise InputError(f"{ref.adapter_dir}: could not apply the PEFT adapter: {err}") from None
     model.to(default_device() if device == "auto" else device).eval()
     return model, tokenizer
+
+
+def _load_orbax(ref: ModelRef, backend: str, dtype: str, device: str) -> Any:
+    """An Orbax checkpoint as the trainer built it (jax), or merged into a transformers model (torch)."""
+    from trainers_jax.sft import hf_export_config, hf_state_dict, load_checkpoint_for_eval
+
+    if ref.checkpoint_dir is None:
+        raise ValueError("an orbax ModelRef needs checkpoint_dir")
+    if backend == "jax":
+        return load_checkpoint_for_eval(ref.checkpoint_dir, ref.weights_dir, dtype)[0]
+    # merged in float32, as trainers_jax.sft's merged/ export is, then cast
+    model, _, cfg = load_checkpoint_for_eval(ref.checkpoint_dir, ref.weights_dir, "float32")
+    import numpy as np
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainers_torch.model import default_device, torch_dtype
+
+    tensors = hf_state_dict(model, cfg.lora.alpha if cfg.train.method == "lora" else None)
+    del model
+    hf_cfg = hf_export_config(ref.weights_dir)
+    config = AutoConfig.for_model(**hf_cfg)
+    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = lm.load_state_dict(
+        {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()}, strict=False
+    )
+    tied = {k for k in missing if k == "lm_head.weight"}
+    if set(missing) - tied or unexpected:
+        raise InputError(
+            f"{ref.checkpoint_dir}: merged weights do not match the transformers model "
+            f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    lm.tie_weights()
+    return lm.to(dtype=torch_dtype(dtype), device=default_device() if device == "auto" else device).eval()
 
 
 # ----------------------------------------------------------------------------- data

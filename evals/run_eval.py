@@ -7,8 +7,9 @@ Writes ``runs/<name>/eval/``: ``predictions_base.jsonl``, ``predictions_trained.
 generation provenance), ``compare.json`` (paired deltas, McNemar, flips, small-n warnings),
 ``report.html`` and ``report.md``.
 
-The trained model comes from the run dir: ``merged/`` (an HF export) or ``final/`` (a PEFT
-adapter, or a full HF model). The base is the model the run started from (its config.yaml /
+The trained model comes from the run dir: ``merged/`` (an HF export), ``final/`` (a PEFT
+adapter, or a full HF model), or else the newest Orbax checkpoint of a ``trainers_jax.sft``
+run (``checkpoints/<step>/``). The base is the model the run started from (its config.yaml /
 run_manifest.json, or the adapter's base), unless ``--base`` names another. Base predictions
 are cached under ``runs/.eval_cache/`` by weights, items and decoding, so evaluating several
 runs of one base generates them once. Both generations resume after a crash.
@@ -37,8 +38,8 @@ CACHE_DIR = Path("runs/.eval_cache")
 
 def base_model_of(run: Path, trained: gen.ModelRef) -> tuple[str, str]:
     """``(path, how it was found)`` of the model the run was trained from."""
-    if trained.kind == "adapter":
-        return trained.weights_dir, "the adapter's base"
+    if trained.kind in ("adapter", "orbax"):
+        return trained.weights_dir, f"the {'adapter' if trained.kind == 'adapter' else 'checkpoint'}'s base"
     recorded = gen._run_base_model(run)
     if recorded:
         return recorded, f"{run}/config.yaml or run_manifest.json"

@@ -308,7 +308,9 @@ def test_unusable_dirs_give_clear_errors(tmp_path, tiny_gemma3):
     orbax = tmp_path / "ckpt"
     (orbax / "100").mkdir(parents=True)
     (orbax / "100" / "_CHECKPOINT_METADATA").write_text("{}")
-    with pytest.raises(InputError, match="Orbax"):
+    with pytest.raises(
+        InputError, match=r"ckpt/100: incomplete Orbax checkpoint \(params/_METADATA missing\)"
+    ):
         gen.resolve_model(str(orbax))
     adapter = tmp_path / "adapter"
     adapter.mkdir()

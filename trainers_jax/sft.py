@@ -378,6 +378,46 @@ def restore_checkpoint(mgr: Any, step: int, model: Any, optimizer: nnx.Optimizer
     return dict(restored["meta"])
 
 
+def load_checkpoint_for_eval(
+    step_dir: str | Path, base: str | None = None, dtype: str | None = None
+) -> tuple[Any, Any, JaxSFTConfig]:
+    """``(model, tokenizer, run config)`` from one checkpoint step dir of a ``trainers_jax.sft`` run.
+
+    The run is ``step_dir``'s grandparent (``runs/<name>/checkpoints/<step>``); its
+    ``config.yaml`` gives the base model (``base`` overrides it), the dtype (``dtype``
+    overrides it) and the LoRA settings. The model is built as the trainer builds it, on a
+    one-device mesh, and only the checkpoint's ``params`` item is read (not the optimizer).
+    A checkpoint that does not restore onto that model is an ``InputError`` naming it.
+    """
+    import orbax.checkpoint as ocp
+
+    step_dir = Path(step_dir)
+    cfg_path = step_dir.parent.parent / "config.yaml"
+    if not cfg_path.is_file():
+        raise InputError(f"{step_dir}: Orbax checkpoint without its run's {cfg_path}")
+    overrides = [f"model.path={base}"] if base else []
+    cfg = load_config(JaxSFTConfig, cfg_path, [*overrides, *([f"model.dtype={dtype}"] if dtype else [])])
+    mesh = make_mesh(1, 1)
+    model, tok = build_model(cfg, mesh)
+    wrt = trainable_filter(cfg, model.config.num_layers)
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    try:
+        with mesh:
+            restored = checkpointer.restore(
+                step_dir.resolve(),
+                args=ocp.args.Composite(params=ocp.args.StandardRestore(nnx.state(model, wrt))),
+            )
+    except Exception as err:  # orbax / tensorstore raise many types for a damaged or mismatched checkpoint
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(
+            f"{step_dir}: could not restore the Orbax checkpoint's params: {first[:300]}"
+        ) from None
+    finally:
+        checkpointer.close()
+    nnx.update(model, restored["params"])
+    return model, tok, cfg
+
+
 def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray]:
     """Tunix param path → value, with every qwix LoRA pair folded into its base weight."""
     lora_merge = {  # module → einsum of (lora_a, lora_b) into the base weight's layout
@@ -457,6 +497,21 @@ def write_dir(target: Path, fill: Any) -> None:
     os.rename(tmp, target)
 
 
+def hf_export_config(source_dir: str | Path) -> dict[str, Any]:
+    """The HF ``config.json`` of a merged export of a model trained from ``source_dir``."""
+    hf_cfg = json.loads((Path(source_dir) / "config.json").read_text())
+    cfg = dict(hf_cfg.get("text_config", hf_cfg)) if hf_cfg.get("model_type") == "gemma3" else dict(hf_cfg)
+    cfg.update(
+        {
+            "architectures": ["Gemma3ForCausalLM"],
+            "model_type": "gemma3_text",
+            "tie_word_embeddings": True,
+            "use_cache": True,
+        }
+    )
+    return cfg
+
+
 def export_merged(
     model: Any, tok: Any, source_dir: str | Path, target: Path, lora_alpha: float | None
 ) -> Path:
@@ -467,7 +522,7 @@ def export_merged(
     from safetensors.numpy import save_file
 
     src = Path(source_dir)
-    hf_cfg = json.loads((src / "config.json").read_text())
+    cfg = hf_export_config(src)
     tensors = hf_state_dict(model, lora_alpha)
     eot_id = tok.convert_tokens_to_ids(end_of_turn(tok))
 
@@ -476,17 +531,6 @@ def export_merged(
             {k: v.astype(np.float32) for k, v in tensors.items()},
             str(d / "model.safetensors"),
             metadata={"format": "pt"},
-        )
-        cfg = (
-            dict(hf_cfg.get("text_config", hf_cfg)) if hf_cfg.get("model_type") == "gemma3" else dict(hf_cfg)
-        )
-        cfg.update(
-            {
-                "architectures": ["Gemma3ForCausalLM"],
-                "model_type": "gemma3_text",
-                "tie_word_embeddings": True,
-                "use_cache": True,
-            }
         )
         (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         gen = (
