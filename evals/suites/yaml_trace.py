@@ -37,6 +37,7 @@ RULES = {
     "agreement_rate": "among items with an executed value: the <answer> text is one number equal to it",
 }
 ERROR_CHARS = 200
+TRACE_SCORER = "showwork-yaml-trace/1"  # bump when a trace rule changes
 
 
 def trace_verdict(completion: str, gold: Any) -> dict[str, Any]:
@@ -108,6 +109,7 @@ def add_trace_scores(
     ``items``: the scorer's per-item records (dataset order), which get the trace verdicts too.
     """
     verdicts = item_trace_verdicts(predictions, dataset)
+    summary["trace_scorer"] = TRACE_SCORER
     summary.update(trace_summary(verdicts))
     summary["rules"] = {**summary.get("rules", {}), **RULES}
     for name, cat in (summary.get("categories") or {}).items():
