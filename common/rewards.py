@@ -34,6 +34,7 @@ from common.answers import (
     within,
 )
 from common.errors import InputError
+from common.traces import parse_trace
 
 RewardFn = Callable[..., list[float]]
 
@@ -57,6 +58,14 @@ class RewardConfig:
     number_match: float = 1.5  # the picked numeral in the answer equals gold
     number_pick: Literal["first", "last"] = "first"
     reasoning_gym: float = 1.0  # times the task's own score_answer (0..1)
+    # yaml_trace tiers, from lab notebook 002's shaped rewards: 1.0 when the executed trace
+    # gives gold, 0.7 for a valid trace with a wrong answer, 0.5 for its init-only rejection
+    # (here: any trace that parses but does not check or run; the notebook's solver failed
+    # both the same way) and 0.0 for a parse failure.
+    trace_correct: float = 1.0
+    trace_wrong: float = 0.7
+    trace_invalid: float = 0.5
+    trace_unparsed: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.close_ratio <= self.near_ratio:
@@ -188,12 +197,36 @@ def reasoning_gym_score(
     return scores
 
 
+def yaml_trace(
+    prompts: Any, completions: Sequence[Any], cfg: RewardConfig, answer: Any = None, **_: Any
+) -> list[float]:
+    """Shaped reward on the YAML trace in ``<reasoning>``, executed by ``common.traces``.
+
+    ``cfg.trace_correct`` when its value equals gold exactly, ``cfg.trace_wrong`` for another
+    value, ``cfg.trace_invalid`` when it parses but fails a check (short-circuit included),
+    ``cfg.trace_unparsed`` when no trace can be read. The ``<answer>`` text is not looked at.
+    """
+    golds = _column("answer", answer, completions)
+    scores = []
+    for c, g in zip(completions, golds, strict=True):
+        result = parse_trace(as_text(c))
+        if not result.parsed:
+            scores.append(cfg.trace_unparsed)
+        elif not result.valid:
+            scores.append(cfg.trace_invalid)
+        else:
+            gold = parse_number(gold_text(g))
+            scores.append(cfg.trace_correct if result.value == gold else cfg.trace_wrong)
+    return scores
+
+
 REWARDS: dict[str, RewardFn] = {
     "format_exact": format_exact,
     "format_approx": format_approx,
     "answer_tiers": answer_tiers,
     "number_match": number_match,
     "reasoning_gym": reasoning_gym_score,
+    "yaml_trace": yaml_trace,
 }
 
 # The four rewards of the Tunix GRPO demo, in its order.

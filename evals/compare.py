@@ -23,6 +23,7 @@ from typing import Any
 from common.errors import InputError, cli
 from common.jsonl import iter_jsonl, write_json
 from common.runs import sha256_file
+from evals.suites import SUITES
 
 ALPHA = 0.05
 MIN_N = 200  # below this, a delta whose interval spans 0 gets the small-n warning
@@ -234,11 +235,18 @@ def consistency_notes(a: list[dict], b: list[dict]) -> list[str]:
 
 
 def compare_files(
-    a_path: str | Path, b_path: str | Path, dataset_path: str | Path, min_n: int = MIN_N
+    a_path: str | Path,
+    b_path: str | Path,
+    dataset_path: str | Path,
+    min_n: int = MIN_N,
+    suite: str = "auto",
 ) -> dict:
-    """Score both prediction files against the dataset and compare them (the ``compare.json`` dict)."""
+    """Score both prediction files against the dataset and compare them (the ``compare.json`` dict).
+
+    ``suite``: ``auto`` (from the items) or ``yaml_trace`` (``evals.suites``).
+    """
     from evals.generate import load_items
-    from evals.suites import item_verdicts, suite_metrics
+    from evals.suites import item_verdicts, suite_metrics, suite_name
 
     a, b = _load(a_path), _load(b_path)
     dataset = load_items(dataset_path)
@@ -247,13 +255,14 @@ def compare_files(
         "a": [r["id"] for r in a if str(r["id"]) not in by_id],
         "b": [r["id"] for r in b if str(r["id"]) not in by_id],
     }
-    metrics, primary = suite_metrics(dataset)
-    va = item_verdicts([r for r in a if str(r["id"]) in by_id], by_id)
-    vb = item_verdicts([r for r in b if str(r["id"]) in by_id], by_id)
+    metrics, primary = suite_metrics(dataset, suite)
+    va = item_verdicts([r for r in a if str(r["id"]) in by_id], by_id, suite)
+    vb = item_verdicts([r for r in b if str(r["id"]) in by_id], by_id, suite)
     result = {
         "a": _provenance(a, a_path),
         "b": _provenance(b, b_path),
         "dataset": {"path": str(dataset_path), "sha256": sha256_file(dataset_path), "n_items": len(dataset)},
+        "suite": suite_name(dataset, suite),
         **compare_verdicts(va, vb, metrics, primary, min_n),
         "not_in_dataset": not_in_dataset,
     }
@@ -290,8 +299,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dataset", required=True, help="the eval items (id, answer or checks, meta)")
     parser.add_argument("--out", required=True, help="where to write compare.json")
     parser.add_argument("--min-n", type=int, default=MIN_N, help="small-n warning threshold")
+    parser.add_argument(
+        "--suite", default="auto", choices=SUITES, help="yaml_trace: also execute the YAML traces"
+    )
     args = parser.parse_args(argv)
-    result = compare_files(args.a, args.b, args.dataset, args.min_n)
+    result = compare_files(args.a, args.b, args.dataset, args.min_n, args.suite)
     write_json(args.out, result)
     print_comparison(result)
     return result

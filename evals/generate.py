@@ -93,6 +93,9 @@ class GenerateConfig:
     batch_size: int = 16
     seed: int = 0  # picks the item sample (the same seed gives the same items for every model)
     out: str = "runs/eval/predictions.jsonl"
+    # How run_eval / compare score the predictions: auto (from the items) or yaml_trace
+    # (also execute the YAML trace in <reasoning>; evals/SCORING.md). Generation ignores it.
+    suite: Literal["auto", "yaml_trace"] = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

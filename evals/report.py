@@ -22,6 +22,7 @@ from typing import Any
 from common.errors import InputError, cli
 from common.jsonl import atomic_open, iter_jsonl
 from common.runs import now_iso, read_metrics
+from evals.suites import summary_key
 
 MAX_SAMPLES_PER_KIND = 8  # flipped items of each direction shown side by side
 MAX_OTHER_SAMPLES = 6
@@ -130,7 +131,7 @@ def plot_categories(sides: dict[str, dict[str, Any]], metric: str) -> bytes | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = f"{metric}_accuracy"
+    key = summary_key(metric)
     cats = sorted({c for s in sides.values() for c in (s.get("categories") or {})})
     rows = [("overall", {n: s for n, s in sides.items()})]
     rows += [(c, {n: (s.get("categories") or {}).get(c) for n, s in sides.items()}) for c in cats]
@@ -225,8 +226,8 @@ def headline_table(compare: dict[str, Any] | None, summary: dict[str, Any]) -> s
         star = " (primary)" if m == summary.get("primary_metric") else ""
         rows.append(
             f"<tr><td>{esc(m)}{star}</td>"
-            f'<td class="num">{pct(b.get(f"{m}_accuracy"))} {ci(b.get(f"{m}_accuracy_ci95"))}</td>'
-            f'<td class="num">{pct(t.get(f"{m}_accuracy"))} {ci(t.get(f"{m}_accuracy_ci95"))}</td>'
+            f'<td class="num">{pct(b.get(summary_key(m)))} {ci(b.get(summary_key(m) + "_ci95"))}</td>'
+            f'<td class="num">{pct(t.get(summary_key(m)))} {ci(t.get(summary_key(m) + "_ci95"))}</td>'
             + (
                 f'<td class="num">{signed(c["delta"])} {ci(c["delta_ci95"])}</td>'
                 f'<td class="num">{c["mcnemar_p"]:.4g}</td>'
@@ -246,7 +247,7 @@ def headline_table(compare: dict[str, Any] | None, summary: dict[str, Any]) -> s
 
 
 def category_table(summary: dict[str, Any], metric: str) -> str:
-    key = f"{metric}_accuracy"
+    key = summary_key(metric)
     cats = sorted(
         set(summary["base"].get("categories") or {}) | set(summary["trained"].get("categories") or {})
     )
@@ -278,6 +279,37 @@ def failure_table(summary: dict[str, Any]) -> str:
         for k in kinds
     )
     return f"<table><tr><th>failure</th><th>base</th><th>trained</th></tr>{rows}</table>"
+
+
+def trace_table(summary: dict[str, Any]) -> str:
+    """Trace outcomes and invalid-trace kinds of the YAML-trace suite ("" for other suites)."""
+    ob, ot = summary["base"].get("trace_outcomes"), summary["trained"].get("trace_outcomes")
+    if ob is None and ot is None:
+        return ""
+    ob, ot = ob or {}, ot or {}
+    rows = "".join(
+        f"<tr><td>{esc(k)}</td><td class='num'>{esc(ob.get(k, 0))}</td><td class='num'>{esc(ot.get(k, 0))}</td></tr>"
+        for k in dict.fromkeys([*ob, *ot])
+    )
+    kb, kt = summary["base"].get("trace_error_kinds") or {}, summary["trained"].get("trace_error_kinds") or {}
+    kinds = "".join(
+        f"<tr><td>{esc(k)}</td><td class='num'>{esc(kb.get(k, 0))}</td><td class='num'>{esc(kt.get(k, 0))}</td></tr>"
+        for k in dict.fromkeys([*kb, *kt])
+    )
+    return (
+        "<h2>Trace outcomes (YAML traces executed)</h2>"
+        f"<table><tr><th>outcome</th><th>base</th><th>trained</th></tr>{rows}</table>"
+        + (
+            f"<table><tr><th>why not parsed / not valid</th><th>base</th><th>trained</th></tr>{kinds}</table>"
+            if kinds
+            else ""
+        )
+    )
+
+
+def _suite(summary: dict[str, Any]) -> str:
+    """The ``suite`` argument of ``item_verdicts`` for an eval summary."""
+    return "yaml_trace" if summary.get("suite") == "yaml_trace" else "auto"
 
 
 def generation_table(summary: dict[str, Any]) -> str:
@@ -336,6 +368,12 @@ def _verdict_line(v: dict[str, Any] | None, rec: dict[str, Any] | None, primary:
             parts.append(f"failure: {esc(v['failure'])}")
         if v.get("extracted") is not None:
             parts.append(f"extracted: <code>{esc(v['extracted'])}</code>")
+        if v.get("trace_outcome"):
+            parts.append(f"trace: {esc(v['trace_outcome'])}")
+            if v.get("trace_value") is not None:
+                parts.append(f"trace value: <code>{esc(v['trace_value'])}</code>")
+            if v.get("trace_error"):
+                parts.append(f"<code>{esc(v['trace_error'])}</code>")
     return " · ".join(parts)
 
 
@@ -356,7 +394,7 @@ def samples_html(data: dict[str, Any]) -> str:
     verdicts = {}
     for side in ("base", "trained"):
         have = [r for i, r in preds[side].items() if i in items]
-        verdicts[side] = item_verdicts(have, items) if have else {}
+        verdicts[side] = item_verdicts(have, items, _suite(summary)) if have else {}
     m = (compare or {}).get("metrics", {}).get(primary, {})
     groups = [
         ("Gained: wrong in base, right in trained", m.get("gained", [])[:MAX_SAMPLES_PER_KIND]),
@@ -440,6 +478,7 @@ def run_report(data: dict[str, Any]) -> tuple[str, str, dict[str, bytes]]:
         + _img(pngs.get("accuracy_by_category.png"), "accuracy by category")
         + "<h2>Failure taxonomy</h2>"
         + failure_table(summary)
+        + trace_table(summary)
         + "<h2>Generation</h2>"
         + generation_table(summary)
         + "<h2>Training curves</h2>"
@@ -472,8 +511,8 @@ def run_markdown(data: dict[str, Any], warnings: list[str]) -> str:
         delta = f"{signed(c['delta'])} {ci(c['delta_ci95'])}" if c and c["n"] else ""
         p = f"{c['mcnemar_p']:.4g}" if c and c["n"] else ""
         lines.append(
-            f"| {m} | {pct(b.get(f'{m}_accuracy'))} {ci(b.get(f'{m}_accuracy_ci95'))} "
-            f"| {pct(t.get(f'{m}_accuracy'))} {ci(t.get(f'{m}_accuracy_ci95'))} | {delta} | {p} |"
+            f"| {m} | {pct(b.get(summary_key(m)))} {ci(b.get(summary_key(m) + '_ci95'))} "
+            f"| {pct(t.get(summary_key(m)))} {ci(t.get(summary_key(m) + '_ci95'))} | {delta} | {p} |"
         )
     primary = summary["primary_metric"]
     cats = sorted(summary["trained"].get("categories") or {})
@@ -482,7 +521,7 @@ def run_markdown(data: dict[str, Any], warnings: list[str]) -> str:
         for cat in cats:
             b = (summary["base"].get("categories") or {}).get(cat, {})
             t = summary["trained"]["categories"][cat]
-            key = f"{primary}_accuracy"
+            key = summary_key(primary)
             lines.append(f"| {cat} | {t.get('n')} | {pct(b.get(key))} | {pct(t.get(key))} |")
     return "\n".join(lines) + "\n"
 
@@ -538,7 +577,7 @@ def cross_run_pairs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def verdicts(r: dict[str, Any]) -> dict[str, dict]:
         have = [p for i, p in r["predictions"]["trained"].items() if i in r["items"]]
-        return item_verdicts(have, r["items"]) if have else {}
+        return item_verdicts(have, r["items"], _suite(r["summary"])) if have else {}
 
     va = verdicts(ref)
     for r in runs[1:]:
@@ -549,7 +588,7 @@ def cross_run_pairs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def comparison_report(runs: list[dict[str, Any]]) -> tuple[str, str, dict[str, bytes]]:
     primary = runs[0]["summary"]["primary_metric"]
-    key = f"{primary}_accuracy"
+    key = summary_key(primary)
     warnings = comparability_warnings(runs)
     pairs = cross_run_pairs(runs)
     for p in pairs:

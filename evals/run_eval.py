@@ -94,7 +94,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Generate, score, compare and report one run; returns the eval summary."""
     from evals.compare import compare_files, print_comparison
-    from evals.suites import suite_metrics, summarize
+    from evals.suites import suite_metrics, suite_name, summarize
 
     if not run.is_dir():
         raise InputError(f"--run {run}: no such run directory")
@@ -124,12 +124,12 @@ def evaluate_run(
     sides["base"]["cache"] = str(cached)
     sides["trained"] = _generate(trained_cfg, "trained", progress)
 
-    metrics, primary = suite_metrics(items)
+    metrics, primary = suite_metrics(items, cfg.suite)
     summary: dict[str, Any] = {
         "created": now_iso(),
         "git_commit": git_commit(),
         "run": str(run),
-        "suite": "prompts" if primary == "pass" else "answers",
+        "suite": suite_name(items, cfg.suite),
         "primary_metric": primary,
         "metrics": metrics,
         "dataset": {"path": cfg.data.path, "sha256": data_sha, "n_sampled": len(items), "seed": cfg.seed},
@@ -139,7 +139,7 @@ def evaluate_run(
     for side, gen_summary in sides.items():
         path = Path(gen_summary["out"])
         records = _checked_predictions(path, gen_summary["model"]["fingerprint"], ids)
-        scored = summarize(records, items)
+        scored = summarize(records, items, cfg.suite)
         summary[side] = {
             **scored,
             "model": gen_summary["model"],
@@ -150,7 +150,10 @@ def evaluate_run(
     write_json(eval_dir / "eval_summary.json", summary)
 
     comparison = compare_files(
-        eval_dir / "predictions_base.jsonl", eval_dir / "predictions_trained.jsonl", cfg.data.path
+        eval_dir / "predictions_base.jsonl",
+        eval_dir / "predictions_trained.jsonl",
+        cfg.data.path,
+        suite=cfg.suite,
     )
     comparison["a"]["label"], comparison["b"]["label"] = "base", "trained"
     write_json(eval_dir / "compare.json", comparison)

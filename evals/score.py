@@ -1,11 +1,13 @@
 """Score model predictions against a dataset: format, strict, flexible and partial accuracy.
 
     python -m evals.score --predictions P.jsonl --dataset D.jsonl --out S.json [--per-item I.jsonl]
+                          [--suite yaml_trace]
 
 Prediction lines are ``{"id", "completion", ...}``; dataset lines ``{"id", "answer",
 "meta": {"category"}?, ...}``. Every dataset item counts (a missing prediction is wrong), and
 ids on one side only are listed in the output, never dropped silently. The rules are those of
-``common.answers``; ``evals/SCORING.md`` states them with examples.
+``common.answers``; ``evals/SCORING.md`` states them with examples. ``--suite yaml_trace``
+also executes each completion's YAML trace (``evals.suites.yaml_trace``) and adds its fields.
 """
 
 from __future__ import annotations
@@ -149,6 +151,10 @@ def score_predictions(
     return out
 
 
+def _rate(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def load_records(path: str | Path, check: Any) -> list[dict]:
     """Read a JSONL file and validate it with ``check``; errors name ``file:line: field``."""
     records, where = [], []
@@ -166,14 +172,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dataset", required=True, help="JSONL of {id, answer, meta?: {category?}}")
     parser.add_argument("--out", required=True, help="where to write the summary JSON")
     parser.add_argument("--per-item", help="also write one JSONL line of verdicts per dataset item here")
+    parser.add_argument(
+        "--suite",
+        choices=("answers", "yaml_trace"),
+        default="answers",
+        help="yaml_trace: also execute the YAML trace in each completion's <reasoning>",
+    )
     args = parser.parse_args(argv)
 
     predictions = load_records(args.predictions, check_predictions)
     dataset = load_records(args.dataset, check_dataset)
     if not dataset:
         raise InputError(f"{args.dataset}: no items")
-    result = score_predictions(predictions, dataset, per_item=bool(args.per_item))
+    yaml_suite = args.suite == "yaml_trace"
+    result = score_predictions(predictions, dataset, per_item=bool(args.per_item) or yaml_suite)
     items = result.pop("items", None)
+    if yaml_suite:
+        from evals.suites.yaml_trace import PRIMARY, add_trace_scores
+
+        add_trace_scores(result, predictions, dataset, items)
+        result["suite"], result["primary_metric"] = "yaml_trace", PRIMARY
     write_json(args.out, result)
     if args.per_item:
         write_jsonl(args.per_item, items)
@@ -183,6 +201,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"flexible={result['flexible_accuracy']:.3f} partial={result['partial_accuracy']:.3f} "
         f"format={result['format_accuracy']:.3f} -> {args.out}"
     )
+    if yaml_suite:
+        print(
+            f"traces: parse={result['parse_rate']:.3f} valid={result['valid_rate']:.3f} "
+            f"solver={result['solver_accuracy']:.3f} agreement={_rate(result['agreement_rate'])} "
+            f"(n={result['agreement_n']}) outcomes={result['trace_outcomes']}"
+        )
     if result["items_without_prediction"] or result["predictions_without_item"]:
         print(
             f"note: {len(result['items_without_prediction'])} items without a prediction (scored wrong), "

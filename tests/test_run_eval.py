@@ -113,3 +113,28 @@ def test_prompt_suite_run_end_to_end(tiny_gemma3, tmp_path):
     assert set(summary["trained"]["categories"]) == {"code", "reasoning", "tool_calling"}
     html = (run / "eval" / "report.html").read_text()
     assert "pass (primary)" in html and "tool_calling" in html and "<script" not in html
+
+
+def test_yaml_trace_suite_fields_reach_summary_compare_and_report(evaluated):
+    import shutil
+
+    run, _, _, root = evaluated
+    copy = root / "runs" / "yaml-suite"
+    shutil.copytree(run, copy)  # same predictions: both sides resume instead of generating
+    overrides = [f"data.path={root / 'd.jsonl'}", "data.n=4", "decode.max_new_tokens=8", "batch_size=3"]
+    cfg = load_config(GenerateConfig, "configs/eval/yaml_trace_cpu.yaml", [*overrides, "data.prompt=plain"])
+    assert cfg.suite == "yaml_trace"
+    summary = run_eval.evaluate_run(copy, cfg, progress=False, cache_dir=root / "cache")
+    written = json.loads((copy / "eval" / "eval_summary.json").read_text())
+    assert written["suite"] == "yaml_trace" and written["primary_metric"] == "solver"
+    for side in ("base", "trained"):
+        s = written[side]
+        assert s["parse_rate"] == 0.0 and s["solver_accuracy"] == 0.0  # a tiny random model writes no YAML
+        assert sum(s["trace_outcomes"].values()) == s["n"] == 4
+        assert s["trace_outcomes"]["parse_failure"] == 4
+    assert summary["metrics"][:2] == ["solver", "strict"]
+    compare = json.loads((copy / "eval" / "compare.json").read_text())
+    assert compare["primary_metric"] == "solver" and compare["metrics"]["parse"]["n"] == 4
+    html = (copy / "eval" / "report.html").read_text()
+    assert "Trace outcomes" in html and "solver (primary)" in html
+    assert "| solver |" in (copy / "eval" / "report.md").read_text()

@@ -7,6 +7,10 @@ Two kinds of item:
 - prompt-suite items ``{id, question, checks, meta}`` (``evals/suites/multidomain.jsonl``)
   are scored by keyword and tool-call checks (``evals.suites.prompts``).
 
+The suite follows from the items (``suite="auto"``), except the YAML-trace suite, which an
+eval config asks for with ``suite: yaml_trace``: answer items whose completions also get
+their ``<reasoning>`` trace executed (``evals.suites.yaml_trace``; primary metric ``solver``).
+
 A suite's summary has the scorer's shape: ``n``, ``<metric>_accuracy`` with ``_ci95``,
 ``failures`` and ``categories``.
 """
@@ -21,6 +25,19 @@ from common.errors import InputError
 ANSWER_METRICS = ["strict", "flexible", "partial", "format"]
 PROMPT_METRICS = ["pass", "keywords", "tool"]
 _VERDICT_KEYS = {"strict": "strict", "flexible": "flexible", "partial": "partial", "format": "format_ok"}
+SUITES = ("auto", "yaml_trace")
+
+
+def _check_suite(suite: str) -> None:
+    if suite not in SUITES:
+        raise InputError(f"suite: {suite!r} unknown; known: {', '.join(SUITES)}")
+
+
+def summary_key(metric: str) -> str:
+    """The summary field holding ``metric``'s rate (``parse`` -> ``parse_rate``, else ``<metric>_accuracy``)."""
+    from evals.suites.yaml_trace import SUMMARY_KEYS
+
+    return SUMMARY_KEYS.get(metric, f"{metric}_accuracy")
 
 
 def is_prompt_suite(dataset: list[dict]) -> bool:
@@ -34,8 +51,24 @@ def has_reasoning_gym(dataset: list[dict]) -> bool:
     return any((rec.get("meta") or {}).get("source") == "reasoning_gym" for rec in dataset)
 
 
-def suite_metrics(dataset: list[dict]) -> tuple[list[str], str]:
+def suite_name(dataset: list[dict], suite: str = "auto") -> str:
+    """``prompts``, ``answers`` or ``yaml_trace``: what scores these items."""
+    _check_suite(suite)
+    if is_prompt_suite(dataset):
+        if suite != "auto":
+            raise InputError(
+                f"suite: {suite} scores answer items, but these items are a prompt suite (checks)"
+            )
+        return "prompts"
+    return "answers" if suite == "auto" else suite
+
+
+def suite_metrics(dataset: list[dict], suite: str = "auto") -> tuple[list[str], str]:
     """``(metric names, primary metric)`` for a dataset."""
+    if suite_name(dataset, suite) == "yaml_trace":
+        from evals.suites import yaml_trace
+
+        return list(yaml_trace.METRICS), yaml_trace.PRIMARY
     if is_prompt_suite(dataset):
         return list(PROMPT_METRICS), "pass"
     if has_reasoning_gym(dataset):
@@ -55,11 +88,15 @@ def _rg_scores(completions: list[str], metas: list[dict]) -> list[float]:
     return reasoning_gym_score(None, completions, RewardConfig(reasoning_gym=1.0), meta=metas)
 
 
-def item_verdicts(predictions: list[dict], by_id: dict[str, dict]) -> dict[str, dict[str, Any]]:
+def item_verdicts(
+    predictions: list[dict], by_id: dict[str, dict], suite: str = "auto"
+) -> dict[str, dict[str, Any]]:
     """``{id: {metric: bool, ..., "category", "failure", "extracted"?}}`` for each prediction.
 
-    Every prediction's id must be in ``by_id`` (the dataset by string id).
+    Every prediction's id must be in ``by_id`` (the dataset by string id). The YAML-trace
+    suite adds its trace verdicts (``parse``, ``valid``, ``solver``, ``agree``, ``trace_*``).
     """
+    _check_suite(suite)
     items = [by_id[str(p["id"])] for p in predictions]
     if is_prompt_suite(items) if items else False:
         from evals.suites.prompts import check_completion
@@ -94,6 +131,11 @@ def item_verdicts(predictions: list[dict], by_id: dict[str, dict]) -> dict[str, 
     if has_reasoning_gym(items):  # non-rg items in a mixed file: rg falls back to strict
         for v in out.values():
             v.setdefault("rg", v["strict"])
+    if suite == "yaml_trace":
+        from evals.suites.yaml_trace import trace_verdict
+
+        for p, rec in zip(predictions, items, strict=True):
+            out[str(p["id"])].update(trace_verdict(p["completion"], rec["answer"]))
     return out
 
 
@@ -112,9 +154,9 @@ def _summary(verdicts: list[dict[str, Any]], metrics: list[str]) -> dict[str, An
     return out
 
 
-def summarize(predictions: list[dict], dataset: list[dict]) -> dict[str, Any]:
+def summarize(predictions: list[dict], dataset: list[dict], suite: str = "auto") -> dict[str, Any]:
     """The suite's summary over ``dataset`` (each item counts; a missing prediction is wrong)."""
-    metrics, primary = suite_metrics(dataset)
+    metrics, primary = suite_metrics(dataset, suite)
     if not is_prompt_suite(dataset):
         from evals.score import score_predictions
 
@@ -125,6 +167,11 @@ def summarize(predictions: list[dict], dataset: list[dict]) -> dict[str, Any]:
             verdicts = item_verdicts(have, by_id)
             rg = [verdicts.get(str(r["id"]), {"rg": False}) for r in dataset]
             summary.update({k: v for k, v in _summary(rg, ["rg"]).items() if k.startswith("rg")})
+        if suite == "yaml_trace":
+            from evals.suites.yaml_trace import add_trace_scores
+
+            add_trace_scores(summary, predictions, dataset)
+        summary["suite"] = suite_name(dataset, suite)
         summary["primary_metric"] = primary
         return summary
     by_id = {str(r["id"]): r for r in dataset}
@@ -143,7 +190,12 @@ def summarize(predictions: list[dict], dataset: list[dict]) -> dict[str, Any]:
                 "category": _category(rec),
             }
         rows.append(v)
-    summary = {"scorer": "showwork-prompt-suite/1", **_summary(rows, metrics), "primary_metric": primary}
+    summary = {
+        "scorer": "showwork-prompt-suite/1",
+        **_summary(rows, metrics),
+        "suite": "prompts",
+        "primary_metric": primary,
+    }
     cats = sorted({r["category"] for r in rows if r.get("category") is not None})
     summary["categories"] = {c: _summary([r for r in rows if r.get("category") == c], metrics) for c in cats}
     summary["items_without_prediction"] = [r["id"] for r in dataset if str(r["id"]) not in verdicts]

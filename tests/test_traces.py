@@ -1,0 +1,293 @@
+"""YAML traces: parsing, step checks, exact execution, the reward tiers and the eval suite."""
+
+from __future__ import annotations
+
+import json
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from common.rewards import RewardConfig, build_rewards
+from common.traces import MAX_YAML_CHARS, TraceResult, format_value, parse_trace
+
+RATE = """
+- {op: init, var: rate, value: 49}
+- {op: init, var: time, value: 5}
+- {op: compute, compute_op: mul, args: [rate, time], var: quantity}
+- {op: query, var: quantity}
+"""
+SHORT = RATE.replace("{op: query, var: quantity}", "{op: query, var: rate}")  # the notebook's short-circuit
+
+# Lab notebook 002's house-flipping composition, with percent_increase giving the new value.
+COMPOSED = """
+- expert: percentage
+  trace:
+    - {op: init, var: price, value: 80000}
+    - {op: init, var: rate, value: 150}
+    - {op: percent_increase, base: price, rate: rate, var: result}
+    - {op: query, var: result}
+- expert: arithmetic
+  trace:
+    - {op: init, var: increased, from: prev.result}
+    - {op: init, var: cost, value: 130000}
+    - {op: compute, compute_op: sub, args: [increased, cost], var: result}
+    - {op: query, var: result}
+"""
+
+
+def wrap(trace: str, answer: str = "0") -> str:
+    return f"<reasoning>{trace}</reasoning><answer>{answer}</answer>"
+
+
+def run(trace: str) -> TraceResult:
+    return parse_trace(wrap(trace))
+
+
+def steps(*lines: str) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("trace", "value"),
+    [
+        (RATE, 245),
+        (steps("{op: init, var: a, value: 7}", "{op: init, var: b, value: 2}",
+               "{op: compute, compute_op: sub, args: [a, b], var: r}", "{op: query, var: r}"), 5),
+        (steps("{op: init, var: a, value: 7}", "{op: init, var: b, value: 2}",
+               "{op: compute, compute_op: div, args: [a, b], var: r}", "{op: query, var: r}"), Fraction(7, 2)),
+        (steps("{op: init, var: a, value: 1}", "{op: compute, compute_op: add, args: [a, 2, 3.5], var: r}",
+               "{op: query, var: r}"), Fraction(13, 2)),
+        (steps("{op: init, var: a, value: 17}", "{op: compute, compute_op: floordiv, args: [a, 5], var: q}",
+               "{op: compute, compute_op: mod, args: [a, 5], var: m}",
+               "{op: compute, compute_op: mul, args: [q, 10], var: r}",
+               "{op: compute, compute_op: add, args: [r, m], var: s}", "{op: query, var: s}"), 32),
+        (steps("{op: init, var: price, value: 200}", "{op: init, var: rate, value: 40}",
+               "{op: percent_of, base: price, rate: rate, var: r}", "{op: query, var: r}"), 80),
+        (steps("{op: init, var: price, value: 200}", "{op: percent_off, base: price, rate: 25, var: r}",
+               "{op: query, var: r}"), 150),
+        (steps("{op: init, var: price, value: 200}", "{op: percent_increase, base: price, rate: 10, var: r}",
+               "{op: query, var: r}"), 220),
+        # Janet's ducks in entity form: consume twice, then the eggs are a changed init var.
+        (steps("{op: init, var: janet.eggs, value: 16}", "{op: consume, var: janet.eggs, amount: 3}",
+               "{op: consume, var: janet.eggs, amount: 4}", "{op: query, var: janet.eggs}"), 9),
+        (steps("{op: init, var: alice.cards, value: 10}", "{op: init, var: bob.cards, value: 4}",
+               "{op: transfer, from: alice.cards, to: bob.cards, amount: 3}", "{op: query, var: bob.cards}"), 7),
+        ("{expert: rate_equation, trace: [{op: init, var: r, value: 3}, {op: init, var: t, value: 4},"
+         " {op: compute, compute_op: mul, args: [r, t], var: q}, {op: query, var: q}]}", 12),
+        (COMPOSED, 70000),
+        ("```yaml\n" + RATE + "```", 245),
+    ],
+)  # fmt: skip
+def test_each_op_executes_to_its_value(trace: str, value: Fraction) -> None:
+    res = run(trace)
+    assert (res.parsed, res.valid, res.error) == (True, True, None)
+    assert res.value == value
+    assert res.outcome(Fraction(value)) == "correct"
+    assert res.outcome(Fraction(value) + 1) == "wrong_answer"
+
+
+def test_steps_are_returned_flattened() -> None:
+    res = run(COMPOSED)
+    assert len(res.steps) == 8
+    assert res.steps[2] == {"op": "percent_increase", "base": "price", "rate": "rate", "var": "result"}
+
+
+def test_fractions_are_exact() -> None:
+    res = run(steps("{op: init, var: a, value: 0.1}", "{op: init, var: b, value: 0.2}",
+                    "{op: compute, compute_op: add, args: [a, b], var: c}", "{op: query, var: c}"))  # fmt: skip
+    assert res.value == Fraction(3, 10)  # not 0.30000000000000004
+    res = run(steps("{op: init, var: a, value: 1}", "{op: compute, compute_op: div, args: [a, 3], var: b}",
+                    "{op: compute, compute_op: mul, args: [b, 3], var: c}", "{op: query, var: c}"))  # fmt: skip
+    assert res.value == 1
+    assert [format_value(Fraction(x)) for x in ("18", "5/2", "-1/20", "1/3")] == ["18", "2.5", "-0.05", "1/3"]
+
+
+@pytest.mark.parametrize(
+    ("completion", "kind"),
+    [
+        ("just text, no tags", "no_reasoning"),
+        ("<reasoning>- {op: init", "no_reasoning"),  # never closed
+        (wrap("Janet has 16 eggs and eats 3."), "not_a_trace"),
+        (wrap(" and "), "not_a_trace"),  # the base model's echo of the instruction
+        (wrap("Step 1: add them"), "not_a_trace"),
+        (wrap("- {op: init, var: a, value: [1"), "yaml_error"),
+        (wrap("x" * (MAX_YAML_CHARS + 1)), "too_large"),
+        (wrap("[" * 40), "too_large"),
+    ],
+)
+def test_parse_failures(completion: str, kind: str) -> None:
+    res = parse_trace(completion)
+    assert (res.parsed, res.valid, res.error_kind) == (False, False, kind)
+    assert res.error and res.outcome(Fraction(1)) == "parse_failure"
+
+
+Q = "{op: query, var: r}"
+INIT = "{op: init, var: a, value: 2}"
+
+
+@pytest.mark.parametrize(
+    ("trace", "kind", "reason"),
+    [
+        (steps(INIT, "{op: add, args: [a, a], var: r}", Q), "unknown_op", "op: 'add' unknown"),
+        (steps(INIT, "{op: compute, compute_op: pow, args: [a, a], var: r}", Q), "unknown_op", "compute_op"),
+        (steps(INIT, "{op: compute, compute_op: mul, args: [a, a]}", Q), "schema", "var: missing"),
+        (steps(INIT, "{op: compute, compute_op: sub, args: [a, a, a], var: r}", Q), "schema", "exactly 2"),
+        (steps(INIT, "{op: compute, compute_op: mul, args: [a, b], var: r}", Q), "undefined_var", "'b'"),
+        (steps(INIT, "{op: compute, compute_op: div, args: [a, 0], var: r}", Q), "math_error", "by zero"),
+        (steps("{op: init, var: a, value: step1}", Q), "bad_number", "expected a number, got 'step1'"),
+        (steps("{op: init, var: a, value: 4 * 18}", Q), "bad_number", "4 * 18"),
+        (steps("{op: init, var: a, value: yes}", Q), "bad_number", "True"),
+        (steps(INIT, "{op: init, var: a, value: 3}", Q), "redefined_var", "redefines"),
+        (steps(INIT, "{op: init, var: b, value: 3, note: hi}", Q), "schema", "note: unknown field"),
+        (steps(INIT, "{op: compute, compute_op: mul, args: [a, a], var: r}"), "no_query", "no query"),
+        (steps(INIT, Q, "{op: compute, compute_op: mul, args: [a, a], var: r}"), "schema", "last step"),
+        ("[{op: init, var: a, value: 2}, 5]", "schema", "expected a mapping"),
+        ("{expert: arithmetic, trace: [{op: init, var: d, value: 60},"
+         " {op: percent_of, base: d, rate: 60, var: r}, {op: query, var: r}]}", "wrong_expert", "percent_of"),
+        ("{expert: physics, trace: [{op: init, var: a, value: 1}]}", "unknown_expert", "physics"),
+        ("- expert: arithmetic\n  trace:\n    - {op: init, var: a, from: prev.result}\n    - {op: query, var: a}",
+         "undefined_var", "prev.result"),
+    ],
+)  # fmt: skip
+def test_invalid_traces_name_their_reason(trace: str, kind: str, reason: str) -> None:
+    res = run(trace)
+    assert (res.parsed, res.valid, res.value, res.error_kind) == (True, False, None, kind)
+    assert reason in (res.error or "")
+    assert res.outcome(Fraction(4)) == "invalid_trace"
+
+
+def test_short_circuit_is_rejected() -> None:
+    # The notebook's rate regression: query the extracted rate instead of the product.
+    res = run(SHORT)
+    assert (res.parsed, res.valid, res.error_kind) == (True, False, "short_circuit")
+    assert res.outcome(Fraction(49)) == "short_circuit"  # even when the init value is gold
+    # An init fed from the previous sub-trace is init-only too.
+    head, tail = COMPOSED.rsplit("{op: query, var: result}", 1)
+    assert run(head + "{op: query, var: increased}" + tail).error_kind == "short_circuit"
+    # A domain step that changes an init var makes it queryable (entity tracking).
+    assert run(
+        steps("{op: init, var: x, value: 5}", "{op: consume, var: x, amount: 1}", "{op: query, var: x}")
+    ).valid
+
+
+def test_hostile_input_is_bounded() -> None:
+    bombs = [
+        "<reasoning>" + "x" * 1_000_000 + "</reasoning>",
+        "<reasoning>" * 100_000,
+        "<reasoning>" + "[" * 15_000 + "</reasoning>",
+        "<reasoning>" + "- " * 7_000 + "x</reasoning>",
+        "<reasoning>a: " + "9" * 15_000 + "</reasoning>",
+        '<reasoning>a: &a ["x","x"]\nb: &b [*a,*a]\nc: &c [*b,*b]\nd: [*c,*c,*c]</reasoning>',
+        # squaring 200 times would need 2**200 digits: capped at 256 bits
+        wrap("- {op: init, var: v0, value: 2}\n"
+             + "".join(f"- {{op: compute, compute_op: mul, args: [v{i}, v{i}], var: v{i + 1}}}\n" for i in range(200))
+             + "- {op: query, var: v200}"),
+        wrap("".join(f"- {{op: init, var: a{i}, value: {i}}}\n" for i in range(300))),
+    ]  # fmt: skip
+    for bomb in bombs:
+        t0 = time.perf_counter()
+        res = parse_trace(bomb)
+        assert time.perf_counter() - t0 < 1.0
+        assert not res.valid
+    assert parse_trace(bombs[-2]).error_kind == "bad_number"
+    assert parse_trace(bombs[-1]).error_kind == "schema"  # more than MAX_STEPS steps
+
+
+def test_reward_tiers_are_ordered() -> None:
+    (fn,) = build_rewards(["yaml_trace"])
+    completions = [
+        wrap(RATE, "245"),  # valid, correct
+        wrap(RATE, "245").replace("value: 5", "value: 6"),  # valid, wrong value (the answer tag is not read)
+        wrap(SHORT),  # short-circuit
+        wrap(steps(INIT, "{op: add, args: [a, a], var: r}", Q)),  # unknown op
+        "<answer>245</answer>",  # no trace at all
+    ]
+    scores = fn(["p"] * 5, completions, answer=["245"] * 5)
+    assert scores == [1.0, 0.7, 0.5, 0.5, 0.0]
+    cfg = RewardConfig(trace_correct=2.0, trace_unparsed=-1.0)
+    (fn,) = build_rewards(["yaml_trace"], cfg)
+    assert fn(["p"] * 2, [completions[0], completions[4]], answer=[245, 245]) == [2.0, -1.0]
+
+
+# ----------------------------------------------------------------------------- the eval suite
+
+ITEMS = [
+    {"id": "c", "question": "q", "answer": "245", "meta": {"category": "rate"}},
+    {"id": "w", "question": "q", "answer": "245", "meta": {"category": "rate"}},
+    {"id": "s", "question": "q", "answer": "49", "meta": {"category": "rate"}},
+    {"id": "i", "question": "q", "answer": "4", "meta": {"category": "other"}},
+    {"id": "p", "question": "q", "answer": "18", "meta": {"category": "other"}},
+    {"id": "m", "question": "q", "answer": "1", "meta": {"category": "other"}},
+]
+PREDICTIONS = [
+    {"id": "c", "completion": wrap(RATE, "245")},  # correct, agrees
+    {"id": "w", "completion": wrap(RATE.replace("value: 5", "value: 6"), "245")},  # 294: wrong, disagrees
+    {"id": "s", "completion": wrap(SHORT, "49")},  # short-circuit
+    {"id": "i", "completion": wrap(steps(INIT, "{op: add, args: [a, a], var: r}", Q), "4")},  # invalid
+    {"id": "p", "completion": "<reasoning>9 * 2 = 18</reasoning><answer>18</answer>"},  # not a trace
+]  # "m" has no prediction
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_score_cli_writes_the_trace_fields(tmp_path: Path) -> None:
+    from evals import score
+
+    preds, data = _write(tmp_path / "p.jsonl", PREDICTIONS), _write(tmp_path / "d.jsonl", ITEMS)
+    out, per_item = tmp_path / "s.json", tmp_path / "i.jsonl"
+    argv = ["--predictions", str(preds), "--dataset", str(data), "--out", str(out)]
+    score.main([*argv, "--per-item", str(per_item), "--suite", "yaml_trace"])
+    s = json.loads(out.read_text())
+    assert s["suite"] == "yaml_trace" and s["primary_metric"] == "solver" and s["n"] == 6
+    assert s["parse_rate"] == pytest.approx(4 / 6)
+    assert s["valid_rate"] == pytest.approx(2 / 6)
+    assert s["solver_accuracy"] == pytest.approx(1 / 6)
+    assert s["strict_accuracy"] == pytest.approx(5 / 6)  # every tag but the missing one is gold
+    assert (s["agreement_rate"], s["agreement_n"]) == (0.5, 2)  # only c and w executed
+    assert s["trace_outcomes"] == {"parse_failure": 1, "invalid_trace": 1, "short_circuit": 1,
+                                   "wrong_answer": 1, "correct": 1, "missing_prediction": 1}  # fmt: skip
+    assert s["trace_error_kinds"] == {"not_a_trace": 1, "unknown_op": 1, "short_circuit": 1}
+    assert s["categories"]["rate"]["solver_accuracy"] == pytest.approx(1 / 3)
+    assert s["categories"]["other"]["parse_rate"] == pytest.approx(1 / 3)
+    assert len(s["solver_accuracy_ci95"]) == 2 and "solver_accuracy" in s["rules"]
+    rows = {r["id"]: r for r in map(json.loads, per_item.read_text().splitlines())}
+    assert rows["w"]["trace_value"] == "294" and rows["w"]["agree"] is False
+    assert rows["c"]["trace_outcome"] == "correct" and rows["m"]["trace_outcome"] == "missing_prediction"
+
+    score.main(argv)  # the answer suite is unchanged: no trace fields
+    assert "parse_rate" not in json.loads(out.read_text())
+
+
+def test_compare_and_report_show_the_trace_metrics(tmp_path: Path) -> None:
+    from evals import report
+    from evals.compare import compare_files
+    from evals.suites import summarize
+
+    data = _write(tmp_path / "d.jsonl", ITEMS)
+    better = [dict(p, completion=wrap(RATE, "245")) if p["id"] == "w" else p for p in PREDICTIONS]
+    a, b = _write(tmp_path / "a.jsonl", PREDICTIONS), _write(tmp_path / "b.jsonl", better)
+    res = compare_files(a, b, data, suite="yaml_trace")
+    assert res["suite"] == "yaml_trace" and res["primary_metric"] == "solver"
+    assert res["metrics"]["solver"]["gained"] == ["w"]
+    assert res["metrics"]["agree"]["n"] == 2  # items with an executed value on both sides
+    assert "solver" not in compare_files(a, b, data)["metrics"]
+
+    summary = {
+        "suite": "yaml_trace",
+        "metrics": ["solver", "parse", "valid", "agree", "strict"],
+        "primary_metric": "solver",
+        "base": summarize(PREDICTIONS, ITEMS, "yaml_trace"),
+        "trained": summarize(better, ITEMS, "yaml_trace"),
+    }
+    head = report.headline_table(res, summary)
+    assert "16.7%" in head and "33.3%" in head  # solver accuracy, base and trained
+    traces = report.trace_table(summary)
+    assert "short_circuit" in traces and "unknown_op" in traces
+    assert report.trace_table({"base": {}, "trained": {}}) == ""
+    cats = report.category_table(summary, "solver")
+    assert "33.3%" in cats and "66.7%" in cats  # the rate category, base and trained
