@@ -25,7 +25,7 @@ from common.jsonl import atomic_open, dumps
 from common.prompts import format_prompt
 from common.records import iter_records
 from common.rewards import DEFAULT_REWARDS, REWARDS, RewardConfig
-from common.runs import RunDir
+from common.runs import RunDir, read_metrics
 from common.sft_config import CheckpointConfig, LoraConfig, ModelConfig, OptimConfig
 
 # --------------------------------------------------------------------------------------------
@@ -373,3 +373,37 @@ GRPO_PLOTS = {
     "completion_len": ["completion_len_mean", "eval_completion_len_mean"],
     "lr": ["lr"],
 }
+
+
+def run_summary(run: RunDir, total_steps: int, final_eval: dict[str, Any]) -> dict[str, Any]:
+    """The summary.json figures both GRPO trainers read back from their metrics.jsonl."""
+    metrics = read_metrics(run.path)
+    steps = [r for r in metrics if "reward" in r]
+    evals = {r["step"]: r for r in metrics if "eval_reward" in r}
+
+    def rate(tokens: str, seconds: str) -> float | None:
+        t, s = sum(r.get(tokens, 0) for r in steps), sum(r.get(seconds, 0) for r in steps)
+        return round(t / s, 2) if s and t else None
+
+    def eval_view(r: dict[str, Any] | None) -> dict[str, Any] | None:
+        return {k: v for k, v in r.items() if k.startswith("eval_")} if r else None
+
+    return {
+        "train_reward_first": steps[0]["reward"] if steps else None,
+        "train_reward_last": steps[-1]["reward"] if steps else None,
+        "eval_before": eval_view(evals.get(0)),
+        "eval_after": eval_view(evals.get(total_steps)) or eval_view(final_eval),
+        "gen_tokens_per_s": rate("gen_tokens", "gen_time_s"),
+        "train_tokens_per_s": rate("train_tokens", "train_time_s"),
+        "step_seconds_mean": round(sum(r.get("step_time_s", 0) for r in steps) / len(steps), 2)
+        if steps
+        else None,
+    }
+
+
+def done_line(summary: dict[str, Any]) -> str:
+    """The run's last line: where it is and how the held-out reward moved."""
+    before, after = summary["eval_before"], summary["eval_after"]
+    if before and after:
+        return f"done: {summary['run_dir']}; held-out reward {before['eval_reward']:.4f} -> {after['eval_reward']:.4f}"
+    return f"done: {summary['run_dir']}"

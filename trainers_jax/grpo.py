@@ -68,7 +68,9 @@ from common.grpo_config import (
     GRPOConfig,
     Prompt,
     append_samples,
+    done_line,
     load_prompts,
+    run_summary,
     score_heldout,
     step_prompt_indices,
     truncate_samples,
@@ -545,40 +547,19 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
     exported = {}
     if cfg.export:
         exported["merged"] = str(export_merged(model, tok, start_path, run.path / "merged", cfg.lora.alpha))
-    metrics_all = read_metrics(run.path)
-    steps = [r for r in metrics_all if "reward" in r]
-    evals = {r["step"]: r for r in metrics_all if "eval_reward" in r}
-
-    def total(key: str) -> float:
-        return sum(r.get(key, 0) for r in steps)
-
-    def eval_view(r: dict[str, Any] | None) -> dict[str, Any] | None:
-        return {k: v for k, v in r.items() if k.startswith("eval_")} if r else None
-
     summary = {
         "run_dir": str(run.path),
         "trainer": "trainers_jax.grpo",
         "steps": total_steps,
         "init": start_info,
-        "train_reward_first": steps[0]["reward"] if steps else None,
-        "train_reward_last": steps[-1]["reward"] if steps else None,
-        "eval_before": eval_view(evals.get(0)),
-        "eval_after": eval_view(evals.get(total_steps)) or eval_view(final_eval),
-        "gen_tokens_per_s": round(total("gen_tokens") / total("gen_time_s"), 2)
-        if total("gen_time_s")
-        else None,
-        "step_seconds_mean": round(total("step_time_s") / len(steps), 2) if steps else None,
+        **run_summary(run, total_steps, final_eval),
         "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
         "resumed_from_step": start_step if latest is not None else None,
         **exported,
     }
     write_json(run.path / "summary.json", summary)
     run.finish(summary=summary)
-    before, after = summary["eval_before"], summary["eval_after"]
-    if before and after:
-        say(f"done: {run.path}; held-out reward {before['eval_reward']:.4f} -> {after['eval_reward']:.4f}")
-    else:
-        say(f"done: {run.path}")
+    say(done_line(summary))
     return summary
 
 
