@@ -129,7 +129,7 @@ def test_config_errors_exit_2_with_one_line(tiny_gemma3, tmp_path, capsys):
     code, err = run_main(["--config", str(cfg).replace("c.yaml", "none.yaml")], capsys)
     assert code == 2 and "config file not found" in err
     good = tmp_path / "g.yaml"
-    good.write_text(f"model:\n  path: {tiny_gemma3}\n")
+    good.write_text(f"output_dir: {tmp_path / 'runs'}\nmodel:\n  path: {tiny_gemma3}\n")  # not ./runs
     code, err = run_main(["--config", str(good), "train.epochs=many"], capsys)
     assert code == 2 and "train.epochs" in err
     code, err = run_main(["--config", str(good), "data.max_len=512", "data.pack_tokens=256"], capsys)
