@@ -273,6 +273,9 @@ def step_prompt_indices(n: int, per_step: int, seed: int, step: int) -> list[int
 # --------------------------------------------------------------------------------------------
 
 
+REWARD_COLUMNS = ("id", "question", "answer", "reasoning", "steps", "meta")  # what each reward receives
+
+
 def score_rewards(
     reward_fns: list[Any],
     weights: list[float],
@@ -281,9 +284,7 @@ def score_rewards(
     records: list[dict],
 ) -> tuple[list[float], dict[str, list[float]]]:
     """``(total per completion, {reward name: raw values})``; totals are the weighted sums."""
-    columns = {
-        k: [r.get(k) for r in records] for k in ("id", "question", "answer", "reasoning", "steps", "meta")
-    }
+    columns = {k: [r.get(k) for r in records] for k in REWARD_COLUMNS}
     per: dict[str, list[float]] = {}
     for fn in reward_fns:
         values = fn(prompts, completions, **columns)

@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s"  # rare at temperature 1 on the tiny model, common enough at 0.1 for groups of 16 to differ
 
 
-def likes_token(prompts, completions, cfg, **_):
+SEEN: list[dict] = []  # the columns each reward call received
+
+
+def likes_token(prompts, completions, cfg, **columns):
     """1 for a completion that is exactly TOKEN, else 0."""
+    SEEN.append(columns)
     return [float(c == TOKEN) for c in completions]
 
 
@@ -122,6 +126,23 @@ def first_token_probs(model_dir: Path, prompts: list[str], temperature: float) -
             for p in prompts
         ]
     return torch.stack(probs).mean(0)
+
+
+def test_rewards_receive_the_records_columns_as_torch_passes_them(setup, run):
+    """meta (a dict), steps (a list) and the text columns arrive as the records hold them."""
+    root, _ = setup
+    lines = [
+        *(root / "train.jsonl").read_text().splitlines(),
+        *(root / "valid.jsonl").read_text().splitlines(),
+    ]
+    records = {r["id"]: r for r in map(json.loads, lines)}  # training steps and the held-out eval
+    assert any(str(i).startswith("t-") for cols in SEEN for i in cols["id"])
+    for cols in SEEN:
+        assert set(cols) == {"id", "question", "answer", "reasoning", "steps", "meta"}
+        for k, rid in enumerate(cols["id"]):
+            for key in ("question", "answer", "reasoning", "steps", "meta"):
+                assert cols[key][k] == records[rid][key]
+        assert isinstance(cols["meta"][0], dict) and cols["meta"][0]["category"] == "arithmetic"
 
 
 def test_a_reward_for_one_token_raises_its_probability_in_the_merged_export(setup, run, tiny_gemma3):

@@ -50,6 +50,7 @@ How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ from common.config import config_from_cli, load_config
 from common.errors import InputError, cli
 from common.grpo_config import (
     GRPO_PLOTS,
+    REWARD_COLUMNS,
     GRPOConfig,
     Prompt,
     append_samples,
@@ -179,8 +181,6 @@ def lora_view(cfg: GRPOConfig, model_path: str) -> JaxSFTConfig:
 # Rewards: the shared functions, weighted for Tunix, their raw values kept for the metrics
 # --------------------------------------------------------------------------------------------
 
-COLUMNS = ("id", "question", "answer")  # dataset columns the rewards receive (as numpy str arrays)
-
 
 class RewardRecorder:
     """Wraps the shared rewards for Tunix: each returns ``weight * value``; the last call's
@@ -194,7 +194,7 @@ class RewardRecorder:
 
     def _wrap(self, fn: Any, weight: float) -> Any:
         def reward(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-            cols = {k: [str(x) for x in columns[k]] for k in COLUMNS if k in columns}
+            cols = {k: [json.loads(x) for x in columns[k]] for k in REWARD_COLUMNS if k in columns}
             values = [float(v) for v in fn(prompts, completions, **cols)]
             if len(values) != len(completions) or not all(np.isfinite(values)):
                 raise InputError(
@@ -302,8 +302,8 @@ def run_step(
         cfg, tok, prompt_len, seed=cfg.seed * 1_000_000 + step
     )
     batch = {"prompts": np.array([p.text for p in prompts])}
-    for k in COLUMNS:
-        batch[k] = np.array([str(p.record.get(k, "")) for p in prompts])
+    for k in REWARD_COLUMNS:  # JSON text through Tunix's batch; the rewards get the record's values back
+        batch[k] = np.array([json.dumps(p.record.get(k)) for p in prompts])
     learner.train([batch])
 
 
