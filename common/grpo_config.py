@@ -408,3 +408,23 @@ def done_line(summary: dict[str, Any]) -> str:
     if before and after:
         return f"done: {summary['run_dir']}; held-out reward {before['eval_reward']:.4f} -> {after['eval_reward']:.4f}"
     return f"done: {summary['run_dir']}"
+
+
+def record_heldout(
+    run: RunDir,
+    logger: Any,
+    step: int,
+    out: dict[str, Any],
+    samples: list[dict],
+    train_samples: list[dict],
+    keep: int,
+) -> str:
+    """Log a held-out eval and its sample completions (eval and the last training step's); its line."""
+    logger.log(step, **out)
+    append_samples(run, step, "eval", samples[:keep])
+    append_samples(run, step, "train", train_samples[:keep])
+    return (
+        f"step {step} held-out ({out['eval_n']} prompts, greedy): reward {out['eval_reward']:.4f}, "
+        f"format {out['eval_format_accuracy']:.3f}, strict {out['eval_strict_accuracy']:.3f}, "
+        f"truncated {out['eval_truncated']:.2f}"
+    )

@@ -69,9 +69,9 @@ from common.grpo_config import (
     REWARD_COLUMNS,
     GRPOConfig,
     Prompt,
-    append_samples,
     done_line,
     load_prompts,
+    record_heldout,
     run_summary,
     score_heldout,
     step_prompt_indices,
@@ -501,14 +501,7 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
             out, samples = heldout_eval(
                 model, tok, eval_prompts, reward_fns, cfg, run.eval / f"predictions-step-{step:06d}.jsonl"
             )
-        logger.log(step, **out)
-        append_samples(run, step, "eval", samples[: cfg.eval.samples])
-        append_samples(run, step, "train", last_train_samples[: cfg.eval.samples])
-        say(
-            f"step {step} held-out ({out['eval_n']} prompts, greedy): reward {out['eval_reward']:.4f}, "
-            f"format {out['eval_format_accuracy']:.3f}, strict {out['eval_strict_accuracy']:.3f}, "
-            f"truncated {out['eval_truncated']:.2f}"
-        )
+        say(record_heldout(run, logger, step, out, samples, last_train_samples, cfg.eval.samples))
         return out
 
     evals_done = {r["step"] for r in read_metrics(run.path) if "eval_reward" in r}
