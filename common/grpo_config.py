@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from common.config import load_config
 from common.errors import InputError
-from common.jsonl import atomic_open, dumps
+from common.jsonl import atomic_open, dumps, iter_jsonl
 from common.prompts import format_prompt
 from common.records import iter_records
 from common.rewards import DEFAULT_REWARDS, REWARDS, RewardConfig
@@ -390,6 +390,7 @@ def run_summary(run: RunDir, total_steps: int, final_eval: dict[str, Any]) -> di
         return {k: v for k, v in r.items() if k.startswith("eval_")} if r else None
 
     return {
+        "heldout_change": heldout_change(run.eval, min(evals, default=0), total_steps),
         "train_reward_first": steps[0]["reward"] if steps else None,
         "train_reward_last": steps[-1]["reward"] if steps else None,
         "eval_before": eval_view(evals.get(0)),
@@ -402,12 +403,33 @@ def run_summary(run: RunDir, total_steps: int, final_eval: dict[str, Any]) -> di
     }
 
 
+def heldout_change(eval_dir: Path, first: int, last: int) -> dict[str, Any] | None:
+    """The paired per-prompt test of the held-out reward between the evals at steps ``first``
+    and ``last`` (their predictions files), or None when either file is missing."""
+    from evals.stats import paired_change
+
+    paths = [eval_dir / f"predictions-step-{s:06d}.jsonl" for s in (first, last)]
+    if first == last or not all(p.exists() for p in paths):
+        return None
+    before, after = ({r["id"]: float(r["reward"]) for _, r in iter_jsonl(p)} for p in paths)
+    return {"from_step": first, "to_step": last, **paired_change(before, after)}
+
+
 def done_line(summary: dict[str, Any]) -> str:
-    """The run's last line: where it is and how the held-out reward moved."""
+    """The run's last line: where it is and how the held-out reward moved (with its paired test)."""
     before, after = summary["eval_before"], summary["eval_after"]
+    line = f"done: {summary['run_dir']}"
     if before and after:
-        return f"done: {summary['run_dir']}; held-out reward {before['eval_reward']:.4f} -> {after['eval_reward']:.4f}"
-    return f"done: {summary['run_dir']}"
+        line += f"; held-out reward {before['eval_reward']:.4f} -> {after['eval_reward']:.4f}"
+    c = summary.get("heldout_change")
+    if c and c["n"]:
+        lo, hi = c["ci95"]
+        line += (
+            f" (paired over {c['n']} prompts: change {c['mean_change']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+            f"{c['up']} up / {c['down']} down, permutation p = {c['permutation_p']:.3g}, "
+            f"sign test p = {c['sign_test_p']:.3g})"
+        )
+    return line
 
 
 def record_heldout(

@@ -16,33 +16,17 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from common.errors import InputError, cli
 from common.jsonl import iter_jsonl, write_json
 from common.runs import sha256_file
+from evals.stats import mcnemar_exact
 from evals.suites import SUITES
 
 ALPHA = 0.05
 MIN_N = 200  # below this, a delta whose interval spans 0 gets the small-n warning
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs.
-
-    Under the null each discordant pair goes either way with probability 1/2, so the
-    p-value is ``min(1, 2 * P(X <= min(b, c)))`` for ``X ~ Binomial(b + c, 1/2)``,
-    computed with integers (no rounding until the end). No discordant pairs gives 1.
-    """
-    if b < 0 or c < 0:
-        raise ValueError(f"discordant counts must be >= 0, got {b}, {c}")
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
-    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
 
 
 def best_possible_p(discordant: int) -> float:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from evals.stats import proportion, wilson_interval
+from evals.stats import paired_change, proportion, wilson_interval
 
 # Hand computation with z = 1.959964 (z^2 = 3.841459):
 #   0/10:  hi = z^2 / (n + z^2) = 3.841459 / 13.841459 = 0.277533
@@ -52,3 +52,46 @@ def test_proportion() -> None:
         "strict_accuracy_ci95": list(wilson_interval(5, 10)),
     }
     assert proportion(0, 0, "x") == {"x": None, "x_ci95": [0.0, 1.0]}
+
+
+def test_paired_change_exact_by_hand() -> None:
+    # changes +3, +1, -1 and one tie: the eight sign flips of (3, 1, 1) sum to
+    # 5, 3, 3, 1, -1, -3, -3, -5, so |sum| >= 3 in 6 of 8 -> p = 0.75.
+    before = {"a": 0.0, "b": 1.0, "c": 2.0, "d": 5.0, "only-before": 9.0}
+    after = {"a": 3.0, "b": 2.0, "c": 1.0, "d": 5.0, "only-after": 0.0}
+    r = paired_change(before, after)
+    assert (r["n"], r["only_before"], r["only_after"]) == (4, 1, 1)
+    assert (r["up"], r["down"], r["same"]) == (2, 1, 1)
+    assert r["mean_change"] == pytest.approx(0.75)
+    assert r["mean_before"] == pytest.approx(2.0) and r["mean_after"] == pytest.approx(2.75)
+    # sample sd of (3, 1, -1, 0): mean 0.75, squares 5.0625 + 0.0625 + 3.0625 + 0.5625 = 8.75
+    assert r["se"] == pytest.approx(math.sqrt(8.75 / 3 / 4))
+    assert r["ci95"][0] == pytest.approx(0.75 - 1.959964 * r["se"], abs=1e-6)
+    assert r["permutation_p"] == pytest.approx(0.75)
+    assert r["sign_test_p"] == pytest.approx(1.0)  # 2 up, 1 down
+
+
+def test_paired_change_all_one_way_and_no_change() -> None:
+    r = paired_change({str(i): 0.0 for i in range(6)}, {str(i): 1.0 for i in range(6)})
+    assert r["permutation_p"] == pytest.approx(2 / 64) and r["sign_test_p"] == pytest.approx(2 / 64)
+    same = paired_change({"a": 1.0, "b": 2.0}, {"a": 1.0, "b": 2.0})
+    assert same["mean_change"] == 0.0 and same["permutation_p"] == 1.0 and same["sign_test_p"] == 1.0
+    assert paired_change({"a": 1.0}, {"b": 1.0})["mean_change"] is None
+
+
+def test_paired_change_sampled_p_matches_exact_enumeration() -> None:
+    import random
+
+    rng = random.Random(3)
+    diffs = [rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 2.0) + 0.3 for _ in range(18)]
+    observed = abs(sum(diffs))
+    exact = (
+        sum(
+            abs(sum(d if m >> k & 1 else -d for k, d in enumerate(diffs))) >= observed - 1e-9
+            for m in range(2**18)
+        )
+        / 2**18
+    )
+    r = paired_change({str(i): 0.0 for i in range(18)}, {str(i): d for i, d in enumerate(diffs)})
+    assert 0.01 < exact < 0.9  # the draw is informative, not an edge case
+    assert r["permutation_p"] == pytest.approx(exact, abs=0.015)  # 20000 draws: sd <= 0.0036
