@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,14 @@ def real_model() -> Path:
     if not (REAL_MODEL / ".complete").exists():
         pytest.fail(f"{REAL_MODEL} is not materialised; run `make model` (make test does it first)")
     return REAL_MODEL
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run faster on one torch thread, especially on a shared CPU (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,6 +7,8 @@ completion would score the same and no gradient would flow. ``register()`` adds 
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
 from typing import Any
 
 from common.rewards import REWARDS
@@ -27,3 +29,19 @@ def unregister() -> None:
 
 # argv after -c: run the trainer's CLI with the test reward registered
 CLI = "import sys; from tests.grpo_helpers import register; register(); from trainers_torch.grpo import main; main(sys.argv[1:])"
+
+
+def write_setup(root: Path, model: Path, sections: str) -> Path:
+    """12 train and 4 valid arithmetic records under ``root`` and a GRPO config (seed 3) that
+    reads them with ``model``, plus the YAML ``sections``; returns the config's path."""
+    from tests.sft_data import arithmetic_records, write_records
+
+    train_file = write_records(root / "train.jsonl", arithmetic_records(12, seed=0))
+    valid_file = write_records(root / "valid.jsonl", arithmetic_records(4, seed=1, prefix="v"))
+    head = (
+        f"output_dir: {root / 'runs'}\nseed: 3\nmodel: {{path: {model}}}\n"
+        f"data: {{train: {train_file}, valid: {valid_file}, max_prompt_tokens: 400}}\n"
+    )
+    config = root / "grpo.yaml"
+    config.write_text(head + textwrap.dedent(sections))
+    return config

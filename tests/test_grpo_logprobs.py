@@ -9,13 +9,7 @@ import torch
 from common.sft_data import Example, pack_rows
 from trainers_torch.sft import collate, completion_logprobs, lm_head_logprobs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_logprobs(hidden, weight, targets, softcap, temperature):

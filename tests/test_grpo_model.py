@@ -16,13 +16,7 @@ from common.sft_data import Example
 from trainers_torch.grpo import build_reference, reference_logprobs, resolve_start, sft_view
 from trainers_torch.sft import build_model, collate, completion_logprobs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batch():

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,13 @@ from common.prompts import format_prompt, load_tokenizer
 from common.rewards import REWARDS
 from common.runs import read_metrics
 from tests import grpo_helpers
-from tests.sft_data import arithmetic_records, write_records
 from trainers_torch.grpo import main, train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, especially on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,16 +36,10 @@ def test_reward():
 @pytest.fixture(scope="module")
 def setup(tiny_gemma3, tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo")
-    train_file = write_records(root / "train.jsonl", arithmetic_records(12, seed=0))
-    valid_file = write_records(root / "valid.jsonl", arithmetic_records(4, seed=1, prefix="v"))
-    config = root / "grpo.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            output_dir: {root / "runs"}
-            seed: 3
-            model: {{path: {tiny_gemma3}}}
-            data: {{train: {train_file}, valid: {valid_file}, max_prompt_tokens: 400}}
+    config = grpo_helpers.write_setup(
+        root,
+        tiny_gemma3,
+        f"""\
             generation: {{prompts_per_step: 2, num_generations: 4, max_new_tokens: 6}}
             grpo: {{loss_type: dapo, beta: 0.1, num_iterations: 2, epsilon_high: 0.28}}
             rewards: {{names: [digit_count, format_approx], weights: [1.0, 0.5]}}
@@ -62,8 +48,7 @@ def setup(tiny_gemma3, tmp_path_factory):
             optim: {{lr: 2.0e-2, warmup_steps: 1}}
             eval: {{every: 2, n: 2, samples: 2}}
             checkpoint: {{every_steps: 2, keep_last: 2}}
-            """
-        )
+        """,
     )
     return root, config
 
@@ -133,6 +118,10 @@ def test_run_files_metrics_samples_plots_and_exports(uninterrupted):
     assert [r["step"] for r in evals] == [0, 2, STEPS]
     assert {"eval_format_accuracy", "eval_strict_accuracy", "eval_n"} <= set(evals[0])
     assert uninterrupted["eval_before"]["eval_reward"] == evals[0]["eval_reward"]
+    change = uninterrupted["heldout_change"]  # paired from the step-0 and final predictions files
+    assert (change["from_step"], change["to_step"], change["n"]) == (0, STEPS, 2)
+    assert change["mean_change"] == pytest.approx(evals[-1]["eval_reward"] - evals[0]["eval_reward"])
+    assert change["up"] + change["down"] + change["same"] == 2 and 0 < change["permutation_p"] <= 1
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert {(s["step"], s["kind"]) for s in samples} == {
         (0, "eval"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from common.prompts import format_prompt, load_tokenizer
 from common.rewards import REWARDS
 from common.runs import read_metrics
-from tests.sft_data import arithmetic_records, write_records
+from tests import grpo_helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,26 +46,19 @@ def jax_compile_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def setup(tiny_gemma3, tmp_path_factory):
     root = tmp_path_factory.mktemp("jax-grpo")
-    train_file = write_records(root / "train.jsonl", arithmetic_records(12, seed=0))
-    valid_file = write_records(root / "valid.jsonl", arithmetic_records(4, seed=1, prefix="v"))
-    config = root / "grpo.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            output_dir: {root / "runs"}
-            seed: 3
-            model: {{path: {tiny_gemma3}}}
-            data: {{train: {train_file}, valid: {valid_file}, max_prompt_tokens: 400}}
-            generation: {{prompts_per_step: 4, num_generations: 16, max_new_tokens: 1, temperature: 0.1}}
-            grpo: {{loss_type: dapo, beta: 0.0, epsilon_high: 0.28}}
-            rewards: {{names: [likes_token]}}
-            lora: {{rank: 4, alpha: 8, dropout: 0.0}}
-            train: {{max_steps: 2}}
-            optim: {{lr: 1.0e-2, warmup_steps: 0}}
-            eval: {{n: 2, samples: 2, batch_size: 2, max_new_tokens: 4}}
-            checkpoint: {{every_steps: 1, keep_last: 2}}
-            """
-        )
+    config = grpo_helpers.write_setup(
+        root,
+        tiny_gemma3,
+        """\
+            generation: {prompts_per_step: 4, num_generations: 16, max_new_tokens: 1, temperature: 0.1}
+            grpo: {loss_type: dapo, beta: 0.0, epsilon_high: 0.28}
+            rewards: {names: [likes_token]}
+            lora: {rank: 4, alpha: 8, dropout: 0.0}
+            train: {max_steps: 2}
+            optim: {lr: 1.0e-2, warmup_steps: 0}
+            eval: {n: 2, samples: 2, batch_size: 2, max_new_tokens: 4}
+            checkpoint: {every_steps: 1, keep_last: 2}
+        """,
     )
     return root, config
 

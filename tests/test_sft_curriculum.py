@@ -16,12 +16,7 @@ from tests.sft_data import arithmetic_records, write_records
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_two_stages_chain_and_resume(tiny_gemma3, tmp_path):
