@@ -346,6 +346,37 @@ def score_heldout(
     return metrics, samples
 
 
+def announce_start(
+    say: Any,
+    cfg: GRPOConfig,
+    run: RunDir,
+    train_report: dict[str, Any],
+    start: str,
+    total_steps: int,
+    loss: str,
+    resumed: tuple[str, int] | None,
+) -> None:
+    """The start lines both GRPO trainers print (data, what trains, the loss) and, when resuming
+    from ``resumed = (checkpoint, step)``, the cut of metrics and samples back to that step."""
+    P, G = cfg.generation.prompts_per_step, cfg.generation.num_generations
+    say(
+        f"{train_report['file']}: {train_report['records']} records, {train_report['used']} prompts used; "
+        f"over max_prompt_tokens={cfg.data.max_prompt_tokens}: {train_report['overflow_count']} (dropped)"
+    )
+    say(
+        f"start: {start}; {total_steps} steps of {P} prompts x {G} samples "
+        f"(max_new_tokens={cfg.generation.max_new_tokens}), loss {loss}, beta {cfg.grpo.beta}, "
+        f"mu {cfg.grpo.num_iterations}"
+    )
+    if resumed is not None:
+        checkpoint, step = resumed
+        run.truncate_metrics(step)
+        truncate_samples(run.path, step)
+        say(f"resumed from {checkpoint} (step {step})")
+    elif cfg.resume:
+        say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
+
+
 def append_samples(run: RunDir, step: int, kind: str, samples: list[dict[str, Any]]) -> None:
     with (run.path / "samples.jsonl").open("a", encoding="utf-8") as fh:
         for s in samples:

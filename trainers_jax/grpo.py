@@ -69,13 +69,13 @@ from common.grpo_config import (
     REWARD_COLUMNS,
     GRPOConfig,
     Prompt,
+    announce_start,
     done_line,
     load_prompts,
     record_heldout,
     run_summary,
     score_heldout,
     step_prompt_indices,
-    truncate_samples,
 )
 from common.jsonl import write_json
 from common.prompts import end_of_turn
@@ -427,7 +427,7 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
     trainer = learner.rl_cluster.actor_trainer
     model, optimizer, wrt = trainer.model, trainer.optimizer, nnx.LoRAParam
     counts = parameter_counts(model, wrt)
-    P, G = cfg.generation.prompts_per_step, cfg.generation.num_generations
+    P = cfg.generation.prompts_per_step
     total_steps = cfg.train.max_steps
 
     mgr = checkpoint_manager(run_path / "checkpoints", cfg.checkpoint.keep_last)
@@ -469,21 +469,16 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
     )
     for note in notes:
         say(f"note: {note}")
-    say(
-        f"{train_report['file']}: {train_report['records']} records, {train_report['used']} prompts used; "
-        f"over max_prompt_tokens={cfg.data.max_prompt_tokens}: {train_report['overflow_count']} (dropped)"
+    announce_start(
+        say,
+        cfg,
+        run,
+        train_report,
+        f"{start_info}; lora (JAX/Tunix): {counts['trainable']:,} of {counts['total']:,} parameters train",
+        total_steps,
+        f"{cfg.grpo.loss_type} ({LOSS_AGG[cfg.grpo.loss_type]})",
+        (f"{run.checkpoints}/{latest}", start_step) if latest is not None else None,
     )
-    say(
-        f"start: {start_info}; lora (JAX/Tunix): {counts['trainable']:,} of {counts['total']:,} parameters train; "
-        f"{total_steps} steps of {P} prompts x {G} samples (max_new_tokens={cfg.generation.max_new_tokens}), "
-        f"loss {cfg.grpo.loss_type} ({LOSS_AGG[cfg.grpo.loss_type]}), beta {cfg.grpo.beta}, mu {cfg.grpo.num_iterations}"
-    )
-    if latest is not None:
-        run.truncate_metrics(start_step)
-        truncate_samples(run.path, start_step)
-        say(f"resumed from {run.checkpoints}/{latest} (step {start_step})")
-    elif cfg.resume:
-        say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
 
     def checkpoint(step: int) -> None:
         meta = {"step": step, "prompts_seen": step * P, "config_hash": resume_hash(cfg)}

@@ -55,6 +55,7 @@ from common.grpo_config import (
     GRPOConfig,
     LossConfig,
     Prompt,
+    announce_start,
     done_line,
     load_prompts,
     record_heldout,
@@ -62,7 +63,6 @@ from common.grpo_config import (
     score_heldout,
     score_rewards,
     step_prompt_indices,
-    truncate_samples,
 )
 from common.jsonl import write_json
 from common.prompts import load_tokenizer
@@ -586,7 +586,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, updates, cfg.optim))
     counts = parameter_counts(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    P, G = cfg.generation.prompts_per_step, cfg.generation.num_generations
+    P = cfg.generation.prompts_per_step
     start_step = 0
     if resume_from is not None:  # restore weights, optimizer, schedule and RNG before writing anything
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
@@ -621,22 +621,16 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     removed = remove_partial(run.checkpoints)
     if removed:
         say(f"removed unfinished checkpoint writes: {', '.join(removed)}")
-    say(
-        f"{train_report['file']}: {train_report['records']} records, {train_report['used']} prompts used; "
-        f"over max_prompt_tokens={cfg.data.max_prompt_tokens}: {train_report['overflow_count']} (dropped)"
+    announce_start(
+        say,
+        cfg,
+        run,
+        train_report,
+        f"{start.info}; {cfg.train.method}: {counts['trainable']:,} of {counts['total']:,} parameters train",
+        total_steps,
+        cfg.grpo.loss_type,
+        (str(resume_from), start_step) if resume_from is not None else None,
     )
-    say(
-        f"start: {start.info}; {cfg.train.method}: {counts['trainable']:,} of {counts['total']:,} parameters train; "
-        f"{total_steps} steps of {P} prompts x {G} samples (max_new_tokens={cfg.generation.max_new_tokens}), "
-        f"loss {cfg.grpo.loss_type}, beta {cfg.grpo.beta}, mu {cfg.grpo.num_iterations}"
-    )
-
-    if resume_from is not None:
-        run.truncate_metrics(start_step)
-        truncate_samples(run.path, start_step)
-        say(f"resumed from {resume_from} (step {start_step})")
-    elif cfg.resume:
-        say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
 
     def save_adapter(d: Path) -> None:
         model.save_pretrained(d)
