@@ -4,7 +4,7 @@
 
 Loads a base HF model, a PEFT adapter dir, a merged HF export, a run dir (``final/``
 adapter or ``merged/`` export) or an Orbax checkpoint of a ``trainers_jax.sft`` run, on torch
-(HF ``generate``, left padding, KV cache) or JAX (Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
+(our KV-cache decode loop: left padding, finished rows leave the batch) or JAX (Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
 shared chat format, and appends one record per item as soon as its batch finishes:
 ``{id, prompt, completion, prompt_tokens, completion_tokens, stop_reason, model, decoding}``.
 A crashed run resumes without redoing finished ids. A model that does not load, or whose
@@ -145,6 +145,72 @@ def _finish(
     return out
 
 
+def _pick_tokens(logits: Any, settings: DecodeSettings, generator: Any) -> Any:
+    """The next token per row: argmax when greedy, else a sample after temperature, top-k and
+    top-p (nucleus: the smallest set of most likely tokens whose probability reaches ``top_p``)."""
+    import torch
+
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / settings.temperature
+    if 0 < settings.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if settings.top_p < 1.0:
+        sorted_probs, order = logits.softmax(dim=-1).sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # the most likely token always stays
+        drop = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, mass_before >= settings.top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _torch_decode(
+    model: Any, input_ids: Any, attention_mask: Any, settings: DecodeSettings, stops: set[int], generator: Any
+) -> list[list[int]]:
+    """Decode a left-padded batch with a KV cache; each row's tokens up to and including its stop.
+
+    A row that stops leaves the batch (its cache rows are dropped), so a batch costs the sum of
+    its completions, not its size times its longest one: trained models stop at very different
+    lengths, and one completion that loops to ``max_new_tokens`` no longer holds 31 others.
+    Positions follow the attention mask, as transformers' ``generate`` does for left padding.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    rows = torch.arange(input_ids.shape[0])  # the batch row each active row came from
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    stop_ids = torch.tensor(sorted(stops), dtype=torch.long)
+    step_ids, step_positions = input_ids, positions
+    for step in range(settings.max_new_tokens):
+        logits = model(
+            input_ids=step_ids,
+            attention_mask=attention_mask,
+            position_ids=step_positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        tokens = _pick_tokens(logits, settings, generator)
+        for r, t in zip(rows.tolist(), tokens.tolist(), strict=True):
+            out[r].append(t)
+        if step + 1 == settings.max_new_tokens:
+            break
+        going = ~torch.isin(tokens, stop_ids)
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, tokens, attention_mask = rows[keep], tokens[keep], attention_mask[keep]
+            step_positions = step_positions[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
+        step_ids, step_positions = tokens[:, None], step_positions[:, -1:] + 1
+    return out
+
+
 def _torch_batches(
     model: Any,
     tokenizer: Any,
@@ -154,20 +220,8 @@ def _torch_batches(
     return_ids: bool = False,
 ) -> Iterator[list[tuple[int, dict]]]:
     import torch
-    from transformers import GenerationConfig
 
     stops = stop_token_ids(tokenizer, settings)
-    # Every sampling knob explicit (top_k=0 is off), so a model's generation_config cannot add its own.
-    sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
-    if not settings.greedy:
-        sampling["top_k"] = settings.top_k
-    gen_cfg = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=not settings.greedy,
-        eos_token_id=list(stops),
-        pad_token_id=tokenizer.pad_token_id,
-        **sampling,
-    )
     device = next(model.parameters()).device
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # little padding per batch
@@ -178,11 +232,11 @@ def _torch_batches(
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
         finally:
             tokenizer.padding_side = side
+        generator = None
         if not settings.greedy:
-            torch.manual_seed(settings.seed * 1_000_003 + b)
+            generator = torch.Generator(device=device).manual_seed(settings.seed * 1_000_003 + b)
         with torch.inference_mode():
-            out = model.generate(**enc, generation_config=gen_cfg)
-        new = out[:, enc.input_ids.shape[1] :].tolist()
+            new = _torch_decode(model, enc.input_ids, enc.attention_mask, settings, set(stops), generator)
         n_prompt = enc.attention_mask.sum(dim=1).tolist()
         yield [
             (i, _finish(tokenizer, new[k], stops, int(n_prompt[k]), return_ids)) for k, i in enumerate(idx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -338,3 +339,72 @@ def test_return_ids_gives_the_sampled_tokens_up_to_the_stop(stopping_gemma3):
         else:
             assert stops[ids[-1]] == b["stop_reason"] and not set(ids[:-1]) & set(stops)
         assert tok.decode(ids, skip_special_tokens=True) == b["completion"]
+
+
+def _hf_generate(model, tok, prompts: list[str], settings: DecodeSettings) -> list[dict]:
+    """The same batch through transformers' ``generate`` (greedy), cut by the same ``_finish``."""
+    from transformers import GenerationConfig
+
+    stops = gen.stop_token_ids(tok, settings)
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    cfg = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=False,
+        eos_token_id=list(stops),
+        pad_token_id=tok.pad_token_id,
+    )
+    new = model.generate(**enc, generation_config=cfg)[:, enc.input_ids.shape[1] :].tolist()
+    return [
+        gen._finish(tok, new[k], stops, int(enc.attention_mask[k].sum()), True) for k in range(len(prompts))
+    ]
+
+
+def test_greedy_decode_equals_transformers_generate_while_rows_leave(torch_tiny, monkeypatch):
+    """Rows that stop leave the batch (their cache rows dropped); the others' tokens must not
+    change: the same ids as transformers' generate on the whole batch, past the sliding window."""
+    model, tok = torch_tiny
+    questions = ["Hi", "2+3?", "x", "Add 7 and 11.", "zzz", "Q?", "What is 6 times 7, then minus 2?", "abc"]
+    prompts = [gen.build_prompt(tok, q, "plain") for q in questions]
+    settings = DecodeSettings(max_new_tokens=40)
+    free = generate_completions(model, tok, prompts, settings, batch_size=8, progress=False, return_ids=True)
+    first: dict[int, set[int]] = {}  # token -> the positions where it first appears, over the rows
+    for r in free:
+        seen: set[int] = set()
+        for pos, t in enumerate(r["completion_ids"]):
+            if t not in seen:
+                seen.add(t)
+                first.setdefault(t, set()).add(pos)
+    stop = max(first, key=lambda t: len(first[t]))  # the stop that ends rows at the most different steps
+    monkeypatch.setattr(gen, "stop_token_ids", lambda tokenizer, s: {stop: "eos"})
+    ours = generate_completions(model, tok, prompts, settings, batch_size=8, progress=False, return_ids=True)
+    lengths = sorted(r["completion_tokens"] for r in ours)
+    assert len(set(lengths)) >= 3 and lengths[-1] > 16, lengths  # rows left at different steps; window 16
+    assert ours == _hf_generate(model, tok, prompts, settings)
+
+
+def test_sampling_draws_from_the_filtered_distribution(torch_tiny):
+    """First tokens of many seeded samples follow softmax(logits / T) after top-k and top-p."""
+    import torch
+
+    model, tok = torch_tiny
+    prompt = _prompts(tok)[0]
+    with torch.no_grad():
+        logits = model(**tok([prompt], return_tensors="pt")).logits[0, -1] / 0.7
+    probs = logits.softmax(-1)
+    top = probs.topk(8)
+    kept = top.values.cumsum(0) - top.values < 0.9  # top-p 0.9 inside the top 8
+    want = dict(
+        zip(top.indices[kept].tolist(), (top.values[kept] / top.values[kept].sum()).tolist(), strict=True)
+    )
+    hot = DecodeSettings(max_new_tokens=1, temperature=0.7, top_k=8, top_p=0.9, seed=1)
+    n = 3000
+    out = generate_completions(model, tok, [prompt] * n, hot, batch_size=n, progress=False, return_ids=True)
+    counts = Counter(r["completion_ids"][0] for r in out)
+    assert set(counts) <= set(want), (counts, want)  # nothing outside top-k / top-p
+    for token, p in want.items():
+        assert abs(counts[token] / n - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-3, (token, counts[token] / n, p)
+    greedy_like = DecodeSettings(max_new_tokens=6, temperature=1.0, top_k=1, seed=5)
+    assert generate_completions(model, tok, [prompt], greedy_like, progress=False) == generate_completions(
+        model, tok, [prompt], DecodeSettings(max_new_tokens=6), progress=False
+    )
