@@ -151,7 +151,7 @@ def test_train_resume_and_merged_export_loads_in_transformers(tiny6, rows, tmp_p
             f"data.valid={data}", "data.train_limit=null", "data.valid_limit=4", "data.max_len=400",
             f"output_dir={tmp_path}", "run_name=r",
             "train.max_steps=3", "checkpoint.every_steps=2", "eval.every_steps=0", f"train.loss_chunk_tokens={CHUNK}",
-            "optim.lr=1e-2", "lora.rank=4"]  # fmt: skip
+            "optim.lr=1e-2", "lora.rank=4", "eval.generate_n=3", "eval.max_new_tokens=6", "eval.batch_size=2"]  # fmt: skip
     assert J.main(args) == 0
     run = tmp_path / "r"
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -171,6 +171,21 @@ def test_train_resume_and_merged_export_loads_in_transformers(tiny6, rows, tmp_p
     again = [m for m in again if "loss" in m]
     assert [m["step"] for m in again] == [1, 2, 3]
     assert abs(again[-1]["loss"] - train_recs[-1]["loss"]) < 1e-5  # same rows, same state
+
+    # the held-out generation check ran at the end on the LoRA model (Tunix sampler); torch,
+    # greedy on the merged export, writes the same completions
+    final = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"gen_' in x]
+    assert [m["step"] for m in final] == [3] and 0 <= final[0]["gen_format_accuracy"] <= 1
+    preds = [json.loads(x) for x in (run / "eval" / "predictions-step-000003.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and (run / "eval" / "scores-step-000003.json").exists()
+    from evals.generate import DecodeSettings, generate_completions
+    from trainers_torch.model import load_model
+
+    merged, merged_tok = load_model(run / "merged")
+    torch_out = generate_completions(
+        merged, merged_tok, [p["prompt"] for p in preds], DecodeSettings(max_new_tokens=6), progress=False
+    )
+    assert [p["completion"] for p in preds] == [o["completion"] for o in torch_out]
 
     # merged/ export of a LoRA model with non-zero adapters: transformers gives the JAX logits
     cfg = J.load_sft_config(None, [f"model.path={tiny6}", "lora.rank=4", "lora.alpha=8"])

@@ -26,8 +26,10 @@ Differences from torch that the frameworks force (and say so at start-up):
 - ``lora.dropout`` is not applied (qwix's LoRA dropout needs an rng stream inside the module
   call; the trainer runs deterministic). ``optim.name: adafactor`` is optax's Adafactor, not
   torch's; ``model.attn_implementation`` and ``train.threads`` are torch-only.
-- Generation eval during training goes through the torch ``evals`` harness on ``merged/``
-  (``make eval``), not here.
+
+The held-out generation check (``eval.generate_n`` greedy completions, ``gen_*`` metrics and
+``eval/predictions-step-*.jsonl``) is ``evals.heldout``, the torch trainer's own, on the LoRA
+model as trained through Tunix's sampler.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from common.prompts import end_of_turn
 from common.runs import MetricsLogger, RunDir, read_metrics, resume_hash, write_plots
 from common.sft_config import OptimConfig, SFTConfig, TrainConfig, lr_factor
 from common.sft_data import IGNORE, DataPlan, Example, overflow_line, pack_rows, tokenize_records
+from evals.heldout import generation_eval, heldout_records
 from trainers_jax.model import load_model, make_mesh
 
 # --------------------------------------------------------------------------------------------
@@ -576,6 +579,7 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
     valid_report = None
     if cfg.data.valid:
         valid_ex, _, valid_report = tokenize_records(cfg.data.valid, tok, cfg.data, cfg.data.valid_limit)
+    valid_records = heldout_records(cfg)
     rows_per_step = cfg.train.micro_batch_rows * cfg.train.grad_accum
     plan = DataPlan(train_ex, cfg.data.pack_tokens, rows_per_step, cfg.seed)
     total_steps = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
@@ -645,13 +649,21 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
             save_checkpoint(mgr, step, model, optimizer, wrt, meta)
         say(f"checkpoint saved: {run.checkpoints}/{step}")
 
-    def evaluate(step: int) -> dict[str, Any]:
+    def evaluate(step: int, final: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if valid_ex:
-            with mesh:
+        with mesh:
+            if valid_ex:
                 out["valid_loss"] = heldout_loss(model, valid_ex, cfg, pad_id)
+            if valid_records and (final or cfg.eval.generate_during):
+                path = run.eval / f"predictions-step-{step:06d}.jsonl"
+                scores = generation_eval(model, tok, valid_records, cfg, path)
+                out.update({f"gen_{k}": v for k, v in scores.items()})
+        if out:
             logger.log(step, **out)
-            say(f"step {step}: valid_loss={out['valid_loss']:.4f}")
+            say(
+                f"step {step}: "
+                + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items())
+            )
         return out
 
     logger = MetricsLogger(run.path)
@@ -686,12 +698,12 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
         done = step + 1 == total_steps
         if cfg.eval.every_steps > 0 and (step + 1) % cfg.eval.every_steps == 0 and not done:
-            evaluate(step + 1)
+            evaluate(step + 1, final=False)
         if done or (cfg.checkpoint.every_steps > 0 and (step + 1) % cfg.checkpoint.every_steps == 0):
             checkpoint(step + 1)
     bar.close()
     mgr.close()
-    final_eval = evaluate(total_steps)
+    final_eval = evaluate(total_steps, final=True)
     logger.close()
     write_plots(run)
     exported = {}

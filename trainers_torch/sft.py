@@ -18,8 +18,6 @@ block-diagonal causal mask from the position ids (``find_packed_sequence_indices
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import os
 import shutil
 import sys
@@ -35,9 +33,8 @@ from tqdm import tqdm
 from common import sft_data
 from common.config import config_from_cli, load_config
 from common.errors import InputError, cli
-from common.jsonl import atomic_open, dumps, write_json
-from common.prompts import end_of_turn, format_prompt, load_tokenizer
-from common.records import iter_records
+from common.jsonl import write_json
+from common.prompts import end_of_turn, load_tokenizer
 from common.runs import MetricsLogger, RunDir, read_metrics, resume_hash, seed_everything, write_plots
 from common.sft_config import (  # noqa: F401  (re-exported: the recipe's config lives beside both trainers)
     CheckpointConfig,
@@ -58,6 +55,7 @@ from common.sft_data import (
     pack_rows,
     tokenize_records,
 )
+from evals.heldout import heldout_records
 from trainers_torch.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -496,41 +494,19 @@ def build_optimizer(model: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 def generation_eval(
     model: Any, tok: Any, records: list[dict[str, Any]], cfg: SFTConfig, out: Path
-) -> dict[str, Any] | None:
-    """Generate on ``eval.generate_n`` held-out items with ``evals.generate`` and score with ``evals.score``.
+) -> dict[str, Any]:
+    """``evals.heldout.generation_eval`` with the model in eval mode and its KV cache on."""
+    from evals import heldout
 
-    Writes the predictions to ``out`` and the decoding settings + full score summary beside it
-    (``scores-*.json``); returns the scalar scores, or ``None`` when evals/ is not importable.
-    """
-    try:
-        from evals.generate import DecodeSettings, generate_completions
-        from evals.score import score_predictions
-    except ImportError:
-        return None
-    items = records[: cfg.eval.generate_n]
-    prompts = [format_prompt(tok, r["question"], cfg.data.trace_format) for r in items]
     was_training = model.training
     model.eval()
     lm = causal_lm(model)
     lm.config.use_cache = True
     try:
-        settings = DecodeSettings(max_new_tokens=cfg.eval.max_new_tokens)
-        outputs = generate_completions(
-            model, tok, prompts, settings, batch_size=cfg.eval.batch_size, progress=True
-        )
+        return heldout.generation_eval(model, tok, records, cfg, out)
     finally:
         lm.config.use_cache = False
         model.train(was_training)
-    predictions = [{"id": r["id"], "prompt": p, **o} for r, p, o in zip(items, prompts, outputs, strict=True)]
-    with atomic_open(out) as fh:
-        for rec in predictions:
-            fh.write(dumps(rec) + "\n")
-    scores = score_predictions(predictions, items)
-    write_json(
-        out.with_name(out.name.replace("predictions-", "scores-").replace(".jsonl", ".json")),
-        {"items": cfg.data.valid, "n": len(items), "decode": dataclasses.asdict(settings), "scores": scores},
-    )
-    return {k: v for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _write_dir(target: Path, fill: Callable[[Path], None]) -> None:
@@ -623,8 +599,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     valid_report = None
     if cfg.data.valid:
         valid_ex, _, valid_report = tokenize_records(cfg.data.valid, tok, cfg.data, cfg.data.valid_limit)
-        # generation needs no max_len: the first generate_n held-out records, long ones included
-        valid_records = [r for _, r in itertools.islice(iter_records(cfg.data.valid), cfg.eval.generate_n)]
+        valid_records = heldout_records(cfg)
     seed_everything(cfg.seed)  # LoRA init and dropout follow the seed
     model = build_model(cfg)
     rows_per_step = cfg.train.micro_batch_rows * cfg.train.grad_accum
@@ -711,10 +686,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 scores = generation_eval(
                     model, tok, valid_records, cfg, run.eval / f"predictions-step-{step:06d}.jsonl"
                 )
-                if scores is None:
-                    out["generation_eval"] = "skipped: evals.generate/evals.score not available"
-                else:
-                    out.update({f"gen_{k}": v for k, v in scores.items()})
+                out.update({f"gen_{k}": v for k, v in scores.items()})
         if out:
             logger.log(step, **out)
             say(
