@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.prompts import format_prompt, load_tokenizer
@@ -105,6 +106,32 @@ def test_two_steps_write_metrics_samples_checkpoints_and_a_merged_export(setup, 
     assert not (root / "runs" / "bad").exists()
 
 
+def test_micro_batches_accumulate_to_the_whole_step_update(setup, run, tiny_gemma3):
+    """The fixture's run splits each step into 4 one-prompt pieces (the default
+    tunix.micro_batch_prompts=1); in one piece of 4 the same samples must give the same update:
+    every completion is one token, so the per-piece token means average to the step's."""
+    from safetensors.numpy import load_file
+
+    from trainers_jax.grpo import main
+
+    _, config = setup
+    REWARDS["likes_token"] = likes_token
+    try:
+        assert main(["--config", str(config), "run_name=whole", "tunix.micro_batch_prompts=4"]) == 0
+    finally:
+        REWARDS.pop("likes_token", None)
+    whole = run.parent / "whole"
+    pieces, one = ([m for m in read_metrics(r) if "reward" in m] for r in (run, whole))
+    assert [m["reward"] for m in pieces] == [m["reward"] for m in one]  # the same samples
+    assert all(m["completion_len_mean"] == 1.0 for m in one)
+    assert [m["loss"] for m in pieces] == pytest.approx([m["loss"] for m in one], rel=1e-4, abs=1e-6)
+    a, b = (load_file(str(r / "merged" / "model.safetensors")) for r in (run, whole))
+    base = load_file(str(next(tiny_gemma3.glob("*.safetensors"))))
+    for name in a:
+        assert np.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
+    assert any(not np.allclose(a[n], base[n], rtol=1e-4, atol=1e-6) for n in a if n in base)  # it did train
+
+
 def first_token_probs(model_dir: Path, prompts: list[str], temperature: float) -> object:
     """The next-token distribution (at ``temperature``) after each prompt, averaged, from transformers."""
     import torch
@@ -178,7 +205,7 @@ def test_torch_and_jax_read_the_yaml_into_the_same_values():
     torch_cfg = grpo_config.load_grpo_config(path, overrides)
     assert T.GRPOConfig is grpo_config.GRPOConfig and isinstance(jax_cfg, T.GRPOConfig)
     shared = {f.name for f in dataclasses.fields(torch_cfg)}
-    assert {f.name for f in dataclasses.fields(jax_cfg)} - shared == {"mesh"}
+    assert {f.name for f in dataclasses.fields(jax_cfg)} - shared == {"mesh", "tunix"}
     as_dict = dataclasses.asdict(jax_cfg)
     assert {k: as_dict[k] for k in shared} == dataclasses.asdict(torch_cfg)
     assert jax_cfg.grpo.beta == 0.04 and jax_cfg.generation.top_k == 20 and jax_cfg.grpo.epsilon_high == 0.28

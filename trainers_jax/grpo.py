@@ -38,6 +38,11 @@ How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
   token is neither counted in the lengths nor trained on (torch does both), a completion of
   exactly ``max_new_tokens`` tokens counts as truncated, and an empty completion (a stop
   token first) drops out of Tunix's mean over completions.
+- ``tunix.micro_batch_prompts`` (JAX only, default 1) splits each step's update and log-prob
+  passes into pieces of that many prompts (all their completions), accumulating gradients
+  (Tunix's ``train_micro_batch_size``): the loss's token mean is then per piece, averaged over
+  the pieces, where torch averages over all the step's tokens; equal when the pieces hold as
+  many completion tokens.
 - ``gen_time_s`` is Tunix's generate-and-score phase (sampling, rewards, advantages, old /
   reference log-probs); ``train_time_s`` the rest of the step.
 - torch-only keys (announced when set away from their defaults): ``train.micro_batch_rows``,
@@ -101,8 +106,24 @@ from trainers_jax.sft import (
 
 
 @dataclass
+class TunixBatchConfig:
+    """How Tunix splits a step's ``generation.prompts_per_step`` prompts for memory (JAX only)."""
+
+    # prompts (each with its num_generations completions) per forward/backward in the update and
+    # in the log-prob passes; gradients accumulate over the step. The LM head's logits are
+    # [completions, prompt + completion tokens, 262,144] floats: the 270M CPU default at 4 x 4
+    # completions of up to 456 tokens asked for 29 GB in one piece.
+    micro_batch_prompts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_prompts < 1:
+            raise ValueError("tunix.micro_batch_prompts must be >= 1")
+
+
+@dataclass
 class JaxGRPOConfig(GRPOConfig):
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    tunix: TunixBatchConfig = field(default_factory=TunixBatchConfig)
 
 
 LOSS_AGG = {"grpo": "sequence-mean-token-mean", "dr_grpo": "sequence-mean-token-scale", "dapo": "token-mean"}
@@ -131,6 +152,11 @@ def jax_notes(cfg: JaxGRPOConfig) -> list[str]:
     if cfg.model.init_adapter:
         raise InputError(
             "model.init_adapter is not supported by trainers_jax.grpo; use init.sft_run (its merged/ export)"
+        )
+    P, micro = cfg.generation.prompts_per_step, cfg.tunix.micro_batch_prompts
+    if P % micro:
+        raise InputError(
+            f"tunix.micro_batch_prompts={micro} must divide generation.prompts_per_step={P} (Tunix splits the step evenly)"
         )
     notes = []
     for key, default in TORCH_ONLY.items():
@@ -252,7 +278,7 @@ def rollout_config(cfg: GRPOConfig, tok: Any, prompt_len: int, seed: int | None 
 
 
 def build_learner(
-    cfg: GRPOConfig, actor: Any, reference: Any, tok: Any, mesh: Any, prompt_len: int, rewards: RewardRecorder
+    cfg: JaxGRPOConfig, actor: Any, reference: Any, tok: Any, mesh: Any, prompt_len: int, rewards: RewardRecorder
 ) -> Any:
     """``RLCluster`` (actor, rollout and reference on one mesh) + ``GRPOLearner`` for ``cfg``."""
     from tunix.rl import rl_cluster as rlc
@@ -260,10 +286,15 @@ def build_learner(
 
     g = cfg.grpo
     updates = cfg.train.max_steps * g.num_iterations
+    P, micro = cfg.generation.prompts_per_step, cfg.tunix.micro_batch_prompts
     training = rlc.RLTrainingConfig(
         actor_optimizer=optax_transform(cfg.optim, updates),
         eval_every_n_steps=10**9,  # held-out eval is ours (greedy, shared rewards)
         max_steps=updates,
+        mini_batch_size=P,  # one optimizer update per step (and iteration)
+        train_micro_batch_size=micro,  # gradients accumulated over P / micro pieces
+        compute_logps_micro_batch_size=micro,
+        rollout_micro_batch_size=P,  # sampling stays one batch of P x G
     )
     cluster = rlc.RLCluster(
         actor=actor,
