@@ -19,29 +19,11 @@ import pytest
 
 from common.config import load_config
 from evals import generate as gen
+from tests.reference_decode import transformers_generate
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "runs" / "sft-gemma3-270m-cpu"
 BATCH = 32
-
-
-def transformers_generate(model, tok, prompts: list[str], settings: gen.DecodeSettings) -> list[dict]:
-    """The batch through ``model.generate`` (greedy, left padding), cut by the same ``_finish``."""
-    import torch
-    from transformers import GenerationConfig
-
-    stops = gen.stop_token_ids(tok, settings)
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True)
-    cfg = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=False,
-        eos_token_id=list(stops),
-        pad_token_id=tok.pad_token_id,
-    )
-    with torch.inference_mode():
-        new = model.generate(**enc, generation_config=cfg)[:, enc.input_ids.shape[1] :].tolist()
-    return [gen._finish(tok, new[k], stops, int(enc.attention_mask[k].sum())) for k in range(len(prompts))]
 
 
 @pytest.mark.real_model

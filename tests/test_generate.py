@@ -13,6 +13,7 @@ from common.errors import InputError
 from common.jsonl import read_jsonl
 from evals import generate as gen
 from evals.generate import DecodeSettings, generate_completions
+from tests.reference_decode import transformers_generate
 
 QUESTIONS = ["2+3?", "Add 7 and 11.", "Hi", "What is 6 times 7, then minus 2?", "x"]
 
@@ -341,25 +342,6 @@ def test_return_ids_gives_the_sampled_tokens_up_to_the_stop(stopping_gemma3):
         assert tok.decode(ids, skip_special_tokens=True) == b["completion"]
 
 
-def _hf_generate(model, tok, prompts: list[str], settings: DecodeSettings) -> list[dict]:
-    """The same batch through transformers' ``generate`` (greedy), cut by the same ``_finish``."""
-    from transformers import GenerationConfig
-
-    stops = gen.stop_token_ids(tok, settings)
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True)
-    cfg = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=False,
-        eos_token_id=list(stops),
-        pad_token_id=tok.pad_token_id,
-    )
-    new = model.generate(**enc, generation_config=cfg)[:, enc.input_ids.shape[1] :].tolist()
-    return [
-        gen._finish(tok, new[k], stops, int(enc.attention_mask[k].sum()), True) for k in range(len(prompts))
-    ]
-
-
 def test_greedy_decode_equals_transformers_generate_while_rows_leave(torch_tiny, monkeypatch):
     """Rows that stop leave the batch (their cache rows dropped); the others' tokens must not
     change: the same ids as transformers' generate on the whole batch, past the sliding window."""
@@ -380,7 +362,7 @@ def test_greedy_decode_equals_transformers_generate_while_rows_leave(torch_tiny,
     ours = generate_completions(model, tok, prompts, settings, batch_size=8, progress=False, return_ids=True)
     lengths = sorted(r["completion_tokens"] for r in ours)
     assert len(set(lengths)) >= 3 and lengths[-1] > 16, lengths  # rows left at different steps; window 16
-    assert ours == _hf_generate(model, tok, prompts, settings)
+    assert ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
 
 
 def test_sampling_draws_from_the_filtered_distribution(torch_tiny):
