@@ -152,3 +152,35 @@ def test_greedy_tokens_equal_on_jax_and_torch(gemma2_run, one_torch_thread):
     assert _complete(gemma2_run / "merged", "jax") == torch_merged
     assert _complete(gemma2_run / "checkpoints", "jax") == torch_merged  # Orbax: Tunix + qwix LoRA
     assert _complete(gemma2_run / "checkpoints", "torch") == torch_merged  # Orbax merged in memory
+
+
+def test_grpo_step_runs_on_gemma2(gemma2_run, tmp_path):
+    """One GRPO step (Tunix's learner, rollout and KL reference) from the Gemma 2 SFT export."""
+    from common.runs import read_metrics
+    from tests import grpo_helpers
+    from trainers_jax.grpo import main
+
+    config = grpo_helpers.write_setup(
+        tmp_path,
+        gemma2_run / "merged",
+        """\
+            generation: {prompts_per_step: 2, num_generations: 4, max_new_tokens: 2, temperature: 1.0}
+            grpo: {loss_type: dapo, beta: 0.04}
+            rewards: {names: [digit_count]}
+            lora: {rank: 4, alpha: 8, dropout: 0.0}
+            train: {max_steps: 1}
+            optim: {lr: 1.0e-2, warmup_steps: 0}
+            eval: {n: 2, samples: 2, batch_size: 2, max_new_tokens: 4}
+            checkpoint: {every_steps: 1, keep_last: 1}
+        """,
+    )
+    grpo_helpers.register()
+    try:
+        assert main(["--config", str(config), "run_name=g"]) == 0
+    finally:
+        grpo_helpers.unregister()
+    run = tmp_path / "runs" / "g"
+    step = next(m for m in read_metrics(run) if "reward" in m)
+    assert np.isfinite(step["loss"]) and "kl" in step and step["completion_len_mean"] > 0, step
+    merged = json.loads((run / "merged" / "config.json").read_text())
+    assert merged["model_type"] == "gemma2" and merged["final_logit_softcapping"] == 2.0
