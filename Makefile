@@ -123,6 +123,7 @@ KAGGLE_CONFIG ?= configs/kaggle/notebook.yaml
 kaggle-check: $(STAMP) ## Validate the Kaggle notebook and every config it names (no model, no run)
 	$(PY) -m submission.kaggle check --configs-only --config $(KAGGLE_CONFIG)
 	$(PY) -m submission.kaggle check --configs-only --config configs/kaggle/ci_tiny.yaml
+	$(PY) -m submission.kaggle check --configs-only --config configs/kaggle/notebook_gemma2.yaml
 	$(PY) -m pytest -q tests/test_kaggle_notebook.py -m "not slow" $(PYTEST_ARGS)
 
 kaggle-notebook-test: $(STAMP) ## Execute the notebook end to end on CPU (ci_tiny.yaml, tiny model, minutes)

@@ -259,6 +259,8 @@ def _jax_batches(
     import numpy as np
     from tunix.generate import sampler as tunix_sampler
 
+    from trainers_jax.model import check_window
+
     stops = stop_token_ids(tokenizer, settings)
     cfg = model.config
     probe = tunix_sampler.Sampler(
@@ -272,6 +274,7 @@ def _jax_batches(
         num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim,
     )
+    check_window(model, cache.cache_size, "longest prompt (rounded up to a power of 2) + max_new_tokens")
     sampler = tunix_sampler.Sampler(model, tokenizer, cache)
     # The sampler returns tokens up to (not including) the stop token; keep its final token
     # buffer to learn which stop token ended each row.
@@ -592,6 +595,12 @@ def _tokenizer_dir(ref: ModelRef) -> str:
     return ref.weights_dir
 
 
+def torch_attention(hf_config: dict[str, Any]) -> str | None:
+    """``eager`` for a model with attention-logit soft-capping (Gemma 2): transformers' sdpa and
+    flash paths drop the cap, so only eager computes the model as defined; else the default."""
+    return "eager" if hf_config.get("attn_logit_softcapping") else None
+
+
 def load_for_eval(
     ref: ModelRef, backend: str = "torch", dtype: str = "float32", device: str = "auto"
 ) -> tuple[Any, Any]:
@@ -616,8 +625,13 @@ def load_for_eval(
 
     check_model_dir(ref.weights_dir)
     try:
+        cfg_path = Path(ref.weights_dir) / "config.json"
+        hf_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
         model, info = AutoModelForCausalLM.from_pretrained(
-            ref.weights_dir, dtype=torch_dtype(dtype), output_loading_info=True
+            ref.weights_dir,
+            dtype=torch_dtype(dtype),
+            output_loading_info=True,
+            attn_implementation=torch_attention(hf_cfg),
         )
     except (OSError, ValueError) as err:
         raise InputError(f"{ref.weights_dir}: could not load the model: {err}") from None
@@ -658,7 +672,9 @@ def _load_orbax(ref: ModelRef, backend: str, dtype: str, device: str) -> Any:
     del model
     hf_cfg = hf_export_config(ref.weights_dir)
     config = AutoConfig.for_model(**hf_cfg)
-    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_config(
+        config, dtype=torch.float32, attn_implementation=torch_attention(hf_cfg)
+    )
     missing, unexpected = lm.load_state_dict(
         {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()}, strict=False
     )

@@ -20,6 +20,14 @@ def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random Gemma 2: sliding-window layer then global, window 16, both soft-caps active."""
+    from tests.tiny import build_gemma2
+
+    return build_gemma2(tmp_path_factory.mktemp("tiny-gemma2"))
+
+
+@pytest.fixture(scope="session")
 def real_model() -> Path:
     if not (REAL_MODEL / ".complete").exists():
         pytest.fail(f"{REAL_MODEL} is not materialised; run `make model` (make test does it first)")

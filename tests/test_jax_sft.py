@@ -1,5 +1,6 @@
 """JAX SFT (trainers_jax.sft) against the torch recipe: same weights + same rows → same loss,
-before and after one AdamW step; the fsdp=2 path; Orbax resume; the merged HF export."""
+before and after one AdamW step (Gemma 3, and Gemma 2 with its final-logit soft-cap and a
+sliding window shorter than the packed rows); the fsdp=2 path; Orbax resume; the merged HF export."""
 
 from __future__ import annotations
 
@@ -40,18 +41,24 @@ def rows(tiny6, tmp_path_factory):
     return examples, packed[:2], path
 
 
-def test_loss_and_one_adamw_step_match_torch(tiny6, rows):
+@pytest.mark.parametrize("model_fixture", ["tiny6", "tiny_gemma2"])
+def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
     from transformers import AutoModelForCausalLM
 
     import trainers_jax.sft as J
     import trainers_torch.sft as T
+    from evals.generate import torch_attention
 
     torch.set_num_threads(1)
+    path = request.getfixturevalue(model_fixture)  # both use the same tokenizer as `rows`
     examples, packed, _ = rows
-    overrides = [f"model.path={tiny6}", "train.method=full", "optim.warmup_steps=0", "optim.weight_decay=0.01",
+    overrides = [f"model.path={path}", "train.method=full", "optim.warmup_steps=0", "optim.weight_decay=0.01",
                  "optim.max_grad_norm=1.0", f"train.loss_chunk_tokens={CHUNK}"]  # fmt: skip
     cfg = J.load_sft_config(None, overrides)
-    lm = AutoModelForCausalLM.from_pretrained(str(tiny6), dtype=torch.float32)
+    attn = torch_attention(
+        json.loads((path / "config.json").read_text())
+    )  # eager keeps Gemma 2's attention cap
+    lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation=attn)
     lm.config.use_cache = False
     micro_t = [T.collate(examples, [r], 0) for r in packed]  # two micro-batches: grad accumulation
     micro_n = [sft_data.collate(examples, [r], 0) for r in packed]

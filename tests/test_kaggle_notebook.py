@@ -66,6 +66,20 @@ def test_notebook_validates():
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")  # shipped unexecuted
 
 
+def test_gemma2_notebook_config_validates_its_recipes(capsys):
+    """notebook_gemma2.yaml (the Gemma 2 2B choice) extends notebook.yaml with its own recipes."""
+    from submission import kaggle
+
+    cfg = kaggle.load_notebook_config("configs/kaggle/notebook_gemma2.yaml")
+    kaggle.check(cfg, configs_only=True)
+    out = capsys.readouterr().out
+    assert "gemma-2-2b" in cfg.model_dir and cfg.eval.config == "configs/kaggle/eval_gsm8k_tpu.yaml"
+    assert (
+        "sft_gemma2_2b_tpu.yaml ok sft-gemma2-2b-tpu" in out
+        and "grpo_gemma2_2b_tpu.yaml ok grpo-gemma2-2b-tpu" in out
+    )
+
+
 def test_cells_hold_no_settings_and_call_every_stage_in_order():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert settings_in_cells(nb) == []

@@ -65,3 +65,53 @@ def build_gemma3(out: Path, layers: int = 2, seed: int = 0, vocab_size: int = 12
     model.save_pretrained(out, safe_serialization=True)
     build_tokenizer(out)
     return out
+
+
+def build_gemma2(
+    out: Path,
+    layers: int = 2,
+    seed: int = 0,
+    vocab_size: int = 128,
+    sliding_window: int = 16,
+    final_softcap: float = 2.0,
+    attn_softcap: float = 2.0,
+) -> Path:
+    """Save a random Gemma 2 model (HF safetensors) plus tokenizer to ``out``.
+
+    Layers alternate sliding-window / global as in Gemma 2. The soft-caps are far lower than
+    Gemma 2 2B's (30 and 50) and the q/k projections are scaled up, so that both caps bend
+    this random model's small logits.
+    """
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Gemma2Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=sliding_window,
+        final_logit_softcapping=final_softcap,
+        attn_logit_softcapping=attn_softcap,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    model = Gemma2ForCausalLM(cfg).float()
+    with torch.no_grad():  # norms start at zero (scale 1); perturb so they matter in tests
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.1)
+            elif name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(4.0)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    build_tokenizer(out)
+    return out

@@ -5,7 +5,7 @@ scored by the shared rewards, on the same YAML as ``trainers_torch.grpo``.
 
 Read top to bottom: config (``common/grpo_config.py`` plus ``mesh: {fsdp, tp}``; keys JAX cannot
 honour are rejected or announced) → start (the base model, or an SFT run's ``merged/`` export)
-→ policy (Tunix Gemma 3 + a fresh qwix LoRA whose B is zero-initialised, so the step-0 policy
+→ policy (Tunix Gemma 3 or 2 + a fresh qwix LoRA whose B is zero-initialised, so the step-0 policy
 *is* the starting model) → the Tunix cluster (vanilla rollout sharing the actor's weights, the
 actor trainer with our optax optimizer and schedule) → one step per ``GRPOLearner.train`` call
 on the step's P prompts (the same seeded order as torch) → held-out greedy eval at step 0,
@@ -87,7 +87,7 @@ from common.prompts import end_of_turn
 from common.rewards import build_rewards
 from common.runs import MetricsLogger, RunDir, plot_metrics, read_metrics, resume_hash
 from common.sft_config import TrainConfig, lr_factor
-from trainers_jax.model import load_model, make_mesh
+from trainers_jax.model import check_window, load_model, make_mesh
 from trainers_jax.sft import (
     JaxSFTConfig,
     MeshConfig,
@@ -278,7 +278,13 @@ def rollout_config(cfg: GRPOConfig, tok: Any, prompt_len: int, seed: int | None 
 
 
 def build_learner(
-    cfg: JaxGRPOConfig, actor: Any, reference: Any, tok: Any, mesh: Any, prompt_len: int, rewards: RewardRecorder
+    cfg: JaxGRPOConfig,
+    actor: Any,
+    reference: Any,
+    tok: Any,
+    mesh: Any,
+    prompt_len: int,
+    rewards: RewardRecorder,
 ) -> Any:
     """``RLCluster`` (actor, rollout and reference on one mesh) + ``GRPOLearner`` for ``cfg``."""
     from tunix.rl import rl_cluster as rlc
@@ -453,6 +459,9 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
         reference, _ = load_model(start_path, cfg.model.dtype, mesh)
     recorder = RewardRecorder(reward_fns, cfg.rewards.weight_list())
     prompt_len = max(p["prompt_tokens_max"] for p in (train_report, eval_report) if p)  # fixed: compiles once
+    check_window(
+        base, rollout_config(cfg, tok, prompt_len).kv_cache_size, "data.max_prompt_tokens + generation"
+    )
     with mesh:
         learner = build_learner(cfg, actor, reference, tok, mesh, prompt_len, recorder)
     trainer = learner.rl_cluster.actor_trainer

@@ -1,8 +1,19 @@
 """Load an HF safetensors directory into a Tunix (Flax NNX) model on a device mesh.
 
 The HF ``config.json`` is mapped onto Tunix's ``ModelConfig`` field by field, so the same
-directory that transformers loads (the default Gemma 3 270M, a Kaggle Gemma 3 1B, or a
-tiny random test model) loads here too. Weights go through Tunix's own safetensors loader.
+directory that transformers loads (the default Gemma 3 270M, a Kaggle Gemma 3 1B or Gemma 2
+2B, or a tiny random test model) loads here too. Weights go through Tunix's own safetensors
+loader: ``tunix.models.gemma3`` for ``gemma3_text``/``gemma3``, ``tunix.models.gemma`` (Gemma
+v1/v2) for ``gemma2``. What Tunix cannot represent is refused naming the config.json field.
+
+Gemma 2 is verified on tiny random models only (tests/test_jax_gemma2.py: logits equal to
+transformers' ``Gemma2ForCausalLM`` with both soft-caps active and a sequence longer than
+the sliding window, SFT loss equal to torch's, merged export and greedy generation equal to
+transformers'); the real Gemma 2 2B weights were not available where this was written.
+Tunix's Gemma 2 sliding window compares a query's *position* with the raw key index, so
+``model_positions`` feeds it raw indices for packed or padded rows (RoPE only sees position
+differences, so attention is unchanged), and ``check_window`` refuses a Tunix sampler
+(generation, GRPO rollouts) whose cache is longer than the window, where the two diverge.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from common.errors import InputError
 from common.prompts import load_tokenizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-SUPPORTED = ("gemma3_text", "gemma3")
+SUPPORTED = ("gemma3_text", "gemma3", "gemma2")
 
 
 def jax_dtype(name: str) -> Any:
@@ -90,23 +101,101 @@ def gemma3_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
     )
 
 
+def gemma2_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
+    """Tunix Gemma (v1/v2) ``ModelConfig`` equivalent to an HF ``gemma2`` config.
+
+    Tunix's Gemma 2 hard-codes what HF makes configurable: RoPE theta 10000 without scaling,
+    queries scaled by ``head_dim ** -0.5``, tanh-approximated GELU, RMSNorm eps 1e-6, a tied
+    LM head, no biases, causal attention. Anything else is refused, naming the field.
+    """
+    from tunix.models.gemma import model as gemma
+
+    def refuse(field: str, why: str) -> InputError:
+        return InputError(f"config.json: {field}={hf.get(field)!r} {why}")
+
+    rope = hf.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+    if float(theta) != 10_000.0:
+        raise InputError(f"config.json: rope_theta={theta} has no Tunix Gemma 2 equivalent (fixed at 10000)")
+    if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+        raise InputError(
+            "config.json: rope scaling (rope_parameters/rope_scaling) is not supported by Tunix's Gemma 2"
+        )
+    head_dim = hf["head_dim"]
+    if hf.get("query_pre_attn_scalar", head_dim) != head_dim:
+        raise refuse(
+            "query_pre_attn_scalar", f"has no Tunix Gemma 2 equivalent (it scales by head_dim={head_dim})"
+        )
+    if hf.get("hidden_activation", "gelu_pytorch_tanh") not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise refuse("hidden_activation", "is not Tunix Gemma 2's tanh-approximated GELU")
+    if float(hf.get("rms_norm_eps", 1e-6)) != 1e-6:
+        raise refuse("rms_norm_eps", "is not Tunix Gemma 2's fixed 1e-6")
+    for flag in ("attention_bias", "use_bidirectional_attention"):
+        if hf.get(flag):
+            raise refuse(flag, "is not supported by Tunix's Gemma 2")
+    if hf.get("tie_word_embeddings", True) is False:
+        raise refuse(
+            "tie_word_embeddings", "is not supported: Tunix's Gemma 2 ties the LM head to the embedding"
+        )
+    n_layers = hf["num_hidden_layers"]
+    kinds = {
+        "sliding_attention": gemma.AttentionType.LOCAL_SLIDING,
+        "full_attention": gemma.AttentionType.GLOBAL,
+    }
+    layer_types = hf.get("layer_types") or [
+        "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)
+    ]  # HF Gemma 2's default: sliding first, then alternating
+    if len(layer_types) != n_layers or set(layer_types) - set(kinds):
+        raise refuse("layer_types", f"must list {n_layers} of {sorted(kinds)}")
+    window = hf.get("sliding_window")
+    if "sliding_attention" in layer_types and not window:
+        raise refuse("sliding_window", "must be set when layer_types has sliding_attention layers")
+    return gemma.ModelConfig(
+        num_layers=n_layers,
+        num_embed=hf["vocab_size"],
+        embed_dim=hf["hidden_size"],
+        hidden_dim=hf["intermediate_size"],
+        num_heads=hf["num_attention_heads"],
+        head_dim=head_dim,
+        num_kv_heads=hf["num_key_value_heads"],
+        final_logit_softcap=hf.get("final_logit_softcapping"),
+        use_post_attn_norm=True,
+        use_post_ffw_norm=True,
+        attention_types=tuple(kinds[t] for t in layer_types),
+        attn_logits_soft_cap=hf.get("attn_logit_softcapping"),
+        sliding_window_size=window,
+    )
+
+
 def tunix_config(path: str | Path, dtype: str = "float32") -> Any:
     hf = read_hf_config(path)
     model_type = hf.get("model_type")
     if model_type in ("gemma3_text", "gemma3"):
         return gemma3_config(hf, dtype)
+    if model_type == "gemma2":
+        return gemma2_config(hf, dtype)
     raise InputError(
         f"{path}/config.json: model_type '{model_type}' has no JAX loader; supported: {', '.join(SUPPORTED)}"
     )
+
+
+def is_gemma2(model_or_config: Any) -> bool:
+    """True for a Tunix Gemma (v1/v2) model or config (``tunix.models.gemma``)."""
+    from tunix.models.gemma import model as gemma
+
+    cfg = getattr(model_or_config, "config", model_or_config)
+    return isinstance(cfg, gemma.ModelConfig)
 
 
 def load_model(
     path: str | Path, dtype: str = "float32", mesh: jax.sharding.Mesh | None = None
 ) -> tuple[Any, Any]:
     """``(nnx_model, hf_tokenizer)`` from a local HF safetensors directory."""
-    from tunix.models.gemma3 import params_safetensors
-
     cfg = tunix_config(path, dtype)
+    if is_gemma2(cfg):
+        from tunix.models.gemma import params_safetensors
+    else:
+        from tunix.models.gemma3 import params_safetensors
     mesh = mesh if mesh is not None else make_mesh(1, 1)
     with mesh:
         model = params_safetensors.create_model_from_safe_tensors(
@@ -115,11 +204,40 @@ def load_model(
     return model, load_tokenizer(path)
 
 
+def model_positions(model: Any, positions: jax.Array) -> jax.Array:
+    """The positions to call ``model`` with for rows whose ``positions`` restart at each packed
+    example or start after left padding.
+
+    Tunix's Gemma 2 builds its sliding-window mask from the query's position against the raw
+    key index, which is HF's window only when the two coincide. Raw indices do: each example's
+    positions are its raw indices minus a constant, and RoPE sees only differences. Gemma 3's
+    Tunix mask already uses raw indices, so its positions pass through.
+    """
+    if not is_gemma2(model):
+        return positions
+    return jnp.broadcast_to(jnp.arange(positions.shape[-1], dtype=positions.dtype), positions.shape)
+
+
+def check_window(model: Any, cache_size: int, what: str) -> None:
+    """Refuse a Tunix sampler cache longer than Gemma 2's sliding window.
+
+    The sampler positions left-padded prompts from their first real token while Tunix's Gemma
+    2 window is measured against raw cache indices; the two agree (and match HF) only while
+    every row fits in the window.
+    """
+    window = getattr(model.config, "sliding_window_size", None) if is_gemma2(model) else None
+    if window and cache_size > window:
+        raise InputError(
+            f"{what}: {cache_size} tokens of prompt + generation exceed the model's sliding_window "
+            f"({window}, config.json); Tunix's Gemma 2 sampler is exact only within it"
+        )
+
+
 def forward_logits(model: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """Full-sequence logits ``[B, L, V]`` for left- or right-padded ``tokens`` with ``mask`` (True = real)."""
     from tunix.sft import utils as sft_utils
 
-    positions = sft_utils.build_positions_from_mask(mask)
+    positions = model_positions(model, sft_utils.build_positions_from_mask(mask))
     attn = sft_utils.make_causal_attn_mask(mask)
     logits, _ = model(tokens, positions, None, attn)
     return logits

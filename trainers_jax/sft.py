@@ -6,7 +6,7 @@ The JAX twin of ``trainers_torch.sft``: the same YAML keys (``common/sft_config.
 ``mesh: {fsdp, tp}``, the same data rows in the same order (``common/sft_data.py``), the same
 loss, schedule and ``metrics.jsonl`` fields, so reports and plots read both.
 
-Read top to bottom: config → model (Tunix Gemma 3 from HF safetensors on the mesh, qwix
+Read top to bottom: config → model (Tunix Gemma 3 or 2 from HF safetensors on the mesh, qwix
 LoRA or full, optional freezing) → the loss (decoder body, block-diagonal causal mask from
 the segment ids, LM head in chunks on completion positions only) → optimizer (optax) → the
 training loop (grad accumulation, clipping, warmup + cosine, held-out loss, Orbax
@@ -60,7 +60,7 @@ from common.runs import MetricsLogger, RunDir, read_metrics, resume_hash, write_
 from common.sft_config import OptimConfig, SFTConfig, TrainConfig, lr_factor
 from common.sft_data import IGNORE, DataPlan, Example, overflow_line, pack_rows, tokenize_records
 from evals.heldout import generation_eval, heldout_records
-from trainers_jax.model import load_model, make_mesh
+from trainers_jax.model import is_gemma2, load_model, make_mesh, model_positions
 
 # --------------------------------------------------------------------------------------------
 # Config: the torch recipe's keys (common/sft_config.py) plus the device mesh
@@ -88,7 +88,7 @@ def say(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Model: Tunix Gemma 3, LoRA (qwix) or full fine-tuning, optional freezing
+# Model: Tunix Gemma 3 / Gemma 2, LoRA (qwix) or full fine-tuning, optional freezing
 # --------------------------------------------------------------------------------------------
 
 # torch (HF) linear layer → the Tunix module that holds it
@@ -191,21 +191,29 @@ def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 def hidden_states(model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """Final-norm hidden states [B, L, D] of Tunix's Gemma 3 (``output_hidden_states`` sows them).
+    """Final-norm hidden states [B, L, D] of Tunix's Gemma 3 or 2 (``output_hidden_states`` sows them).
 
     The model is called as a whole (qwix's LoRA intercepts the model's ``__call__``, so the
     submodules cannot be run one by one); the [B, L, V] logits it also returns are unused,
     and XLA drops them from the jitted step.
     """
+    positions = model_positions(model, positions)  # Gemma 2: its sliding window needs raw indices
     model(tokens, positions, None, packed_attention_mask(segment_ids), output_hidden_states=True)
     (h,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"]
     return h
 
 
 def head_loss_sum(
-    hidden: jax.Array, embedding: jax.Array, targets: jax.Array, valid: jax.Array, chunk: int
+    hidden: jax.Array,
+    embedding: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    chunk: int,
+    softcap: float | None = None,
 ) -> jax.Array:
-    """Sum of ``-log softmax(hidden @ E.T)[target]`` over valid rows, ``chunk`` rows at a time.
+    """Sum of ``-log softmax(z)[target]`` over valid rows, ``chunk`` rows at a time, where
+    ``z = hidden @ E.T`` in float32, soft-capped to ``softcap * tanh(z / softcap)`` when the model
+    has a final-logit cap (Gemma 2), as torch's ``lm_head_loss_sum`` does.
 
     Each chunk's logits are recomputed in the backward pass (``jax.checkpoint``), so at most
     [chunk, V] logits live at once.
@@ -214,6 +222,8 @@ def head_loss_sum(
     @jax.checkpoint
     def one(h: jax.Array, y: jax.Array, v: jax.Array) -> jax.Array:
         logits = jnp.dot(h, embedding.T).astype(jnp.float32)
+        if softcap:
+            logits = jnp.tanh(logits / softcap) * softcap
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
         return jnp.sum(jnp.where(v, lse - picked, 0.0))
@@ -228,8 +238,14 @@ def completion_loss_sum(model: Any, arrays: dict[str, jax.Array], chunk: int) ->
     """Summed token loss over the completion tokens of one micro-batch (divide by its n_targets)."""
     h = hidden_states(model, arrays["input_ids"], arrays["position_ids"], arrays["segment_ids"])
     picked = h.reshape(-1, h.shape[-1])[arrays["target_index"]]
+    softcap = getattr(model.config, "final_logit_softcap", None)  # Gemma 2's; Gemma 3 has none
     return head_loss_sum(
-        picked, model.embedder.input_embedding[...], arrays["target_ids"], arrays["target_valid"], chunk
+        picked,
+        model.embedder.input_embedding[...],
+        arrays["target_ids"],
+        arrays["target_valid"],
+        chunk,
+        softcap,
     )
 
 
@@ -449,9 +465,11 @@ def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray
 
 
 def hf_state_dict(model: Any, lora_alpha: float | None = None) -> dict[str, np.ndarray]:
-    """HF ``Gemma3ForCausalLM`` tensors (``model.*`` names, tied head) from the Tunix model.
+    """HF ``Gemma3ForCausalLM`` / ``Gemma2ForCausalLM`` tensors (``model.*`` names, tied head)
+    from the Tunix model.
 
-    The inverse of ``tunix.models.gemma3.params_safetensors``'s key mapping; Tunix's own
+    The inverse of ``tunix.models.gemma3`` / ``tunix.models.gemma`` ``params_safetensors``'s key
+    mapping (the two differ only in Gemma 3's q/k norms and the post-attention norm's name); Tunix's own
     ``safetensors_saver`` needs the original files and a per-model layer extractor, this is
     the same few transposes written out.
     """
@@ -477,12 +495,14 @@ def hf_state_dict(model: Any, lora_alpha: float | None = None) -> dict[str, np.n
         out[f"{q}.self_attn.v_proj.weight"] = proj(vw)
         o = w[f"{p}.attn.attn_vec_einsum.w"]  # [N, H, D]
         out[f"{q}.self_attn.o_proj.weight"] = o.reshape(-1, o.shape[-1]).T
-        out[f"{q}.self_attn.q_norm.weight"] = w[f"{p}.attn._query_norm.scale"]
-        out[f"{q}.self_attn.k_norm.weight"] = w[f"{p}.attn._key_norm.scale"]
+        if f"{p}.attn._query_norm.scale" in w:  # Gemma 3's q/k norms (Gemma 2 has none)
+            out[f"{q}.self_attn.q_norm.weight"] = w[f"{p}.attn._query_norm.scale"]
+            out[f"{q}.self_attn.k_norm.weight"] = w[f"{p}.attn._key_norm.scale"]
         for name in ("gate_proj", "up_proj", "down_proj"):
             out[f"{q}.mlp.{name}.weight"] = w[f"{p}.mlp.{name}.kernel"].T
         out[f"{q}.input_layernorm.weight"] = w[f"{p}.pre_attention_norm.scale"]
-        out[f"{q}.post_attention_layernorm.weight"] = w[f"{p}.post_attention_norm.scale"]
+        post_attn = "post_attn_norm" if is_gemma2(model) else "post_attention_norm"
+        out[f"{q}.post_attention_layernorm.weight"] = w[f"{p}.{post_attn}.scale"]
         out[f"{q}.pre_feedforward_layernorm.weight"] = w[f"{p}.pre_ffw_norm.scale"]
         out[f"{q}.post_feedforward_layernorm.weight"] = w[f"{p}.post_ffw_norm.scale"]
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
@@ -504,10 +524,11 @@ def hf_export_config(source_dir: str | Path) -> dict[str, Any]:
     """The HF ``config.json`` of a merged export of a model trained from ``source_dir``."""
     hf_cfg = json.loads((Path(source_dir) / "config.json").read_text())
     cfg = dict(hf_cfg.get("text_config", hf_cfg)) if hf_cfg.get("model_type") == "gemma3" else dict(hf_cfg)
+    gemma2 = cfg.get("model_type") == "gemma2"
     cfg.update(
         {
-            "architectures": ["Gemma3ForCausalLM"],
-            "model_type": "gemma3_text",
+            "architectures": ["Gemma2ForCausalLM" if gemma2 else "Gemma3ForCausalLM"],
+            "model_type": "gemma2" if gemma2 else "gemma3_text",
             "tie_word_embeddings": True,
             "use_cache": True,
         }
