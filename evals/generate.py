@@ -595,12 +595,6 @@ def _tokenizer_dir(ref: ModelRef) -> str:
     return ref.weights_dir
 
 
-def torch_attention(hf_config: dict[str, Any]) -> str | None:
-    """``eager`` for a model with attention-logit soft-capping (Gemma 2): transformers' sdpa and
-    flash paths drop the cap, so only eager computes the model as defined; else the default."""
-    return "eager" if hf_config.get("attn_logit_softcapping") else None
-
-
 def load_for_eval(
     ref: ModelRef, backend: str = "torch", dtype: str = "float32", device: str = "auto"
 ) -> tuple[Any, Any]:
@@ -621,7 +615,7 @@ def load_for_eval(
 
     from transformers import AutoModelForCausalLM
 
-    from trainers_torch.model import check_model_dir, default_device, torch_dtype
+    from trainers_torch.model import attention_for, check_model_dir, default_device, torch_dtype
 
     check_model_dir(ref.weights_dir)
     try:
@@ -631,7 +625,7 @@ def load_for_eval(
             ref.weights_dir,
             dtype=torch_dtype(dtype),
             output_loading_info=True,
-            attn_implementation=torch_attention(hf_cfg),
+            attn_implementation=attention_for(hf_cfg),
         )
     except (OSError, ValueError) as err:
         raise InputError(f"{ref.weights_dir}: could not load the model: {err}") from None
@@ -666,14 +660,14 @@ def _load_orbax(ref: ModelRef, backend: str, dtype: str, device: str) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from trainers_torch.model import default_device, torch_dtype
+    from trainers_torch.model import attention_for, default_device, torch_dtype
 
     tensors = hf_state_dict(model, cfg.lora.alpha if cfg.train.method == "lora" else None)
     del model
     hf_cfg = hf_export_config(ref.weights_dir)
     config = AutoConfig.for_model(**hf_cfg)
     lm = AutoModelForCausalLM.from_config(
-        config, dtype=torch.float32, attn_implementation=torch_attention(hf_cfg)
+        config, dtype=torch.float32, attn_implementation=attention_for(hf_cfg)
     )
     missing, unexpected = lm.load_state_dict(
         {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()}, strict=False

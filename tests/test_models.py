@@ -84,3 +84,18 @@ def test_mesh_needs_enough_devices():
     assert make_mesh(1, 1).shape == {"fsdp": 1, "tp": 1}
     with pytest.raises(InputError, match="needs"):
         make_mesh(len(jax.devices()) + 1, 1)
+
+
+def test_attention_soft_capping_models_load_eager_everywhere(tiny_gemma2, tiny_gemma3):
+    """Gemma 2 soft-caps attention logits, which sdpa silently drops: its loaders pick eager."""
+    from common.sft_config import ModelConfig
+    from trainers_torch.model import attention_for, load_model
+    from trainers_torch.sft import SFTConfig, build_model
+
+    assert attention_for({"attn_logit_softcapping": 50.0}, "sdpa") == "eager"
+    assert attention_for({"text_config": {"attn_logit_softcapping": 50.0}}) == "eager"
+    assert attention_for({"attn_logit_softcapping": None}, "sdpa") == "sdpa"
+    assert load_model(tiny_gemma2)[0].config._attn_implementation == "eager"
+    assert load_model(tiny_gemma3)[0].config._attn_implementation != "eager"  # transformers' default
+    cfg = SFTConfig(model=ModelConfig(path=str(tiny_gemma2), attn_implementation="sdpa"))
+    assert build_model(cfg).config._attn_implementation == "eager"

@@ -79,7 +79,7 @@ from common.runs import (
 from common.sft_config import SFTConfig, TrainConfig, lr_factor
 from common.sft_data import Example, pack_rows
 from trainers_torch.checkpoint import load_checkpoint, remove_partial, save_checkpoint
-from trainers_torch.model import check_model_dir, torch_dtype
+from trainers_torch.model import attention_for, check_model_dir, torch_dtype
 from trainers_torch.sft import (
     build_model,
     build_optimizer,
@@ -197,10 +197,13 @@ def build_reference(cfg: GRPOConfig, start: Start) -> Any:
         return None
     from transformers import AutoModelForCausalLM
 
+    path = check_model_dir(start.model_path)
     ref = AutoModelForCausalLM.from_pretrained(
-        str(check_model_dir(start.model_path)),
+        str(path),
         dtype=torch_dtype(cfg.model.dtype),
-        attn_implementation=cfg.model.attn_implementation,
+        attn_implementation=attention_for(
+            json.loads((path / "config.json").read_text()), cfg.model.attn_implementation
+        ),
     )
     ref.to(resolve_device(cfg.model.device)).eval()
     ref.config.use_cache = False

@@ -35,12 +35,23 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+def attention_for(hf_config: dict[str, Any], requested: str | None = None) -> str | None:
+    """The attention implementation to load a model with: ``eager`` when its config soft-caps
+    attention logits (Gemma 2; transformers' sdpa and flash paths drop the cap, computing
+    another model), else ``requested`` (None: transformers' default)."""
+    text = hf_config.get("text_config") or hf_config
+    return "eager" if text.get("attn_logit_softcapping") else requested
+
+
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a local HF directory, in eval mode, on ``device``."""
     from transformers import AutoModelForCausalLM
 
     p = check_model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype(dtype))
+    attention = attention_for(json.loads((p / "config.json").read_text()))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(p), dtype=torch_dtype(dtype), attn_implementation=attention
+    )
     model.to(device).eval()
     return model, load_tokenizer(p)
 

@@ -18,6 +18,7 @@ block-diagonal causal mask from the position ids (``find_packed_sequence_indices
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -62,7 +63,7 @@ from trainers_torch.checkpoint import (
     remove_partial,
     save_checkpoint,
 )
-from trainers_torch.model import check_model_dir, default_device, torch_dtype
+from trainers_torch.model import attention_for, check_model_dir, default_device, torch_dtype
 
 # --------------------------------------------------------------------------------------------
 # Config: common/sft_config.py (the same YAML keys drive trainers_jax.sft)
@@ -194,8 +195,9 @@ def build_model(cfg: SFTConfig) -> Any:
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(cfg.model.path)
+    attention = attention_for(json.loads((path / "config.json").read_text()), cfg.model.attn_implementation)
     lm = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation
+        str(path), dtype=torch_dtype(cfg.model.dtype), attn_implementation=attention
     )
     lm.to(resolve_device(cfg.model.device))
     lm.config.use_cache = False
