@@ -47,7 +47,7 @@ def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
 
     import trainers_jax.sft as J
     import trainers_torch.sft as T
-    from evals.generate import torch_attention
+    from trainers_torch.model import attention_for
 
     torch.set_num_threads(1)
     path = request.getfixturevalue(model_fixture)  # both use the same tokenizer as `rows`
@@ -55,7 +55,7 @@ def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
     overrides = [f"model.path={path}", "train.method=full", "optim.warmup_steps=0", "optim.weight_decay=0.01",
                  "optim.max_grad_norm=1.0", f"train.loss_chunk_tokens={CHUNK}"]  # fmt: skip
     cfg = J.load_sft_config(None, overrides)
-    attn = torch_attention(
+    attn = attention_for(
         json.loads((path / "config.json").read_text())
     )  # eager keeps Gemma 2's attention cap
     lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation=attn)
