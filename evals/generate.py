@@ -179,10 +179,11 @@ def _torch_decode(
     from transformers import DynamicCache
 
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    rows = torch.arange(input_ids.shape[0])  # the batch row each active row came from
+    device = input_ids.device  # every index tensor lives beside the batch (a GPU run included)
+    rows = torch.arange(input_ids.shape[0], device=device)  # the batch row each active row came from
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    stop_ids = torch.tensor(sorted(stops), dtype=torch.long)
+    stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=device)
     step_ids, step_positions = input_ids, positions
     for step in range(settings.max_new_tokens):
         logits = model(
