@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 from common.prompts import GEMMA_CHAT_TEMPLATE
 
@@ -56,15 +57,7 @@ def build_gemma3(out: Path, layers: int = 2, seed: int = 0, vocab_size: int = 12
         bos_token_id=2,
         tie_word_embeddings=True,
     )
-    model = Gemma3ForCausalLM(cfg).float()
-    with torch.no_grad():  # norms start at zero (scale 1); perturb so they matter in tests
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0.0, 0.1)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    build_tokenizer(out)
-    return out
+    return _save_tiny(Gemma3ForCausalLM(cfg).float(), out)
 
 
 def build_gemma2(
@@ -104,13 +97,20 @@ def build_gemma2(
         bos_token_id=2,
         tie_word_embeddings=True,
     )
-    model = Gemma2ForCausalLM(cfg).float()
-    with torch.no_grad():  # norms start at zero (scale 1); perturb so they matter in tests
+    return _save_tiny(Gemma2ForCausalLM(cfg).float(), out, qk_scale=4.0)
+
+
+def _save_tiny(model: Any, out: Path, qk_scale: float = 1.0) -> Path:
+    """Perturb the norms (they start at zero, scale 1) so they matter in tests, scale the q/k
+    projections by ``qk_scale``, and save the model with the tiny tokenizer to ``out``."""
+    import torch
+
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.normal_(0.0, 0.1)
-            elif name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(4.0)
+            elif name.endswith(("q_proj.weight", "k_proj.weight")) and qk_scale != 1.0:
+                p.mul_(qk_scale)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     build_tokenizer(out)
