@@ -32,7 +32,7 @@ from scripts.dataset.sources import (
     read_reasoning_gym,
     read_user,
 )
-from scripts.dataset.splits import split_by_size
+from scripts.dataset.splits import split_by_size, write_split
 
 KINDS = ("gsm8k", "reasoning_gym", "user")
 
@@ -140,12 +140,7 @@ def build(cfg: BuildConfig, config_path: str | None = None) -> dict[str, Any]:
     try:
         files = {}
         for split, records in splits.items():
-            write_jsonl(tmp / f"{split}.jsonl", records)
-            files[split] = {
-                "path": f"{split}.jsonl",
-                "records": len(records),
-                "sha256": sha256_file(tmp / f"{split}.jsonl"),
-            }
+            files[split] = write_split(tmp, split, records)
         if rejects:
             write_jsonl(tmp / "rejects.jsonl", rejects)
         manifest = {

@@ -8,9 +8,12 @@ seed always give the same split.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from common.errors import InputError
+from common.jsonl import write_jsonl
+from common.runs import sha256_file
 
 
 def id_hash(rid: str, seed: int) -> float:
@@ -59,3 +62,10 @@ def split_by_fraction(
 def _in_input_order(chosen: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keep = {id(r) for r in chosen}
     return [r for r in records if id(r) in keep]
+
+
+def write_split(out_dir: Path, name: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``<out_dir>/<name>.jsonl``; its manifest entry (path, record count, sha256)."""
+    path = out_dir / f"{name}.jsonl"
+    write_jsonl(path, records)
+    return {"path": path.name, "records": len(records), "sha256": sha256_file(path)}

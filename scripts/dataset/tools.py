@@ -20,7 +20,7 @@ from common.jsonl import atomic_open, dumps, write_json, write_jsonl
 from common.records import iter_records, scan_records
 from common.runs import now_iso, sha256_file
 from scripts.dataset.solutions import calc_is_right
-from scripts.dataset.splits import split_by_fraction, split_by_size
+from scripts.dataset.splits import split_by_fraction, split_by_size, write_split
 from scripts.dataset.text import looks_english, normalise
 
 EXIT_BAD = 2
@@ -241,12 +241,7 @@ def split_file(
     out = Path(out_dir)
     files = {}
     for name, part in parts.items():
-        write_jsonl(out / f"{name}.jsonl", part)
-        files[name] = {
-            "path": f"{name}.jsonl",
-            "records": len(part),
-            "sha256": sha256_file(out / f"{name}.jsonl"),
-        }
+        files[name] = write_split(out, name, part)
         echo(f"  {name}: {len(part)} records" + ("  (warning: empty)" if not part else ""))
     manifest = {
         "source": {"path": path, "sha256": sha256_file(path), "records": len(records)},
