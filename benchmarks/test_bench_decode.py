@@ -19,6 +19,7 @@ import pytest
 
 from common.config import load_config
 from evals import generate as gen
+from evals import load
 from tests.reference_decode import transformers_generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,8 @@ def test_eval_decode_vs_transformers_generate(benchmark, real_model: Path) -> No
     if not (RUN / "merged" / "config.json").exists():
         pytest.skip(f"needs {RUN}/merged (make train)")
     cfg = load_config(gen.GenerateConfig, ROOT / "configs" / "eval" / "gsm8k_cpu.yaml", [])
-    ref = gen.resolve_model(str(RUN), None, "merged")
-    model, tok = gen.load_for_eval(ref, "torch", "float32", "cpu")
+    ref = load.resolve_model(str(RUN), None, "merged")
+    model, tok = load.load_for_eval(ref, "torch", "float32", "cpu")
     items = gen.sample_items(gen.load_items(ROOT / cfg.data.path), cfg.data.n, cfg.seed)
     prompts = [gen.build_prompt(tok, it["question"], cfg.data.prompt) for it in items]
     lengths = [len(tok(p).input_ids) for p in prompts]

@@ -27,6 +27,12 @@ from common.prompts import format_target
 
 FIELDS = ("id", "question", "answer", "reasoning", "steps", "meta")
 TEXT_FIELDS = ("id", "question", "answer", "reasoning")
+NO_CATEGORY = "(none)"  # the category of a record whose meta names none
+
+
+def category_of(record: dict[str, Any]) -> str:
+    """``meta.category`` of a record (``NO_CATEGORY`` when it has none)."""
+    return (record.get("meta") or {}).get("category", NO_CATEGORY)
 
 
 def _kind(value: Any) -> str:

@@ -20,17 +20,26 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from common.config import config_hash, dump_yaml
+from common.errors import InputError
 from common.jsonl import atomic_open, dumps, write_json
 
 LIBRARIES = (
     "torch", "transformers", "peft", "accelerate", "gguf", "jax", "jaxlib", "flax",
     "optax", "qwix", "orbax-checkpoint", "google-tunix", "numpy", "reasoning-gym",
 )  # fmt: skip
+
+
+def say(msg: str) -> None:
+    """One line to stdout, above any progress bar (the trainers' start, eval and done lines)."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def now_iso() -> str:
@@ -178,6 +187,13 @@ class RunDir:
     def finish(self, status: str = "completed", **fields: Any) -> None:
         self.update_manifest(end_time=now_iso(), status=status, **fields)
 
+    def complete(self, summary: dict[str, Any], line: str) -> dict[str, Any]:
+        """A trainer's end: ``summary.json``, the manifest marked completed, the last line printed."""
+        write_json(self.path / "summary.json", summary)
+        self.finish(summary=summary)
+        say(line)
+        return summary
+
     def clear(self) -> None:
         """Remove a previous run's outputs (``overwrite=true``); config and manifest are rewritten anyway."""
         for name in ("checkpoints", "final", "merged", "plots", "eval", "tb"):
@@ -190,6 +206,37 @@ class RunDir:
         with atomic_open(self.path / "metrics.jsonl") as fh:
             for rec in keep:
                 fh.write(dumps(rec) + "\n")
+
+
+def refuse_existing_run(run_path: Path, has_run: bool, resume: bool, overwrite: bool, holds: str) -> None:
+    """A run dir that already ``holds`` a run is neither reused nor clobbered unless the config says so."""
+    if has_run and not resume and not overwrite:
+        raise InputError(
+            f"{run_path}: already holds a run ({holds}); pass resume=true to continue it, "
+            "overwrite=true to start over, or another run_name"
+        )
+
+
+def write_dir(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a fresh temp dir beside ``target``, then swap it in: no half-written export is ever visible."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(tmp, target)
+    return target
+
+
+def check_resume(meta: dict[str, Any], cfg: Any, checkpoint: str | Path) -> None:
+    """A checkpoint continues only the config it was made with (its ``config_hash``)."""
+    if meta.get("config_hash") != resume_hash(cfg):
+        raise InputError(
+            f"{checkpoint}: made with another config than this one (resume needs the same config; "
+            "start over with overwrite=true or another run_name)"
+        )
 
 
 def resume_hash(cfg: Any) -> str:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from common.config import load_config
 
 
 @dataclass
@@ -132,3 +135,7 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
         return 1.0
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def load_sft_config(path: str | Path | None, overrides: list[str]) -> SFTConfig:
+    return load_config(SFTConfig, path, overrides)

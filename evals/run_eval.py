@@ -32,15 +32,16 @@ from common.errors import InputError, cli
 from common.jsonl import iter_jsonl, write_json
 from common.runs import git_commit, now_iso, sha256_file
 from evals import generate as gen
+from evals import load
 
 CACHE_DIR = Path("runs/.eval_cache")
 
 
-def base_model_of(run: Path, trained: gen.ModelRef) -> tuple[str, str]:
+def base_model_of(run: Path, trained: load.ModelRef) -> tuple[str, str]:
     """``(path, how it was found)`` of the model the run was trained from."""
     if trained.kind in ("adapter", "orbax"):
         return trained.weights_dir, f"the {'adapter' if trained.kind == 'adapter' else 'checkpoint'}'s base"
-    recorded = gen._run_base_model(run)
+    recorded = load.run_base_model(run)
     if recorded:
         return recorded, f"{run}/config.yaml or run_manifest.json"
     raise InputError(
@@ -98,9 +99,9 @@ def evaluate_run(
 
     if not run.is_dir():
         raise InputError(f"--run {run}: no such run directory")
-    trained_ref = gen.resolve_model(str(run), cfg.model.base, cfg.model.prefer)
+    trained_ref = load.resolve_model(str(run), cfg.model.base, cfg.model.prefer)
     base_path, base_source = (base, "--base") if base else base_model_of(run, trained_ref)
-    base_ref = gen.resolve_model(base_path)
+    base_ref = load.resolve_model(base_path)
     if base_ref.kind != "hf":
         raise InputError(f"base model {base_path}: expected an HF model directory, got a {base_ref.kind}")
 
@@ -110,7 +111,7 @@ def evaluate_run(
     ids = [str(it["id"]) for it in items]
     data_sha = sha256_file(cfg.data.path)
 
-    base_fp = gen.model_provenance(base_ref, cfg.model.backend, cfg.model.dtype)["fingerprint"]
+    base_fp = load.model_provenance(base_ref, cfg.model.backend, cfg.model.dtype)["fingerprint"]
     cached = cache_dir / f"base-{_cache_key(cfg, base_fp, data_sha)}.jsonl"
     base_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=base_path), out=str(cached))
     trained_cfg = dataclasses.replace(

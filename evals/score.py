@@ -20,6 +20,7 @@ from typing import Any
 from common.answers import FAILURE_KINDS, gold_text, score_completion
 from common.errors import InputError, cli
 from common.jsonl import iter_jsonl, write_json, write_jsonl
+from common.records import category_of
 from evals.stats import proportion
 
 SCORER = "showwork-scoring/1"  # bump when a rule changes, so old and new scores are not compared
@@ -34,7 +35,6 @@ RULES = {
     "partial_accuracy": "the strict number is within 10% of gold (|x - gold| <= |gold| / 10)",
     "non_numeric_gold": "strict = flexible = partial = the stripped answer text equals the stripped gold",
 }
-NO_CATEGORY = "(none)"
 EXTRACT_CHARS = 200  # per-item extracted text is cut to this length
 
 
@@ -119,7 +119,7 @@ def score_predictions(
         rid = str(rec["id"])
         item: dict[str, Any] = {"id": rec["id"]}
         if has_categories:
-            item["category"] = (rec.get("meta") or {}).get("category", NO_CATEGORY)
+            item["category"] = category_of(rec)
         item["gold"] = rec["answer"]
         if rid in pred_index:
             verdict = score_completion(predictions[pred_index[rid]]["completion"], rec["answer"])

@@ -22,7 +22,9 @@ from typing import Any
 from common.config import config_from_cli, load_config
 from common.errors import InputError, cli
 from common.jsonl import write_json
-from trainers_torch.sft import SFTConfig, say, train
+from common.runs import say
+from common.sft_config import SFTConfig
+from trainers_torch.sft import train
 
 
 @dataclass

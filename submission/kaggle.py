@@ -45,10 +45,10 @@ from scripts.dataset.build import BuildConfig
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/kaggle/notebook.yaml"
 STAGES = ("check", "setup", "data", "sft", "grpo", "eval", "collect")
-# What each trainer stage runs, and the config dataclass its command line is validated into.
+# What each trainer stage runs, and the config dataclass (module, name) its command line is validated into.
 TRAINERS = {
-    "sft": ("trainers_jax.sft", "JaxSFTConfig"),
-    "grpo": ("trainers_jax.grpo", "JaxGRPOConfig"),
+    "sft": ("trainers_jax.sft", ("trainers_jax.config", "JaxSFTConfig")),
+    "grpo": ("trainers_jax.grpo", ("trainers_jax.config", "JaxGRPOConfig")),
 }
 # Modules the stages import; `setup` checks them where it installs nothing.
 NEEDED_MODULES = (
@@ -204,7 +204,7 @@ def eval_overrides(plan: Plan) -> list[str]:
 
 def _load_recipe(stage: str, path: Path, overrides: list[str]) -> Any:
     """``stage``'s config as its trainer will read it (the same dataclass, loader and overrides)."""
-    module, cls = TRAINERS[stage]
+    module, cls = TRAINERS[stage][1]
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as err:

@@ -12,6 +12,7 @@ import pytest
 from common.errors import InputError
 from common.jsonl import read_jsonl
 from evals import generate as gen
+from evals import load
 from evals.generate import DecodeSettings, generate_completions
 from tests.reference_decode import transformers_generate
 
@@ -214,7 +215,7 @@ def test_incomplete_checkpoint_is_refused_not_randomly_initialised(tiny_gemma3, 
         tiny_gemma3, tmp_path / "broken", lambda s: s.pop("model.layers.1.mlp.up_proj.weight")
     )
     with pytest.raises(InputError, match="refusing random weights"):
-        gen.load_for_eval(gen.resolve_model(str(broken)))
+        load.load_for_eval(load.resolve_model(str(broken)))
 
 
 def test_all_empty_completions_exit_2(silent_gemma3, tmp_path, capsys):
@@ -277,27 +278,27 @@ def trained_run(tiny_gemma3, tmp_path_factory) -> Path:
 
 
 def test_run_dir_adapter_and_merged_export_give_the_same_outputs(trained_run, tiny_gemma3, torch_tiny):
-    via_merged = gen.resolve_model(str(trained_run))
-    via_adapter = gen.resolve_model(str(trained_run), prefer="adapter")
+    via_merged = load.resolve_model(str(trained_run))
+    via_adapter = load.resolve_model(str(trained_run), prefer="adapter")
     assert via_merged.kind == "hf" and via_merged.weights_dir.endswith("merged")
     assert via_adapter.kind == "adapter" and via_adapter.weights_dir == str(tiny_gemma3)
     assert "config.yaml" in via_adapter.source  # the hub id in adapter_config is skipped
-    direct = gen.resolve_model(str(trained_run / "final"))
+    direct = load.resolve_model(str(trained_run / "final"))
     assert direct.kind == "adapter" and direct.weights_dir == str(tiny_gemma3)
 
     settings = DecodeSettings(max_new_tokens=8)
     outs = []
     for ref in (via_merged, via_adapter):
-        model, tok = gen.load_for_eval(ref)
+        model, tok = load.load_for_eval(ref)
         outs.append(generate_completions(model, tok, _prompts(tok), settings, batch_size=5, progress=False))
     assert outs[0] == outs[1]
     base_model, tok = torch_tiny
     base = generate_completions(base_model, tok, _prompts(tok), settings, batch_size=5, progress=False)
     assert base != outs[0]  # the adapter really was applied
-    prov = gen.model_provenance(via_adapter, "torch", "float32")
+    prov = load.model_provenance(via_adapter, "torch", "float32")
     assert (
         prov["adapter_sha256"]
-        and prov["fingerprint"] != gen.model_provenance(via_merged, "torch", "float32")["fingerprint"]
+        and prov["fingerprint"] != load.model_provenance(via_merged, "torch", "float32")["fingerprint"]
     )
 
 
@@ -306,20 +307,20 @@ def test_unusable_dirs_give_clear_errors(tmp_path, tiny_gemma3):
     run.mkdir()
     (run / "run_manifest.json").write_text("{}")
     with pytest.raises(InputError, match="without final/"):
-        gen.resolve_model(str(run))
+        load.resolve_model(str(run))
     orbax = tmp_path / "ckpt"
     (orbax / "100").mkdir(parents=True)
     (orbax / "100" / "_CHECKPOINT_METADATA").write_text("{}")
     with pytest.raises(
         InputError, match=r"ckpt/100: incomplete Orbax checkpoint \(params/_METADATA missing\)"
     ):
-        gen.resolve_model(str(orbax))
+        load.resolve_model(str(orbax))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "hub/only"}))
     with pytest.raises(InputError, match="no local base model found.*hub/only"):
-        gen.resolve_model(str(adapter))
-    assert gen.resolve_model(str(adapter), base=str(tiny_gemma3)).weights_dir == str(tiny_gemma3)
+        load.resolve_model(str(adapter))
+    assert load.resolve_model(str(adapter), base=str(tiny_gemma3)).weights_dir == str(tiny_gemma3)
 
 
 def test_return_ids_gives_the_sampled_tokens_up_to_the_stop(stopping_gemma3):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from common.sft_data import Example, pack_rows
-from trainers_torch.sft import collate, completion_logprobs, lm_head_logprobs
+from trainers_torch.data import collate
+from trainers_torch.losses import completion_logprobs, lm_head_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

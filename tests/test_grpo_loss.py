@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.grpo_config import LossConfig
-from trainers_torch.grpo import group_advantages, grpo_loss, sequence_weights, token_loss
+from trainers_torch.losses import group_advantages, grpo_loss, sequence_weights, token_loss
 
 
 def test_group_advantages_normalise_within_groups():

@@ -13,8 +13,9 @@ from common.errors import InputError
 from common.grpo_config import load_grpo_config
 from common.runs import weights_sha256
 from common.sft_data import Example
-from trainers_torch.grpo import build_reference, reference_logprobs, resolve_start, sft_view
-from trainers_torch.sft import build_model, collate, completion_logprobs
+from trainers_torch.data import collate
+from trainers_torch.grpo import build_policy, build_reference, reference_logprobs, resolve_start
+from trainers_torch.losses import completion_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -37,7 +38,7 @@ def base_logprobs(model_dir, b):
 
 def policy(cfg):
     start = resolve_start(cfg)
-    model = build_model(sft_view(cfg, start)).eval()
+    model = build_policy(cfg, start).eval()
     return model, start
 
 

@@ -177,7 +177,8 @@ def test_a_reward_for_one_token_raises_its_probability_in_the_merged_export(setu
 
 
 def test_resume_redoes_the_lost_step_from_the_same_state(setup, run):
-    from trainers_jax.grpo import load_grpo_config, train
+    from trainers_jax.config import load_grpo_config
+    from trainers_jax.grpo import train
 
     _, config = setup
     steps = [m for m in read_metrics(run) if "reward" in m]
@@ -198,10 +199,11 @@ def test_torch_and_jax_read_the_yaml_into_the_same_values():
     import trainers_jax.grpo as J
     import trainers_torch.grpo as T
     from common import grpo_config
+    from trainers_jax.config import load_grpo_config
 
     path = ROOT / "configs/grpo_gemma3_270m_cpu.yaml"
     overrides = ["grpo.beta=0.04", "generation.top_k=20"]
-    jax_cfg = J.load_grpo_config(path, overrides)
+    jax_cfg = load_grpo_config(path, overrides)
     torch_cfg = grpo_config.load_grpo_config(path, overrides)
     assert T.GRPOConfig is grpo_config.GRPOConfig and isinstance(jax_cfg, T.GRPOConfig)
     shared = {f.name for f in dataclasses.fields(torch_cfg)}

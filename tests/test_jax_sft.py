@@ -45,48 +45,54 @@ def rows(tiny6, tmp_path_factory):
 def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
     from transformers import AutoModelForCausalLM
 
-    import trainers_jax.sft as J
-    import trainers_torch.sft as T
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.lora import build_model, trainable_filter
+    from trainers_jax.losses import device_arrays, eval_loss_sum
+    from trainers_jax.model import make_mesh
+    from trainers_jax.optim import build_optimizer, train_step
+    from trainers_torch.data import collate
+    from trainers_torch.losses import completion_loss_sum
     from trainers_torch.model import attention_for
+    from trainers_torch.optim import build_optimizer as torch_optimizer
 
     torch.set_num_threads(1)
     path = request.getfixturevalue(model_fixture)  # both use the same tokenizer as `rows`
     examples, packed, _ = rows
     overrides = [f"model.path={path}", "train.method=full", "optim.warmup_steps=0", "optim.weight_decay=0.01",
                  "optim.max_grad_norm=1.0", f"train.loss_chunk_tokens={CHUNK}"]  # fmt: skip
-    cfg = J.load_sft_config(None, overrides)
+    cfg = load_sft_config(None, overrides)
     attn = attention_for(
         json.loads((path / "config.json").read_text())
     )  # eager keeps Gemma 2's attention cap
     lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation=attn)
     lm.config.use_cache = False
-    micro_t = [T.collate(examples, [r], 0) for r in packed]  # two micro-batches: grad accumulation
+    micro_t = [collate(examples, [r], 0) for r in packed]  # two micro-batches: grad accumulation
     micro_n = [sft_data.collate(examples, [r], 0) for r in packed]
     n_targets = sum(b.n_targets for b in micro_n)
 
-    mesh = J.make_mesh(1, 1)
-    model, _ = J.build_model(cfg, mesh)
-    arrays = [J.device_arrays(b, CHUNK, 1024) for b in micro_n]
+    mesh = make_mesh(1, 1)
+    model, _ = build_model(cfg, mesh)
+    arrays = [device_arrays(b, CHUNK, 1024) for b in micro_n]
 
     def losses():
-        t = sum(T.completion_loss_sum(lm, b, CHUNK).item() for b in micro_t) / n_targets
-        j = sum(float(J.eval_loss_sum(model, a, CHUNK)) for a in arrays) / n_targets
+        t = sum(completion_loss_sum(lm, b, CHUNK).item() for b in micro_t) / n_targets
+        j = sum(float(eval_loss_sum(model, a, CHUNK)) for a in arrays) / n_targets
         return t, j
 
     t0, j0 = losses()
     assert abs(t0 - j0) / t0 < 1e-4, (t0, j0)
     unmasked = dict(arrays[0], segment_ids=(arrays[0]["segment_ids"] > 0).astype(np.int32))
     assert (
-        abs(float(J.eval_loss_sum(model, unmasked, CHUNK)) - float(J.eval_loss_sum(model, arrays[0], CHUNK)))
+        abs(float(eval_loss_sum(model, unmasked, CHUNK)) - float(eval_loss_sum(model, arrays[0], CHUNK)))
         > 1e-3
     )
 
-    wrt = J.trainable_filter(cfg, model.config.num_layers)
-    optimizer = J.build_optimizer(model, cfg, wrt, total_steps=3)
-    loss, grad_norm = J.train_step(model, optimizer, arrays, n_targets, CHUNK, wrt)
-    opt_t = T.build_optimizer(lm, cfg.optim)
+    wrt = trainable_filter(cfg.train, model.config.num_layers)
+    optimizer = build_optimizer(model, cfg, wrt, total_steps=3)
+    loss, grad_norm = train_step(model, optimizer, arrays, n_targets, CHUNK, wrt)
+    opt_t = torch_optimizer(lm, cfg.optim)
     for b in micro_t:
-        (T.completion_loss_sum(lm, b, CHUNK) / n_targets).backward()
+        (completion_loss_sum(lm, b, CHUNK) / n_targets).backward()
     norm_t = float(torch.nn.utils.clip_grad_norm_([p for p in lm.parameters() if p.requires_grad], 1.0))
     opt_t.step()
     assert abs(loss - t0) / t0 < 1e-4 and abs(grad_norm - norm_t) / norm_t < 1e-4, (loss, grad_norm, norm_t)
@@ -104,23 +110,27 @@ FSDP_SCRIPT = textwrap.dedent(
     from common import sft_data
     from common.prompts import load_tokenizer
     from common.sft_config import DataConfig
-    import trainers_jax.sft as J
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.lora import build_model, trainable_filter
+    from trainers_jax.losses import device_arrays, eval_loss_sum
+    from trainers_jax.model import make_mesh
+    from trainers_jax.optim import build_optimizer, train_step
 
     tok = load_tokenizer({model!r})
     ex, _, _ = sft_data.tokenize_records({data!r}, tok, DataConfig(max_len=400, pack_tokens=1024))
     rows = sft_data.pack_rows([len(e) for e in ex], list(range(len(ex))), 1024)[:2]
     batch = sft_data.collate(ex, rows, 0)
-    arrays = J.device_arrays(batch, 64, 1024)
+    arrays = device_arrays(batch, 64, 1024)
     out = {{"devices": len(jax.devices())}}
     for fsdp in (1, 2):
-        cfg = J.load_sft_config(None, ["model.path={model}", "train.method=full"])
-        mesh = J.make_mesh(fsdp, 1)
-        model, _ = J.build_model(cfg, mesh)
-        wrt = J.trainable_filter(cfg, model.config.num_layers)
+        cfg = load_sft_config(None, ["model.path={model}", "train.method=full"])
+        mesh = make_mesh(fsdp, 1)
+        model, _ = build_model(cfg, mesh)
+        wrt = trainable_filter(cfg.train, model.config.num_layers)
         with mesh:
-            opt = J.build_optimizer(model, cfg, wrt, 2)
-            loss, norm = J.train_step(model, opt, [arrays], batch.n_targets, 64, wrt)
-            after = float(J.eval_loss_sum(model, arrays, 64)) / batch.n_targets
+            opt = build_optimizer(model, cfg, wrt, 2)
+            loss, norm = train_step(model, opt, [arrays], batch.n_targets, 64, wrt)
+            after = float(eval_loss_sum(model, arrays, 64)) / batch.n_targets
         shard = model.embedder.input_embedding[...].sharding
         out[fsdp] = {{"loss": loss, "norm": norm, "after": after, "sharding": str(shard)}}
     print("RESULT " + json.dumps(out))
@@ -151,7 +161,10 @@ def test_train_resume_and_merged_export_loads_in_transformers(tiny6, rows, tmp_p
     from transformers import AutoModelForCausalLM
 
     import trainers_jax.sft as J
-    from trainers_jax.model import forward_logits
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.export import export_merged
+    from trainers_jax.lora import build_model
+    from trainers_jax.model import forward_logits, make_mesh
 
     _, _, data = rows
     args = ["--config", str(ROOT / "configs/sft_gemma3_270m_cpu.yaml"), f"model.path={tiny6}", f"data.train={data}",
@@ -172,7 +185,7 @@ def test_train_resume_and_merged_export_loads_in_transformers(tiny6, rows, tmp_p
     import shutil
 
     shutil.rmtree(run / "checkpoints" / "3")  # as if killed after the step-2 checkpoint
-    summary = J.train(J.load_sft_config(args[1], [*args[2:], "resume=true"]))
+    summary = J.train(load_sft_config(args[1], [*args[2:], "resume=true"]))
     assert summary["resumed_from_step"] == 2
     again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     again = [m for m in again if "loss" in m]
@@ -195,13 +208,13 @@ def test_train_resume_and_merged_export_loads_in_transformers(tiny6, rows, tmp_p
     assert [p["completion"] for p in preds] == [o["completion"] for o in torch_out]
 
     # merged/ export of a LoRA model with non-zero adapters: transformers gives the JAX logits
-    cfg = J.load_sft_config(None, [f"model.path={tiny6}", "lora.rank=4", "lora.alpha=8"])
-    model, tok = J.build_model(cfg, J.make_mesh(1, 1))
+    cfg = load_sft_config(None, [f"model.path={tiny6}", "lora.rank=4", "lora.alpha=8"])
+    model, tok = build_model(cfg, make_mesh(1, 1))
     key = jax.random.key(0)
     for _path, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
         key, sub = jax.random.split(key)
         var.value = 0.05 * jax.random.normal(sub, var.value.shape, var.value.dtype)
-    out = J.export_merged(model, tok, tiny6, tmp_path / "merged", lora_alpha=cfg.lora.alpha)
+    out = export_merged(model, tok, tiny6, tmp_path / "merged", lora_alpha=cfg.lora.alpha)
     ids = np.asarray([tok("3 and 4?").input_ids * 3], dtype=np.int32)
     want = np.asarray(forward_logits(model, ids, np.ones_like(ids, dtype=bool)))
     hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()

@@ -88,9 +88,8 @@ def test_mesh_needs_enough_devices():
 
 def test_attention_soft_capping_models_load_eager_everywhere(tiny_gemma2, tiny_gemma3):
     """Gemma 2 soft-caps attention logits, which sdpa silently drops: its loaders pick eager."""
-    from common.sft_config import ModelConfig
-    from trainers_torch.model import attention_for, load_model
-    from trainers_torch.sft import SFTConfig, build_model
+    from common.sft_config import ModelConfig, SFTConfig
+    from trainers_torch.model import attention_for, build_model, load_model
 
     assert attention_for({"attn_logit_softcapping": 50.0}, "sdpa") == "eager"
     assert attention_for({"text_config": {"attn_logit_softcapping": 50.0}}) == "eager"
@@ -98,4 +97,4 @@ def test_attention_soft_capping_models_load_eager_everywhere(tiny_gemma2, tiny_g
     assert load_model(tiny_gemma2)[0].config._attn_implementation == "eager"
     assert load_model(tiny_gemma3)[0].config._attn_implementation != "eager"  # transformers' default
     cfg = SFTConfig(model=ModelConfig(path=str(tiny_gemma2), attn_implementation="sdpa"))
-    assert build_model(cfg).config._attn_implementation == "eager"
+    assert build_model(cfg.model, cfg.lora, cfg.train).config._attn_implementation == "eager"

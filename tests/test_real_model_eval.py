@@ -8,6 +8,7 @@ import pytest
 
 from common.jsonl import read_jsonl
 from evals import generate as gen
+from evals import load
 
 pytestmark = pytest.mark.real_model
 
@@ -25,7 +26,7 @@ def test_greedy_generation_on_the_real_model(real_model, tmp_path, monkeypatch):
         },
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model, tok = gen.load_for_eval(gen.resolve_model(str(real_model)))
+    model, tok = load.load_for_eval(load.resolve_model(str(real_model)))
     monkeypatch.setattr(gen, "load_for_eval", lambda *a, **k: (model, tok))  # load the 1 GB model once
     out = tmp_path / "p.jsonl"
     summary = gen.main(

@@ -68,9 +68,11 @@ def test_two_stages_chain_and_resume(tiny_gemma3, tmp_path):
     # stage B's model starts from stage A's adapter weights, not a fresh adapter
     from safetensors.torch import load_file
 
-    from trainers_torch.sft import build_model, load_sft_config
+    from common.sft_config import load_sft_config
+    from trainers_torch.model import build_model
 
-    start_b = build_model(load_sft_config(root / "stage_B" / "config.yaml", []))
+    cfg_b = load_sft_config(root / "stage_B" / "config.yaml", [])
+    start_b = build_model(cfg_b.model, cfg_b.lora, cfg_b.train)
     saved_a = load_file(str(root / "stage_A" / "final" / "adapter_model.safetensors"))
     live = {n.replace(".default", ""): p for n, p in start_b.named_parameters() if "lora_" in n}
     assert saved_a and set(saved_a) == set(live)

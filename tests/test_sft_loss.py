@@ -6,16 +6,11 @@ import pytest
 import torch
 
 from common.prompts import end_of_turn, format_target, load_tokenizer
+from common.sft_config import DataConfig
+from common.sft_data import pack_rows, tokenize_records
 from tests.sft_data import arithmetic_records, write_records
-from trainers_torch.sft import (
-    IGNORE,
-    DataConfig,
-    collate,
-    completion_loss_sum,
-    lm_head_loss_sum,
-    pack_rows,
-    tokenize_records,
-)
+from trainers_torch.data import collate
+from trainers_torch.losses import IGNORE, completion_loss_sum, lm_head_loss_sum
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,7 +121,8 @@ def test_packed_loss_equals_unpacked(tiny_gemma3, examples, attn):
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examples):
-    from trainers_torch.sft import build_model, load_sft_config
+    from common.sft_config import load_sft_config
+    from trainers_torch.model import build_model
 
     tok, ex, _ = examples
     batch = collate(ex, [[0, 1]], tok.pad_token_id)
@@ -136,7 +132,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examp
         cfg = load_sft_config(
             None, [f"model.path={tiny_gemma3}", "lora.dropout=0.0", f"train.gradient_checkpointing={gc}"]
         )
-        model = build_model(cfg).train()
+        model = build_model(cfg.model, cfg.lora, cfg.train).train()
         assert all(layer.gradient_checkpointing == gc for layer in model.get_base_model().model.layers)
         with torch.no_grad():  # make the adapters matter (lora_B starts at zero)
             for n, p in model.named_parameters():
@@ -153,7 +149,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examp
 
 
 def test_bfloat16_training_step(tiny_gemma3, examples):
-    from trainers_torch.sft import build_model, build_optimizer, load_sft_config
+    from common.sft_config import load_sft_config
+    from trainers_torch.model import build_model
+    from trainers_torch.optim import build_optimizer
 
     tok, ex, _ = examples
     batch = collate(ex, [[0, 1]], tok.pad_token_id)
@@ -161,7 +159,7 @@ def test_bfloat16_training_step(tiny_gemma3, examples):
     for dtype in ("float32", "bfloat16"):
         torch.manual_seed(0)
         cfg = load_sft_config(None, [f"model.path={tiny_gemma3}", f"model.dtype={dtype}", "lora.dropout=0.0"])
-        model = build_model(cfg).train()
+        model = build_model(cfg.model, cfg.lora, cfg.train).train()
         opt = build_optimizer(model, cfg.optim)
         loss = completion_loss_sum(model, batch, 64) / batch.n_targets
         loss.backward()

@@ -6,15 +6,13 @@ import pytest
 import torch
 
 from common.prompts import load_tokenizer
+from common.sft_config import load_sft_config
+from common.sft_data import tokenize_records
 from tests.sft_data import gsm8k_records, write_records
-from trainers_torch.sft import (
-    build_model,
-    build_optimizer,
-    collate,
-    completion_loss_sum,
-    load_sft_config,
-    tokenize_records,
-)
+from trainers_torch.data import collate
+from trainers_torch.losses import completion_loss_sum
+from trainers_torch.model import build_model
+from trainers_torch.optim import build_optimizer
 
 pytestmark = pytest.mark.real_model
 
@@ -37,7 +35,7 @@ def test_few_lora_steps_lower_the_loss_on_a_fixed_example(real_model, tmp_path):
     examples, _, report = tokenize_records(write_records(tmp_path / "one.jsonl", recs), tok, cfg.data)
     assert len(examples) == 1 and report["tokens"] < 200
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg.model, cfg.lora, cfg.train)
     optimizer = build_optimizer(model, cfg.optim)
     batch = collate(examples, [[0]], tok.pad_token_id)
     losses = []

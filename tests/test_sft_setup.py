@@ -11,16 +11,11 @@ import pytest
 
 from common.errors import InputError
 from common.prompts import load_tokenizer
+from common.sft_config import DataConfig, load_sft_config
+from common.sft_data import DataPlan, pack_rows, tokenize_records
 from tests.sft_data import arithmetic_records, write_records
-from trainers_torch.sft import (
-    DataConfig,
-    DataPlan,
-    build_model,
-    load_sft_config,
-    main,
-    pack_rows,
-    tokenize_records,
-)
+from trainers_torch.model import build_model
+from trainers_torch.sft import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -37,8 +32,13 @@ def cfg_for(tiny, *overrides):
     return load_sft_config(None, [f"model.path={tiny}", *overrides])
 
 
+def model_for(args):
+    cfg = cfg_for(*args)
+    return build_model(cfg.model, cfg.lora, cfg.train)
+
+
 def test_lora_defaults_to_every_decoder_linear_not_the_embedding(tiny_gemma3):
-    model = build_model(cfg_for(tiny_gemma3, "lora.rank=4"))
+    model = model_for((tiny_gemma3, "lora.rank=4"))
     names = trainable_names(model)
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     covered = {(n.split(".layers.")[1].split(".")[0], n.split(".lora_")[0].rsplit(".", 1)[-1]) for n in names}
@@ -49,28 +49,26 @@ def test_lora_defaults_to_every_decoder_linear_not_the_embedding(tiny_gemma3):
 
 
 def test_lora_target_subset_and_last_layers(tiny_gemma3):
-    model = build_model(
-        cfg_for(tiny_gemma3, "lora.target_modules=[q_proj,v_proj]", "train.trainable_layers=1")
-    )
+    model = model_for((tiny_gemma3, "lora.target_modules=[q_proj,v_proj]", "train.trainable_layers=1"))
     names = trainable_names(model)
     assert names and all(".layers.1." in n for n in names)
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"}
     with pytest.raises(InputError, match="lm_head"):
-        build_model(cfg_for(tiny_gemma3, "lora.target_modules=[lm_head]"))
+        model_for((tiny_gemma3, "lora.target_modules=[lm_head]"))
 
 
 def test_full_finetune_freezing_last_layers(tiny_gemma3):
-    model = build_model(cfg_for(tiny_gemma3, "train.method=full", "train.trainable_layers=1"))
+    model = model_for((tiny_gemma3, "train.method=full", "train.trainable_layers=1"))
     names = trainable_names(model)
     assert any(n.startswith("model.layers.1.") for n in names)
     assert not any(n.startswith("model.layers.0.") for n in names)
     assert "model.norm.weight" in names
     assert "model.embed_tokens.weight" in names  # = lm_head.weight (tied)
-    model = build_model(
-        cfg_for(tiny_gemma3, "train.method=full", "train.trainable_layers=1", "train.train_lm_head=false")
+    model = model_for(
+        (tiny_gemma3, "train.method=full", "train.trainable_layers=1", "train.train_lm_head=false")
     )
     assert "model.embed_tokens.weight" not in trainable_names(model)
-    model = build_model(cfg_for(tiny_gemma3, "train.method=full"))
+    model = model_for((tiny_gemma3, "train.method=full"))
     assert trainable_names(model) == {n for n, _ in model.named_parameters()}
 
 
@@ -96,7 +94,7 @@ def test_overflow_is_counted_dropped_or_fails(tiny_gemma3, tmp_path):
 
 def test_packing_is_greedy_in_order_and_seeded(tiny_gemma3):
     assert pack_rows([3, 4, 5, 2, 6], [0, 1, 2, 3, 4], 8) == [[0, 1], [2, 3], [4]]
-    from trainers_torch.sft import Example
+    from common.sft_data import Example
 
     ex = [Example(str(i), i, [0] * (10 + i), 3) for i in range(20)]
     a, b = DataPlan(ex, 40, 2, seed=1), DataPlan(ex, 40, 2, seed=1)

@@ -3,7 +3,7 @@ scored by the shared rewards, on the same YAML as ``trainers_torch.grpo``.
 
     python -m trainers_jax.grpo --config configs/grpo_gemma3_270m_cpu.yaml key=value ... [mesh.fsdp=2]
 
-Read top to bottom: config (``common/grpo_config.py`` plus ``mesh: {fsdp, tp}``; keys JAX cannot
+Read top to bottom: config (``trainers_jax/config.py``: ``common/grpo_config.py`` plus ``mesh``; keys JAX cannot
 honour are rejected or announced) → start (the base model, or an SFT run's ``merged/`` export)
 → policy (Tunix Gemma 3 or 2 + a fresh qwix LoRA whose B is zero-initialised, so the step-0 policy
 *is* the starting model) → the Tunix cluster (vanilla rollout sharing the actor's weights, the
@@ -54,11 +54,8 @@ How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,63 +64,40 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from common.config import config_from_cli, load_config
+from common.config import config_from_cli
 from common.errors import InputError, cli
-from common.grpo_config import (
-    GRPO_PLOTS,
+from common.grpo_config import GRPOConfig
+from common.grpo_prompts import (
     REWARD_COLUMNS,
-    GRPOConfig,
     Prompt,
-    announce_start,
-    done_line,
-    load_prompts,
-    record_heldout,
-    run_summary,
-    score_heldout,
+    data_files,
+    load_prompt_sets,
     step_prompt_indices,
 )
-from common.jsonl import write_json
+from common.grpo_records import GRPO_PLOTS, announce_start, done_line, record_heldout, run_summary
 from common.prompts import end_of_turn
 from common.rewards import build_rewards
-from common.runs import MetricsLogger, RunDir, plot_metrics, read_metrics, resume_hash
-from common.sft_config import TrainConfig, lr_factor
-from trainers_jax.model import check_window, load_model, make_mesh
-from trainers_jax.sft import (
-    JaxSFTConfig,
-    MeshConfig,
-    apply_lora,
-    checkpoint_manager,
-    export_merged,
-    optax_transform,
-    parameter_counts,
-    restore_checkpoint,
-    save_checkpoint,
+from common.runs import (
+    MetricsLogger,
+    RunDir,
+    check_resume,
+    plot_metrics,
+    read_metrics,
+    resume_hash,
+    say,
 )
+from common.sft_config import lr_factor
+from evals.heldout import heldout_change, score_heldout
+from trainers_jax.checkpoint import checkpoint_manager, prepare_run_dir, restore_checkpoint, save_checkpoint
+from trainers_jax.config import JaxGRPOConfig
+from trainers_jax.export import export_merged
+from trainers_jax.lora import apply_lora, parameter_counts
+from trainers_jax.model import check_window, load_model, make_mesh
+from trainers_jax.optim import optax_transform
 
 # --------------------------------------------------------------------------------------------
-# Config: the torch recipe's keys (common/grpo_config.py) plus the device mesh
+# Config (trainers_jax/config.py): how the shared keys map onto Tunix, what JAX cannot do
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TunixBatchConfig:
-    """How Tunix splits a step's ``generation.prompts_per_step`` prompts for memory (JAX only)."""
-
-    # prompts (each with its num_generations completions) per forward/backward in the update and
-    # in the log-prob passes; gradients accumulate over the step. The LM head's logits are
-    # [completions, prompt + completion tokens, 262,144] floats: the 270M CPU default at 4 x 4
-    # completions of up to 456 tokens asked for 29 GB in one piece.
-    micro_batch_prompts: int = 1
-
-    def __post_init__(self) -> None:
-        if self.micro_batch_prompts < 1:
-            raise ValueError("tunix.micro_batch_prompts must be >= 1")
-
-
-@dataclass
-class JaxGRPOConfig(GRPOConfig):
-    mesh: MeshConfig = field(default_factory=MeshConfig)
-    tunix: TunixBatchConfig = field(default_factory=TunixBatchConfig)
 
 
 LOSS_AGG = {"grpo": "sequence-mean-token-mean", "dr_grpo": "sequence-mean-token-scale", "dapo": "token-mean"}
@@ -138,11 +112,6 @@ TORCH_ONLY = {  # key → its default: set to anything else, the JAX trainer say
     "model.attn_implementation": "sdpa",
     "model.device": "auto",
 }
-
-
-def say(msg: str) -> None:
-    tqdm.write(msg, file=sys.stdout)
-    sys.stdout.flush()
 
 
 def jax_notes(cfg: JaxGRPOConfig) -> list[str]:
@@ -191,16 +160,6 @@ def resolve_start(cfg: GRPOConfig) -> tuple[str, dict[str, Any]]:
             "(trainers_torch.sft or trainers_jax.sft, export=true) finished?"
         )
     return str(merged), {"from": "sft_run", "sft_run": str(run), "mode": "merged", "model": str(merged)}
-
-
-def lora_view(cfg: GRPOConfig, model_path: str) -> JaxSFTConfig:
-    """The SFT config ``apply_lora`` reads (same LoRA shape, targets and trainable layers)."""
-    return JaxSFTConfig(
-        seed=cfg.seed,
-        model=dataclasses.replace(cfg.model, path=model_path),
-        lora=cfg.lora,
-        train=TrainConfig(method="lora", trainable_layers=cfg.train.trainable_layers),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,33 +371,35 @@ def history_length(learner: Any) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def heldout_eval(
-    model: Any, tok: Any, prompts: list[Prompt], reward_fns: list[Any], cfg: GRPOConfig, out: Path
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Mean total reward (and per reward) plus format / strict accuracy of greedy completions."""
+def evaluate(
+    model: Any, tok: Any, prompts: list[Prompt], reward_fns: list[Any], cfg: GRPOConfig, run: RunDir,
+    logger: MetricsLogger, step: int, train_samples: list[dict[str, Any]], mesh: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Greedy completions of the held-out prompts (Tunix sampler), scored (mean total reward and
+    per reward, format / strict accuracy), logged with sample completions; the ``eval_*`` metrics."""
+    if not prompts:
+        return {}
     from evals.generate import DecodeSettings, generate_completions
 
     settings = DecodeSettings(max_new_tokens=cfg.eval.max_new_tokens or cfg.generation.max_new_tokens)
     batch = min(cfg.eval.batch_size, len(prompts))  # the JAX sampler pads every batch to its size
-    outs = generate_completions(model, tok, [p.text for p in prompts], settings, batch)
-    return score_heldout(prompts, outs, reward_fns, cfg, out)
+    with mesh:
+        outs = generate_completions(model, tok, [p.text for p in prompts], settings, batch)
+    path = run.eval / f"predictions-step-{step:06d}.jsonl"
+    out, samples = score_heldout(prompts, outs, reward_fns, cfg, path)
+    say(record_heldout(run, logger, step, out, samples, train_samples, cfg.eval.samples))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
-# The training loop
+# The recipe: config → prompts → policy + Tunix learner → (resume) → loop with evals → export
 # --------------------------------------------------------------------------------------------
 
 
 def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
     """Run one GRPO job end to end; return its summary (also written to ``summary.json``)."""
     t_start = time.perf_counter()
-    run_path = Path(cfg.output_dir) / cfg.run_name
-    has_run = any((run_path / "checkpoints").glob("[0-9]*")) or (run_path / "merged").exists()
-    if has_run and not cfg.resume and not cfg.overwrite:
-        raise InputError(
-            f"{run_path}: already holds a run (checkpoints or merged/); pass resume=true to continue it, "
-            "overwrite=true to start over, or another run_name"
-        )
+    run_path = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
     notes = jax_notes(cfg)
@@ -446,19 +407,16 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
     reward_fns = build_rewards(cfg.rewards.names, cfg.rewards.params)
     mesh = make_mesh(cfg.mesh.fsdp, cfg.mesh.tp)
     base, tok = load_model(start_path, cfg.model.dtype, mesh)
-    train_prompts, train_report = load_prompts(cfg.data.train, tok, cfg.data, cfg.data.train_limit, cfg.seed)
-    eval_prompts: list[Prompt] = []
-    eval_report = None
-    if cfg.data.valid and cfg.eval.n > 0:
-        eval_prompts, eval_report = load_prompts(cfg.data.valid, tok, cfg.data)
-        eval_prompts = eval_prompts[: cfg.eval.n]
+    train_prompts, eval_prompts, reports = load_prompt_sets(cfg, tok)
     with mesh:
-        actor = apply_lora(base, lora_view(cfg, start_path))  # B = 0: the step-0 policy is the start model
+        actor = apply_lora(
+            base, cfg.lora, cfg.train.trainable_layers, cfg.seed
+        )  # B = 0: the step-0 policy is the start model
     reference = None
     if cfg.grpo.beta > 0:
         reference, _ = load_model(start_path, cfg.model.dtype, mesh)
     recorder = RewardRecorder(reward_fns, cfg.rewards.weight_list())
-    prompt_len = max(p["prompt_tokens_max"] for p in (train_report, eval_report) if p)  # fixed: compiles once
+    prompt_len = max(r["prompt_tokens_max"] for r in reports.values() if r)  # fixed: compiles once
     check_window(
         base, rollout_config(cfg, tok, prompt_len).kv_cache_size, "data.max_prompt_tokens + generation"
     )
@@ -476,26 +434,22 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
     if latest is not None:  # restore before writing anything
         with mesh:
             meta = restore_checkpoint(mgr, latest, model, optimizer, wrt)
-        if meta.get("config_hash") != resume_hash(cfg):
-            raise InputError(
-                f"{run_path}/checkpoints/{latest}: made with another config than this one (resume needs the same config)"
-            )
+        check_resume(meta, cfg, f"{run_path}/checkpoints/{latest}")
         start_step = int(meta["step"])
     if cfg.overwrite and latest is None:
         RunDir(run_path).clear()
         for name in ("samples.jsonl", "summary.json"):
             (run_path / name).unlink(missing_ok=True)
-    data_files = {"train": cfg.data.train, **({"valid": cfg.data.valid} if eval_prompts else {})}
     run = RunDir.start(
         run_path,
         cfg,
-        data_files=data_files,
+        data_files=data_files(cfg, eval_prompts),
         model_dir=start_path,
         device=f"{jax.devices()[0].platform} x{len(mesh.devices.flat)} (fsdp={cfg.mesh.fsdp}, tp={cfg.mesh.tp})",
         extra={
             "trainer": "trainers_jax.grpo",
             "init": start_info,
-            "data_report": {"train": train_report, "valid": eval_report},
+            "data_report": reports,
             "parameters": counts,
             "total_steps": total_steps,
             "optimizer_updates": total_steps * cfg.grpo.num_iterations,
@@ -513,35 +467,19 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
         say,
         cfg,
         run,
-        train_report,
+        reports["train"],
         f"{start_info}; lora (JAX/Tunix): {counts['trainable']:,} of {counts['total']:,} parameters train",
         total_steps,
         f"{cfg.grpo.loss_type} ({LOSS_AGG[cfg.grpo.loss_type]})",
         (f"{run.checkpoints}/{latest}", start_step) if latest is not None else None,
     )
 
-    def checkpoint(step: int) -> None:
-        meta = {"step": step, "prompts_seen": step * P, "config_hash": resume_hash(cfg)}
-        with mesh:
-            save_checkpoint(mgr, step, model, optimizer, wrt, meta)
-        say(f"checkpoint saved: {run.checkpoints}/{step}")
-
     logger = MetricsLogger(run.path)
     last_train_samples: list[dict[str, Any]] = []
 
-    def evaluate(step: int) -> dict[str, Any]:
-        if not eval_prompts:
-            return {}
-        with mesh:
-            out, samples = heldout_eval(
-                model, tok, eval_prompts, reward_fns, cfg, run.eval / f"predictions-step-{step:06d}.jsonl"
-            )
-        say(record_heldout(run, logger, step, out, samples, last_train_samples, cfg.eval.samples))
-        return out
-
     evals_done = {r["step"] for r in read_metrics(run.path) if "eval_reward" in r}
     if start_step == 0 and 0 not in evals_done:
-        evaluate(0)
+        evaluate(model, tok, eval_prompts, reward_fns, cfg, run, logger, 0, [], mesh)
     bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc=cfg.run_name)
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
@@ -563,13 +501,22 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['completion_len_mean']:.0f}")
         done = step + 1 == total_steps
         if cfg.eval.every > 0 and (step + 1) % cfg.eval.every == 0 and not done:
-            evaluate(step + 1)
+            evaluate(
+                model, tok, eval_prompts, reward_fns, cfg, run, logger, step + 1, last_train_samples, mesh
+            )
             plot_metrics(run, GRPO_PLOTS, markers={"eval_reward", "eval_completion_len_mean"})
         if done or (cfg.checkpoint.every_steps > 0 and (step + 1) % cfg.checkpoint.every_steps == 0):
-            checkpoint(step + 1)
+            meta = {"step": step + 1, "prompts_seen": (step + 1) * P, "config_hash": resume_hash(cfg)}
+            with mesh:
+                save_checkpoint(mgr, step + 1, model, optimizer, wrt, meta)
+            say(f"checkpoint saved: {run.checkpoints}/{step + 1}")
     bar.close()
     mgr.close()
-    final_eval = evaluate(total_steps) if total_steps not in evals_done else {}
+    final_eval = {}
+    if total_steps not in evals_done:
+        final_eval = evaluate(
+            model, tok, eval_prompts, reward_fns, cfg, run, logger, total_steps, last_train_samples, mesh
+        )
     logger.close()
     plot_metrics(run, GRPO_PLOTS, markers={"eval_reward", "eval_completion_len_mean"})
     exported = {}
@@ -580,23 +527,16 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
         "trainer": "trainers_jax.grpo",
         "steps": total_steps,
         "init": start_info,
-        **run_summary(run, total_steps, final_eval),
+        **run_summary(run, total_steps, final_eval, heldout_change(run, total_steps)),
         "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
         "resumed_from_step": start_step if latest is not None else None,
         **exported,
     }
-    write_json(run.path / "summary.json", summary)
-    run.finish(summary=summary)
-    say(done_line(summary))
-    return summary
+    return run.complete(summary, done_line(summary))
 
 
 def _lr_factor(cfg: GRPOConfig, update: int) -> float:
     return lr_factor(update, cfg.train.max_steps * cfg.grpo.num_iterations, cfg.optim)
-
-
-def load_grpo_config(path: str | Path | None, overrides: list[str]) -> JaxGRPOConfig:
-    return load_config(JaxGRPOConfig, path, overrides)
 
 
 @cli

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common.errors import InputError
+from common.runs import refuse_existing_run
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -179,3 +180,13 @@ def load_checkpoint(
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return state
+
+
+def prepare_run_dir(cfg: Any) -> tuple[Path, Path | None]:
+    """``(run_path, checkpoint to resume from or None)`` of an SFT or GRPO config; refuses to
+    clobber an existing run."""
+    run_path = Path(cfg.output_dir) / cfg.run_name
+    latest = latest_checkpoint(run_path / "checkpoints")
+    has_run = latest is not None or (run_path / "final").exists()
+    refuse_existing_run(run_path, has_run, cfg.resume, cfg.overwrite, "checkpoints or final/")
+    return run_path, latest if cfg.resume else None

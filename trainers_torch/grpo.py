@@ -29,14 +29,13 @@ or an SFT run's adapter / merged export; the reference) → one step:
 
 Log-probs are those of the sampling distribution (logits / temperature, as the sampler saw
 them; top-k / top-p truncation is not corrected for). The LM head runs in chunks on completion
-positions only (``sft.lm_head_logprobs``), never on [batch, length, vocab] at once. With
+positions only (``losses.lm_head_logprobs``), never on [batch, length, vocab] at once. With
 beta = 0, completions with advantage 0 contribute exactly zero gradient and are left out of
 the training forward pass (the optimizer still steps, so the result is unchanged).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -50,51 +49,48 @@ from tqdm import tqdm
 
 from common.config import config_from_cli, read_yaml
 from common.errors import InputError, cli
-from common.grpo_config import (
-    GRPO_PLOTS,
-    GRPOConfig,
-    LossConfig,
+from common.grpo_config import GRPOConfig
+from common.grpo_prompts import (
     Prompt,
-    announce_start,
-    done_line,
-    load_prompts,
-    record_heldout,
-    run_summary,
-    score_heldout,
+    data_files,
+    load_prompt_sets,
     score_rewards,
     step_prompt_indices,
 )
-from common.jsonl import write_json
+from common.grpo_records import GRPO_PLOTS, announce_start, done_line, record_heldout, run_summary
 from common.prompts import load_tokenizer
 from common.rewards import build_rewards
 from common.runs import (
     MetricsLogger,
     RunDir,
+    check_resume,
     plot_metrics,
     read_metrics,
     resume_hash,
+    say,
     seed_everything,
     weights_sha256,
 )
-from common.sft_config import SFTConfig, TrainConfig, lr_factor
 from common.sft_data import Example, pack_rows
-from trainers_torch.checkpoint import load_checkpoint, remove_partial, save_checkpoint
-from trainers_torch.model import attention_for, check_model_dir, torch_dtype
-from trainers_torch.sft import (
+from evals.heldout import heldout_change, score_heldout
+from trainers_torch.checkpoint import load_checkpoint, prepare_run_dir, remove_partial, save_checkpoint
+from trainers_torch.data import collate
+from trainers_torch.export import export
+from trainers_torch.losses import completion_logprobs, group_advantages, sequence_weights, token_loss
+from trainers_torch.model import (
+    attention_for,
     build_model,
-    build_optimizer,
     causal_lm,
-    collate,
-    completion_logprobs,
-    export,
+    check_model_dir,
+    generation_mode,
     parameter_counts,
-    prepare_run_dir,
     resolve_device,
-    say,
+    torch_dtype,
 )
+from trainers_torch.optim import build_optimizer, build_scheduler
 
 # --------------------------------------------------------------------------------------------
-# Model: where training starts, the SFTConfig view the shared builders take, the reference
+# Model: where training starts, the policy, the reference
 # --------------------------------------------------------------------------------------------
 
 
@@ -171,24 +167,10 @@ def resolve_start(cfg: GRPOConfig) -> Start:
     )
 
 
-def sft_view(cfg: GRPOConfig, start: Start) -> SFTConfig:
-    """The SFT config the shared model builder and exporter read (same model, LoRA and freezing)."""
-    return SFTConfig(
-        run_name=cfg.run_name,
-        output_dir=cfg.output_dir,
-        seed=cfg.seed,
-        model=dataclasses.replace(cfg.model, path=start.model_path, init_adapter=start.init_adapter),
-        lora=cfg.lora,
-        train=TrainConfig(
-            method=cfg.train.method,
-            trainable_layers=cfg.train.trainable_layers,
-            train_lm_head=cfg.train.train_lm_head,
-            max_steps=cfg.train.max_steps,
-            gradient_checkpointing=cfg.train.gradient_checkpointing,
-            loss_chunk_tokens=cfg.train.loss_chunk_tokens,
-        ),
-        optim=cfg.optim,
-    )
+def build_policy(cfg: GRPOConfig, start: Start) -> Any:
+    """The model that trains: ``start``'s weights (and adapter), LoRA or full as configured."""
+    model_cfg = dataclasses.replace(cfg.model, path=start.model_path, init_adapter=start.init_adapter)
+    return build_model(model_cfg, cfg.lora, cfg.train)
 
 
 def build_reference(cfg: GRPOConfig, start: Start) -> Any:
@@ -231,117 +213,8 @@ def reference_logprobs(
         return completion_logprobs(model, batch, chunk, temperature)
 
 
-@contextlib.contextmanager
-def generation_mode(model: Any):
-    """Eval mode with the KV cache on, for decoding; the training RNG is left untouched."""
-    lm = causal_lm(model)
-    was_training = model.training
-    model.eval()
-    lm.config.use_cache = True
-    devices = [torch.cuda.current_device()] if next(lm.parameters()).is_cuda else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        lm.config.use_cache = False
-        model.train(was_training)
-
-
 # --------------------------------------------------------------------------------------------
-# Rewards, advantages and the loss
-# --------------------------------------------------------------------------------------------
-
-
-def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(advantages [N], zero_variance [N / group_size])`` for rewards laid out group by group.
-
-    A = r - mean(group), divided by (std(group) + eps) with ``scale="group"`` (std with n - 1,
-    as TRL). Groups whose rewards are all equal get exactly 0.
-    """
-    r = rewards.reshape(-1, group_size).to(torch.float64)
-    centred = r - r.mean(dim=1, keepdim=True)
-    if scale == "group":
-        centred = centred / (r.std(dim=1, keepdim=True) + eps)
-    elif scale != "none":
-        raise ValueError(f"scale_rewards must be 'group' or 'none', got {scale!r}")
-    flat = r.amax(dim=1) == r.amin(dim=1)
-    centred[flat] = 0.0
-    return centred.reshape(-1).to(torch.float32), flat
-
-
-def sequence_weights(lengths: list[int], loss_type: str, max_new_tokens: int) -> list[float]:
-    """Per-token weight of each completion, so that loss = sum over tokens of weight * loss_t."""
-    n, total = len(lengths), sum(lengths)
-    if loss_type == "grpo":
-        return [1.0 / (n * max(1, length)) for length in lengths]
-    if loss_type == "dr_grpo":
-        return [1.0 / (n * max_new_tokens)] * n
-    if loss_type == "dapo":
-        return [1.0 / max(1, total)] * n
-    raise ValueError(f"unknown loss_type {loss_type!r}")
-
-
-def token_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    weights: torch.Tensor,
-    cfg: LossConfig,
-    ref_logp: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted clipped-ratio loss over flat completion tokens (all tensors [n_tokens]).
-
-    Returns ``(loss, stats)``: stats hold token counts clipped below / above (ratio outside the
-    range on the side where clipping stops the gradient) and the summed k3 KL (beta > 0).
-    """
-    low, high = cfg.clip_range
-    ratio = torch.exp(logp - old_logp)
-    per_token = -torch.minimum(ratio * advantages, ratio.clamp(low, high) * advantages)
-    stats = {
-        "clipped_low": ((ratio < low) & (advantages < 0)).sum().detach(),
-        "clipped_high": ((ratio > high) & (advantages > 0)).sum().detach(),
-    }
-    if cfg.beta > 0:
-        if ref_logp is None:
-            raise ValueError("beta > 0 needs the reference log-probs")
-        d = ref_logp - logp
-        kl = torch.exp(d) - d - 1.0
-        per_token = per_token + cfg.beta * kl
-        stats["kl_sum"] = kl.sum().detach()
-    return (per_token * weights).sum(), stats
-
-
-def grpo_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    cfg: LossConfig,
-    max_new_tokens: int,
-    ref_logp: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of a padded batch: logp / old_logp / ref_logp / mask [B, T], advantages [B].
-
-    The same computation the trainer runs on packed micro-batches, for checking by hand.
-    """
-    keep = mask.bool()
-    lengths = keep.sum(dim=1).tolist()
-    w = torch.tensor(sequence_weights(lengths, cfg.loss_type, max_new_tokens), dtype=logp.dtype)
-    adv_tok = advantages[:, None].expand_as(logp)[keep]
-    w_tok = w[:, None].expand_as(logp)[keep]
-    ref = ref_logp[keep] if ref_logp is not None else None
-    loss, stats = token_loss(logp[keep], old_logp[keep], adv_tok, w_tok, cfg, ref)
-    n = max(1, int(keep.sum()))
-    out = {"clip_fraction": float(stats["clipped_low"] + stats["clipped_high"]) / n}
-    if "kl_sum" in stats:
-        out["kl"] = float(stats["kl_sum"]) / n
-    return loss, out
-
-
-# --------------------------------------------------------------------------------------------
-# One GRPO step: generate, score, advantages, mu policy updates
+# One GRPO step: generate, score, advantages (losses.py), mu policy updates
 # --------------------------------------------------------------------------------------------
 
 
@@ -528,19 +401,36 @@ def grpo_step(
 # --------------------------------------------------------------------------------------------
 
 
-def heldout_eval(
-    model: Any, tok: Any, prompts: list[Prompt], reward_fns: list[Any], cfg: GRPOConfig, out: Path
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Mean total reward (and per reward) plus format / strict accuracy of greedy completions."""
+def evaluate(
+    model: Any, tok: Any, prompts: list[Prompt], reward_fns: list[Any], cfg: GRPOConfig, run: RunDir,
+    logger: MetricsLogger, step: int, train_samples: list[dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """Greedy completions of the held-out prompts, scored (mean total reward and per reward,
+    format / strict accuracy), logged with sample completions; returns the ``eval_*`` metrics."""
+    if not prompts:
+        return {}
     from evals.generate import DecodeSettings
 
     settings = DecodeSettings(max_new_tokens=cfg.eval.max_new_tokens or cfg.generation.max_new_tokens)
     outs = generate(model, tok, [p.text for p in prompts], settings, cfg.eval.batch_size, progress=True)
-    return score_heldout(prompts, outs, reward_fns, cfg, out)
+    path = run.eval / f"predictions-step-{step:06d}.jsonl"
+    out, samples = score_heldout(prompts, outs, reward_fns, cfg, path)
+    say(record_heldout(run, logger, step, out, samples, train_samples, cfg.eval.samples))
+    return out
+
+
+def checkpoint(run: RunDir, step: int, model: Any, optimizer: Any, scheduler: Any, cfg: GRPOConfig) -> None:
+    meta = {"prompts_seen": step * cfg.generation.prompts_per_step, "config_hash": resume_hash(cfg)}
+    lora = cfg.train.method == "lora"
+    path = save_checkpoint(
+        run.checkpoints, step, model, optimizer, scheduler, meta,
+        save_adapter=model.save_pretrained if lora else None, keep_last=cfg.checkpoint.keep_last,
+    )  # fmt: skip
+    say(f"checkpoint saved: {path}")
 
 
 # --------------------------------------------------------------------------------------------
-# The training loop
+# The recipe: config → prompts → policy → (resume) → loop with held-out evals → export
 # --------------------------------------------------------------------------------------------
 
 
@@ -571,50 +461,39 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
 
     # Everything that can fail on bad input happens before the run dir is touched.
     start = resolve_start(cfg)
-    view = sft_view(cfg, start)
     reward_fns = build_rewards(cfg.rewards.names, cfg.rewards.params)
     tok = load_tokenizer(check_model_dir(start.model_path))
-    train_prompts, train_report = load_prompts(cfg.data.train, tok, cfg.data, cfg.data.train_limit, cfg.seed)
-    eval_prompts: list[Prompt] = []
-    eval_report = None
-    if cfg.data.valid and cfg.eval.n > 0:
-        eval_prompts, eval_report = load_prompts(cfg.data.valid, tok, cfg.data)
-        eval_prompts = eval_prompts[: cfg.eval.n]
+    train_prompts, eval_prompts, reports = load_prompt_sets(cfg, tok)
     seed_everything(cfg.seed)  # LoRA init follows the seed
-    model = build_model(view)
+    model = build_policy(cfg, start)
     reference = build_reference(cfg, start)
     total_steps = cfg.train.max_steps
     updates = total_steps * cfg.grpo.num_iterations
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, updates, cfg.optim))
+    scheduler = build_scheduler(optimizer, updates, cfg.optim)
     counts = parameter_counts(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     P = cfg.generation.prompts_per_step
     start_step = 0
     if resume_from is not None:  # restore weights, optimizer, schedule and RNG before writing anything
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
-        if state.get("config_hash") != resume_hash(cfg):
-            raise InputError(
-                f"{resume_from}: made with another config than this one (resume needs the same config; "
-                f"the checkpoint's is {run_path / 'config.yaml'})"
-            )
+        check_resume(state, cfg, resume_from)
         start_step = int(state["step"])
 
     if resume_from is None and cfg.overwrite:
         RunDir(run_path).clear()
         for name in ("samples.jsonl", "summary.json"):
             (run_path / name).unlink(missing_ok=True)
-    data_files = {"train": cfg.data.train, **({"valid": cfg.data.valid} if eval_prompts else {})}
     run = RunDir.start(
         run_path,
         cfg,
-        data_files=data_files,
+        data_files=data_files(cfg, eval_prompts),
         model_dir=start.model_path,
         device=resolve_device(cfg.model.device),
         extra={
             "trainer": "trainers_torch.grpo",
             "init": start.info,
-            "data_report": {"train": train_report, "valid": eval_report},
+            "data_report": reports,
             "parameters": counts,
             "total_steps": total_steps,
             "optimizer_updates": updates,
@@ -628,44 +507,19 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
         say,
         cfg,
         run,
-        train_report,
+        reports["train"],
         f"{start.info}; {cfg.train.method}: {counts['trainable']:,} of {counts['total']:,} parameters train",
         total_steps,
         cfg.grpo.loss_type,
         (str(resume_from), start_step) if resume_from is not None else None,
     )
 
-    def save_adapter(d: Path) -> None:
-        model.save_pretrained(d)
-
-    def checkpoint(step: int) -> None:
-        path = save_checkpoint(
-            run.checkpoints,
-            step,
-            model,
-            optimizer,
-            scheduler,
-            {"prompts_seen": step * P, "config_hash": resume_hash(cfg)},
-            save_adapter=save_adapter if cfg.train.method == "lora" else None,
-            keep_last=cfg.checkpoint.keep_last,
-        )
-        say(f"checkpoint saved: {path}")
-
     logger = MetricsLogger(run.path)
     last_train_samples: list[dict[str, Any]] = []
 
-    def evaluate(step: int) -> dict[str, Any]:
-        if not eval_prompts:
-            return {}
-        out, samples = heldout_eval(
-            model, tok, eval_prompts, reward_fns, cfg, run.eval / f"predictions-step-{step:06d}.jsonl"
-        )
-        say(record_heldout(run, logger, step, out, samples, last_train_samples, cfg.eval.samples))
-        return out
-
     evals_done = {r["step"] for r in read_metrics(run.path) if "eval_reward" in r}
     if start_step == 0 and 0 not in evals_done:
-        evaluate(0)
+        evaluate(model, tok, eval_prompts, reward_fns, cfg, run, logger, 0, [])
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc=cfg.run_name)
     for step in range(start_step, total_steps):
@@ -694,28 +548,29 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
         )  # fmt: skip
         done = step + 1 == total_steps
         if cfg.eval.every > 0 and (step + 1) % cfg.eval.every == 0 and not done:
-            evaluate(step + 1)
+            evaluate(model, tok, eval_prompts, reward_fns, cfg, run, logger, step + 1, last_train_samples)
             plot_metrics(run, GRPO_PLOTS, markers={"eval_reward", "eval_completion_len_mean"})
         if done or (cfg.checkpoint.every_steps > 0 and (step + 1) % cfg.checkpoint.every_steps == 0):
-            checkpoint(step + 1)
+            checkpoint(run, step + 1, model, optimizer, scheduler, cfg)
     bar.close()
-    final_eval = evaluate(total_steps) if total_steps not in evals_done else {}
+    final_eval = {}
+    if total_steps not in evals_done:
+        final_eval = evaluate(
+            model, tok, eval_prompts, reward_fns, cfg, run, logger, total_steps, last_train_samples
+        )
     logger.close()
     plot_metrics(run, GRPO_PLOTS, markers={"eval_reward", "eval_completion_len_mean"})
-    exported = export(model, tok, view, run) if cfg.export else {}
+    exported = export(model, tok, cfg.train.method, run.path) if cfg.export else {}
     summary = {
         "run_dir": str(run.path),
         "steps": total_steps,
         "init": start.info,
-        **run_summary(run, total_steps, final_eval),
+        **run_summary(run, total_steps, final_eval, heldout_change(run, total_steps)),
         "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
         "resumed_from_step": start_step if resume_from is not None else None,
         **exported,
     }
-    write_json(run.path / "summary.json", summary)
-    run.finish(summary=summary)
-    say(done_line(summary))
-    return summary
+    return run.complete(summary, done_line(summary))
 
 
 @cli

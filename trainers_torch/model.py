@@ -1,15 +1,19 @@
-"""Load a causal LM and its tokenizer from a local Hugging Face directory (torch side)."""
+"""Causal LMs on the torch side: load one (and its tokenizer) from a local Hugging Face
+directory, and make it trainable: LoRA through PEFT on the decoder's linear layers, or full
+fine-tuning of all or the last N blocks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from common.errors import InputError
 from common.prompts import load_tokenizer
+from common.sft_config import LoraConfig, ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,3 +62,169 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") ->
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def causal_lm(model: Any) -> Any:
+    """The underlying ``*ForCausalLM`` of a PEFT model (itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_layers(lm: Any) -> torch.nn.ModuleList:
+    layers = getattr(lm.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise InputError(
+            f"{type(lm).__name__}: no decoder .layers list; this trainer needs a decoder-only LM"
+        )
+    return layers
+
+
+def linear_module_names(lm: Any) -> list[str]:
+    """Names (last component) of every ``nn.Linear`` inside the decoder blocks."""
+    names = {
+        n.rsplit(".", 1)[-1] for n, m in decoder_layers(lm).named_modules() if isinstance(m, torch.nn.Linear)
+    }
+    return sorted(names)
+
+
+def apply_lora(lm: Any, lora: LoraConfig, trainable_layers: int | None) -> Any:
+    """Wrap ``lm`` with LoRA adapters (PEFT) on the decoder's linear layers; the embedding stays frozen."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    available = linear_module_names(lm)
+    targets = lora.target_modules or available
+    unknown = sorted(set(targets) - set(available))
+    if unknown:
+        raise InputError(
+            f"lora.target_modules: {unknown} not linear layers of the decoder; available: {available}"
+        )
+    layers = None
+    n_layers = len(decoder_layers(lm))
+    if trainable_layers is not None:
+        k = min(trainable_layers, n_layers)
+        layers = list(range(n_layers - k, n_layers))
+    peft_cfg = PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(targets),
+        layers_to_transform=layers,
+        layers_pattern="layers" if layers is not None else None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(lm, peft_cfg)
+
+
+def freeze_for_full(lm: Any, cfg: Tuning) -> None:
+    """Full fine-tuning: everything trains, or only the last N blocks + final norm (+ lm_head)."""
+    if cfg.trainable_layers is None:
+        for p in lm.parameters():
+            p.requires_grad_(True)
+        return
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    layers = decoder_layers(lm)
+    for block in list(layers)[-cfg.trainable_layers :]:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    norm = getattr(lm.get_decoder(), "norm", None)
+    if norm is not None:
+        for p in norm.parameters():
+            p.requires_grad_(True)
+    if cfg.train_lm_head:
+        for p in lm.get_output_embeddings().parameters():
+            p.requires_grad_(True)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return default_device()
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("model.device=cuda but torch sees no CUDA device")
+    return name
+
+
+class Tuning(Protocol):
+    """What trains: the ``train`` section of the SFT and the GRPO configs both have these."""
+
+    method: str  # "lora" | "full"
+    trainable_layers: int | None  # only the last N decoder blocks (None: all)
+    train_lm_head: bool  # full fine-tuning of the last N blocks: the LM head too
+    gradient_checkpointing: bool
+
+
+def build_model(model_cfg: ModelConfig, lora: LoraConfig, train: Tuning) -> Any:
+    """The model ready to train: LoRA-wrapped or with the chosen parameters unfrozen."""
+    from transformers import AutoModelForCausalLM
+
+    path = check_model_dir(model_cfg.path)
+    attention = attention_for(json.loads((path / "config.json").read_text()), model_cfg.attn_implementation)
+    lm = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch_dtype(model_cfg.dtype), attn_implementation=attention
+    )
+    lm.to(resolve_device(model_cfg.device))
+    lm.config.use_cache = False
+    if train.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if train.method == "lora":
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        model = apply_lora(lm, lora, train.trainable_layers)
+        if model_cfg.init_adapter:
+            load_adapter_weights(model, Path(model_cfg.init_adapter))
+    else:
+        if model_cfg.init_adapter:
+            raise InputError(
+                "model.init_adapter applies to train.method=lora; for full, point model.path at a merged/ dir"
+            )
+        freeze_for_full(lm, train)
+        model = lm
+    return model
+
+
+def load_adapter_weights(model: Any, adapter_dir: Path) -> None:
+    """Copy a saved PEFT adapter's weights into ``model`` (same rank and targets)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"{adapter_dir}: not a PEFT adapter dir (adapter_model.safetensors missing)")
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(weights)))
+    except RuntimeError as err:  # shape mismatch: another rank
+        raise InputError(f"{weights}: does not fit this LoRA config ({str(err).splitlines()[0]})") from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise InputError(
+            f"{weights}: adapter does not match this LoRA config "
+            f"(unexpected {list(result.unexpected_keys)[:3]}, missing {missing[:3]})"
+        )
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"total": total, "trainable": trainable}
+
+
+@contextlib.contextmanager
+def generation_mode(model: Any):
+    """Eval mode with the KV cache on, for decoding; the training RNG is left untouched."""
+    lm = causal_lm(model)
+    was_training = model.training
+    model.eval()
+    lm.config.use_cache = True
+    devices = [torch.cuda.current_device()] if next(lm.parameters()).is_cuda else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        lm.config.use_cache = False
+        model.train(was_training)

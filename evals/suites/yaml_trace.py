@@ -14,9 +14,9 @@ from collections import Counter
 from typing import Any
 
 from common.answers import answer_text, gold_text, parse_number
+from common.records import category_of
 from common.traces import INVALID_KINDS, PARSE_KINDS, format_value, parse_trace
 from common.traces import OUTCOMES as TRACE_OUTCOMES
-from evals.score import NO_CATEGORY
 
 OUTCOMES = (*TRACE_OUTCOMES, "missing_prediction")
 METRICS = ["solver", "strict", "parse", "valid", "agree", "flexible", "partial", "format"]
@@ -114,13 +114,7 @@ def add_trace_scores(
     summary["rules"] = {**summary.get("rules", {}), **RULES}
     for name, cat in (summary.get("categories") or {}).items():
         cat.update(
-            trace_summary(
-                [
-                    v
-                    for v, rec in zip(verdicts, dataset, strict=True)
-                    if (rec.get("meta") or {}).get("category", NO_CATEGORY) == name
-                ]
-            )
+            trace_summary([v for v, rec in zip(verdicts, dataset, strict=True) if category_of(rec) == name])
         )
     if items is not None:
         for item, v in zip(items, verdicts, strict=True):

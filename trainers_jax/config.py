@@ -1,0 +1,55 @@
+"""The JAX recipes' configs: the shared YAML (``common/sft_config.py``, ``common/grpo_config.py``)
+plus what only the JAX side has, the device mesh and Tunix's batch split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import load_config
+from common.grpo_config import GRPOConfig
+from common.sft_config import SFTConfig
+
+
+@dataclass
+class MeshConfig:
+    fsdp: int = 1  # parameters and batch sharded over this many devices
+    tp: int = 1  # tensor parallelism
+
+    def __post_init__(self) -> None:
+        if self.fsdp < 1 or self.tp < 1:
+            raise ValueError("mesh.fsdp and mesh.tp must be >= 1")
+
+
+@dataclass
+class JaxSFTConfig(SFTConfig):
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+@dataclass
+class TunixBatchConfig:
+    """How Tunix splits a step's ``generation.prompts_per_step`` prompts for memory (JAX only)."""
+
+    # prompts (each with its num_generations completions) per forward/backward in the update and
+    # in the log-prob passes; gradients accumulate over the step. The LM head's logits are
+    # [completions, prompt + completion tokens, 262,144] floats: the 270M CPU default at 4 x 4
+    # completions of up to 456 tokens asked for 29 GB in one piece.
+    micro_batch_prompts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_prompts < 1:
+            raise ValueError("tunix.micro_batch_prompts must be >= 1")
+
+
+@dataclass
+class JaxGRPOConfig(GRPOConfig):
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    tunix: TunixBatchConfig = field(default_factory=TunixBatchConfig)
+
+
+def load_sft_config(path: str | Path | None, overrides: list[str]) -> JaxSFTConfig:
+    return load_config(JaxSFTConfig, path, overrides)
+
+
+def load_grpo_config(path: str | Path | None, overrides: list[str]) -> JaxGRPOConfig:
+    return load_config(JaxGRPOConfig, path, overrides)

@@ -1,0 +1,113 @@
+"""The SFT loss on Tunix models: decoder body with a block-diagonal causal mask from the
+packed segment ids, then the tied LM head in chunks on completion positions only."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from common import sft_data
+from common.sft_data import IGNORE
+from trainers_jax.model import model_positions
+
+
+def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
+    """[B, L, L] causal mask that keeps attention inside each packed example (segment 0 = padding)."""
+    seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
+    n = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((n, n), dtype=jnp.bool_))[None]
+    return (seg_q == seg_k) & (seg_k != 0) & causal
+
+
+def hidden_states(model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """Final-norm hidden states [B, L, D] of Tunix's Gemma 3 or 2 (``output_hidden_states`` sows them).
+
+    The model is called as a whole (qwix's LoRA intercepts the model's ``__call__``, so the
+    submodules cannot be run one by one); the [B, L, V] logits it also returns are unused,
+    and XLA drops them from the jitted step.
+    """
+    positions = model_positions(model, positions)  # Gemma 2: its sliding window needs raw indices
+    model(tokens, positions, None, packed_attention_mask(segment_ids), output_hidden_states=True)
+    (h,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"]
+    return h
+
+
+def head_loss_sum(
+    hidden: jax.Array,
+    embedding: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    chunk: int,
+    softcap: float | None = None,
+) -> jax.Array:
+    """Sum of ``-log softmax(z)[target]`` over valid rows, ``chunk`` rows at a time, where
+    ``z = hidden @ E.T`` in float32, soft-capped to ``softcap * tanh(z / softcap)`` when the model
+    has a final-logit cap (Gemma 2), as torch's ``lm_head_loss_sum`` does.
+
+    Each chunk's logits are recomputed in the backward pass (``jax.checkpoint``), so at most
+    [chunk, V] logits live at once.
+    """
+
+    @jax.checkpoint
+    def one(h: jax.Array, y: jax.Array, v: jax.Array) -> jax.Array:
+        logits = jnp.dot(h, embedding.T).astype(jnp.float32)
+        if softcap:
+            logits = jnp.tanh(logits / softcap) * softcap
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+        return jnp.sum(jnp.where(v, lse - picked, 0.0))
+
+    n = hidden.shape[0] // chunk
+    xs = (hidden.reshape(n, chunk, -1), targets.reshape(n, chunk), valid.reshape(n, chunk))
+    total, _ = jax.lax.scan(lambda acc, x: (acc + one(*x), None), jnp.zeros((), jnp.float32), xs)
+    return total
+
+
+def completion_loss_sum(model: Any, arrays: dict[str, jax.Array], chunk: int) -> jax.Array:
+    """Summed token loss over the completion tokens of one micro-batch (divide by its n_targets)."""
+    h = hidden_states(model, arrays["input_ids"], arrays["position_ids"], arrays["segment_ids"])
+    picked = h.reshape(-1, h.shape[-1])[arrays["target_index"]]
+    softcap = getattr(model.config, "final_logit_softcap", None)  # Gemma 2's; Gemma 3 has none
+    return head_loss_sum(
+        picked,
+        model.embedder.input_embedding[...],
+        arrays["target_ids"],
+        arrays["target_valid"],
+        chunk,
+        softcap,
+    )
+
+
+def device_arrays(batch: sft_data.Batch, chunk: int, width: int | None = None) -> dict[str, np.ndarray]:
+    """A numpy batch → fixed-shape arrays: rows padded to ``width``, target positions gathered.
+
+    The target list is padded to a multiple of ``chunk`` (``target_valid`` marks the real
+    ones), so a step compiles once per (width, target bucket).
+    """
+    n = batch.input_ids.shape[1]
+    width = max(width or n, n)
+
+    def pad(a: np.ndarray, value: int) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, width - n)), constant_values=value)
+
+    targets = pad(batch.targets, IGNORE).reshape(-1)
+    index = np.flatnonzero(targets != IGNORE).astype(np.int32)
+    slots = max(chunk, math.ceil(len(index) / chunk) * chunk)
+    return {
+        "input_ids": pad(batch.input_ids, 0),
+        "position_ids": pad(batch.position_ids, 0),
+        "segment_ids": pad(batch.segment_ids, 0),
+        "target_index": np.pad(index, (0, slots - len(index))),
+        "target_ids": np.pad(targets[index], (0, slots - len(index))).astype(np.int32),
+        "target_valid": np.arange(slots) < len(index),
+    }
+
+
+@nnx.jit(static_argnames=("chunk",))
+def eval_loss_sum(model: Any, arrays: dict[str, jax.Array], chunk: int) -> jax.Array:
+    return completion_loss_sum(model, arrays, chunk)

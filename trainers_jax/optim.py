@@ -1,0 +1,71 @@
+"""optax optimizers with the shared schedule (``common.sft_config.lr_factor``), and the SFT
+update step: micro-batch gradients summed, divided by the step's completion tokens, applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from common.errors import InputError
+from common.sft_config import OptimConfig, SFTConfig, lr_factor
+from trainers_jax.losses import completion_loss_sum
+
+
+def optax_transform(o: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """optax AdamW/Adafactor with the torch recipe's schedule, decay on matrices only, clipping."""
+    table = jnp.asarray([o.lr * lr_factor(s, total_steps, o) for s in range(total_steps + 1)], jnp.float32)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return table[jnp.minimum(count, total_steps)]
+
+    def decay_mask(params: Any) -> Any:
+        return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+    if o.name == "adamw":
+        if len(o.betas) != 2:
+            raise InputError(f"optim.betas: expected two numbers, got {o.betas}")
+        tx = optax.adamw(
+            schedule, b1=o.betas[0], b2=o.betas[1], eps=1e-8, weight_decay=o.weight_decay, mask=decay_mask
+        )
+    else:
+        tx = optax.adafactor(schedule, weight_decay_rate=o.weight_decay or None, weight_decay_mask=decay_mask)
+    if o.max_grad_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(o.max_grad_norm), tx)
+    return tx
+
+
+def build_optimizer(model: Any, cfg: SFTConfig, wrt: Any, total_steps: int) -> nnx.Optimizer:
+    """The optimizer of the trainable parameters (``optax_transform``)."""
+    return nnx.Optimizer(model, optax_transform(cfg.optim, total_steps), wrt=wrt)
+
+
+@nnx.jit(static_argnames=("chunk", "wrt"))
+def micro_grads(model: Any, arrays: dict[str, jax.Array], chunk: int, wrt: Any) -> tuple[jax.Array, Any]:
+    """Summed completion loss of one micro-batch and its gradient w.r.t. the trainable params."""
+    diff = nnx.DiffState(0, wrt)
+    return nnx.value_and_grad(lambda m: completion_loss_sum(m, arrays, chunk), argnums=diff)(model)
+
+
+@nnx.jit
+def apply_grads(model: Any, optimizer: nnx.Optimizer, grads: Any, n_targets: jax.Array) -> jax.Array:
+    """Mean over the step's completion tokens, clip (inside the optax chain), update; returns the norm."""
+    grads = jax.tree.map(lambda g: g / n_targets, grads)
+    optimizer.update(model, grads)
+    return optax.global_norm(grads)
+
+
+def train_step(
+    model: Any, optimizer: nnx.Optimizer, micro: list[dict[str, Any]], n_targets: int, chunk: int, wrt: Any
+) -> tuple[float, float]:
+    """One optimizer step over the micro-batches; returns ``(mean loss, grad norm before clipping)``."""
+    loss_sum, total = 0.0, None
+    for arrays in micro:
+        part, grads = micro_grads(model, arrays, chunk, wrt)
+        total = grads if total is None else jax.tree.map(jnp.add, total, grads)
+        loss_sum += float(part)
+    norm = apply_grads(model, optimizer, total, jnp.float32(n_targets))
+    return loss_sum / n_targets, float(norm)

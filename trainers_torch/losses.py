@@ -1,0 +1,307 @@
+"""The torch losses: completion-only cross-entropy and per-token log-probs with the LM head
+run in chunks on completion positions only (never [tokens, vocab] at once), and the GRPO
+advantages and clipped-ratio loss.
+
+The SFT loss and GRPO's log-probs go through the decoder body once, then the head: the
+hidden states at positions that predict a completion token are gathered and multiplied by
+the (tied) embedding chunk by chunk, with the gradient computed in the same pass
+(``_LinearCrossEntropy``), so the 262,144-token head of Gemma 3 costs [chunk, vocab] of memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from common.grpo_config import LossConfig
+from common.sft_data import IGNORE
+from trainers_torch.data import Batch
+from trainers_torch.model import causal_lm
+
+
+def _head_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None):
+    """float32 logits of one chunk, and tanh(z / cap) when soft-capping (for the gradient)."""
+    z = (h @ weight.t()).float()
+    if bias is not None:
+        z += bias.float()
+    if not softcap:
+        return z, None
+    t = z.div_(softcap).tanh_()
+    return t * softcap, t
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, chunk by chunk.
+
+    The gradients are computed during the forward pass, one chunk of logits at a time, so
+    no [N, vocab] tensor is ever kept; backward only scales them.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap):  # type: ignore[override]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        for s in range(0, hidden.shape[0], chunk):
+            h, y = hidden[s : s + chunk], targets[s : s + chunk]
+            logits, t = _head_logits(h, weight, bias, softcap)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, reusing the logits buffer
+            g[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+            if t is not None:
+                g.mul_(1.0 - t * t)  # d(cap * tanh(z / cap)) / dz
+            if grad_h is not None:
+                grad_h[s : s + chunk] = g.to(weight.dtype) @ weight
+            if grad_w is not None:
+                grad_w.addmm_(g.t(), h.float())
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):  # type: ignore[override]
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.dtypes
+        out_h = None if grad_h is None else grad_h * grad_total.to(grad_h.dtype)
+        out_w = None if grad_w is None else (grad_w * grad_total).to(w_dtype)
+        out_b = None if grad_b is None else (grad_b * grad_total).to(b_dtype)
+        return out_h, out_w, out_b, None, None, None
+
+
+def lm_head_loss_sum(
+    hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, chunk: int, softcap: float | None
+) -> torch.Tensor:
+    """Sum over rows of ``-log softmax(head(hidden))[target]``; hidden [N, H], targets [N]."""
+    bias = getattr(head, "bias", None)
+    if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, head.weight, bias, targets, chunk, softcap)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk):
+        logits, _ = _head_logits(hidden[s : s + chunk], head.weight, bias, softcap)
+        y = targets[s : s + chunk]
+        total += (torch.logsumexp(logits, -1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
+    return total
+
+
+class _LinearLogProbs(torch.autograd.Function):
+    """Per-row ``log softmax(hidden @ weight.T / temperature)[target]``, chunk by chunk, never
+    keeping [N, vocab] (soft-capping, when the model has it, comes before the temperature).
+
+    When only ``hidden`` needs a gradient (LoRA: the LM head is frozen), the forward pass keeps
+    d logp / d hidden ([N, H], one row per token) and backward only scales it. When the head
+    weight trains too, backward recomputes each chunk's logits (one extra matmul per chunk).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, inv_temp):  # type: ignore[override]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        keep_jacobian = need_h and not (need_w or need_b)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        jac = torch.empty_like(hidden) if keep_jacobian else None
+        for s in range(0, hidden.shape[0], chunk):
+            h, y = hidden[s : s + chunk], targets[s : s + chunk]
+            logits, t = _head_logits(h, weight, bias, softcap)
+            if inv_temp != 1.0:
+                logits.mul_(inv_temp)
+            lse = torch.logsumexp(logits, dim=-1)
+            out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - lse
+            if jac is not None:
+                g = _dlogp_dlogits(logits, lse, y, t, inv_temp)
+                jac[s : s + chunk] = g.to(weight.dtype) @ weight
+        ctx.chunk, ctx.softcap, ctx.inv_temp, ctx.keep_jacobian = chunk, softcap, inv_temp, keep_jacobian
+        if keep_jacobian:
+            ctx.save_for_backward(jac)
+        elif need_h or need_w or need_b:
+            ctx.save_for_backward(hidden, weight, bias, targets)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        if ctx.keep_jacobian:
+            (jac,) = ctx.saved_tensors
+            return jac * grad_out[:, None].to(jac.dtype), None, None, None, None, None, None
+        hidden, weight, bias, targets = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, y = hidden[s : s + ctx.chunk], targets[s : s + ctx.chunk]
+            logits, t = _head_logits(h, weight, bias, ctx.softcap)
+            if ctx.inv_temp != 1.0:
+                logits.mul_(ctx.inv_temp)
+            lse = torch.logsumexp(logits, dim=-1)
+            g = _dlogp_dlogits(logits, lse, y, t, ctx.inv_temp)
+            g.mul_(grad_out[s : s + ctx.chunk, None].float())
+            if grad_h is not None:
+                grad_h[s : s + ctx.chunk] = g.to(weight.dtype) @ weight
+            if grad_w is not None:
+                grad_w.addmm_(g.t(), h.float())
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        out_w = None if grad_w is None else grad_w.to(weight.dtype)
+        out_b = None if grad_b is None else grad_b.to(bias.dtype)
+        return grad_h, out_w, out_b, None, None, None, None
+
+
+def _dlogp_dlogits(
+    scaled: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, inv_temp: float
+) -> torch.Tensor:
+    """d log softmax(scaled)[y] / d raw logits, in place of ``scaled`` (onehot - softmax, chained
+    through the temperature and the soft-cap)."""
+    g = scaled.sub_(lse[:, None]).exp_().neg_()
+    g[torch.arange(y.shape[0], device=y.device), y] += 1.0
+    if inv_temp != 1.0:
+        g.mul_(inv_temp)
+    if t is not None:
+        g.mul_(1.0 - t * t)
+    return g
+
+
+def lm_head_logprobs(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    chunk: int,
+    softcap: float | None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """float32 ``log softmax(head(hidden) / temperature)[target]`` per row; hidden [N, H] -> [N].
+
+    Differentiable (GRPO's per-token log-probs); the full [N, vocab] logits never exist at once.
+    """
+    bias = getattr(head, "bias", None)
+    inv_temp = 1.0 / temperature
+    if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
+        return _LinearLogProbs.apply(hidden, head.weight, bias, targets, chunk, softcap, inv_temp)
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk):
+        logits, _ = _head_logits(hidden[s : s + chunk], head.weight, bias, softcap)
+        if inv_temp != 1.0:
+            logits.mul_(inv_temp)
+        y = targets[s : s + chunk]
+        out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+    return out
+
+
+def completion_states(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Any, float | None]:
+    """``(hidden, targets, lm_head, softcap)`` at the positions of a packed batch that predict a
+    completion token, in row order (each row's examples in packing order, tokens in order)."""
+    lm = causal_lm(model)
+    device = next(lm.parameters()).device
+    hidden = lm.get_decoder()(
+        input_ids=batch.input_ids.to(device),
+        position_ids=batch.position_ids.to(device),
+        attention_mask=None,  # packed: the block-diagonal mask comes from the position ids
+        use_cache=False,
+    ).last_hidden_state
+    targets = batch.targets.to(device)
+    keep = targets != IGNORE
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    return hidden[keep], targets[keep], lm.get_output_embeddings(), softcap
+
+
+def completion_loss_sum(model: Any, batch: Batch, chunk: int) -> torch.Tensor:
+    """Summed token loss over the completion tokens of a packed batch (divide by ``n_targets``)."""
+    hidden, targets, head, softcap = completion_states(model, batch)
+    return lm_head_loss_sum(hidden, head, targets, chunk, softcap)
+
+
+def completion_logprobs(model: Any, batch: Batch, chunk: int, temperature: float = 1.0) -> torch.Tensor:
+    """log p of every completion token of a packed batch ([n_targets], order of ``completion_states``)."""
+    hidden, targets, head, softcap = completion_states(model, batch)
+    return lm_head_logprobs(hidden, head, targets, chunk, softcap, temperature)
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(advantages [N], zero_variance [N / group_size])`` for rewards laid out group by group.
+
+    A = r - mean(group), divided by (std(group) + eps) with ``scale="group"`` (std with n - 1,
+    as TRL). Groups whose rewards are all equal get exactly 0.
+    """
+    r = rewards.reshape(-1, group_size).to(torch.float64)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+    elif scale != "none":
+        raise ValueError(f"scale_rewards must be 'group' or 'none', got {scale!r}")
+    flat = r.amax(dim=1) == r.amin(dim=1)
+    centred[flat] = 0.0
+    return centred.reshape(-1).to(torch.float32), flat
+
+
+def sequence_weights(lengths: list[int], loss_type: str, max_new_tokens: int) -> list[float]:
+    """Per-token weight of each completion, so that loss = sum over tokens of weight * loss_t."""
+    n, total = len(lengths), sum(lengths)
+    if loss_type == "grpo":
+        return [1.0 / (n * max(1, length)) for length in lengths]
+    if loss_type == "dr_grpo":
+        return [1.0 / (n * max_new_tokens)] * n
+    if loss_type == "dapo":
+        return [1.0 / max(1, total)] * n
+    raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    cfg: LossConfig,
+    ref_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted clipped-ratio loss over flat completion tokens (all tensors [n_tokens]).
+
+    Returns ``(loss, stats)``: stats hold token counts clipped below / above (ratio outside the
+    range on the side where clipping stops the gradient) and the summed k3 KL (beta > 0).
+    """
+    low, high = cfg.clip_range
+    ratio = torch.exp(logp - old_logp)
+    per_token = -torch.minimum(ratio * advantages, ratio.clamp(low, high) * advantages)
+    stats = {
+        "clipped_low": ((ratio < low) & (advantages < 0)).sum().detach(),
+        "clipped_high": ((ratio > high) & (advantages > 0)).sum().detach(),
+    }
+    if cfg.beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs the reference log-probs")
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1.0
+        per_token = per_token + cfg.beta * kl
+        stats["kl_sum"] = kl.sum().detach()
+    return (per_token * weights).sum(), stats
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: LossConfig,
+    max_new_tokens: int,
+    ref_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of a padded batch: logp / old_logp / ref_logp / mask [B, T], advantages [B].
+
+    The same computation the trainer runs on packed micro-batches, for checking by hand.
+    """
+    keep = mask.bool()
+    lengths = keep.sum(dim=1).tolist()
+    w = torch.tensor(sequence_weights(lengths, cfg.loss_type, max_new_tokens), dtype=logp.dtype)
+    adv_tok = advantages[:, None].expand_as(logp)[keep]
+    w_tok = w[:, None].expand_as(logp)[keep]
+    ref = ref_logp[keep] if ref_logp is not None else None
+    loss, stats = token_loss(logp[keep], old_logp[keep], adv_tok, w_tok, cfg, ref)
+    n = max(1, int(keep.sum()))
+    out = {"clip_fraction": float(stats["clipped_low"] + stats["clipped_high"]) / n}
+    if "kl_sum" in stats:
+        out["kl"] = float(stats["kl_sum"]) / n
+    return loss, out

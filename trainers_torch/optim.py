@@ -1,0 +1,31 @@
+"""The torch optimizer: AdamW (weight decay on matrices only) or Adafactor, over the
+trainable parameters, with the shared warmup + cosine schedule (``common.sft_config.lr_factor``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from common.errors import InputError
+from common.sft_config import OptimConfig, lr_factor
+
+
+def build_optimizer(model: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("no trainable parameters (check train.method / train.trainable_layers)")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.name == "adamw":
+        if len(cfg.betas) != 2:
+            raise InputError(f"optim.betas: expected two numbers, got {cfg.betas}")
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]))
+    return torch.optim.Adafactor(groups, lr=cfg.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig) -> Any:
+    """``LambdaLR`` over ``total_steps`` optimizer updates with the shared schedule."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
