@@ -12,26 +12,17 @@ import pytest
 
 from common.errors import InputError
 from evals import generate as gen
-from tests.sft_data import arithmetic_records, write_records
+from evals import load
+from tests.reference_decode import QUESTIONS, completion_ids
+from tests.tiny_runs import jax_sft_run
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = ["3 and 4?", "12 and 5, times 3?", "41 and 7?", "What is 7 times 8?"]
-SETTINGS = gen.DecodeSettings(max_new_tokens=24)
 
 
 @pytest.fixture(scope="module")
 def jax_run(tiny_gemma3, tmp_path_factory) -> Path:
     """Two LoRA steps of trainers_jax.sft, an Orbax checkpoint after each, and merged/ at the end."""
-    import trainers_jax.sft as J
-
-    tmp = tmp_path_factory.mktemp("jax-run")
-    data = write_records(tmp / "train.jsonl", arithmetic_records(8))
-    args = ["--config", str(ROOT / "configs/sft_gemma3_270m_cpu.yaml"), f"model.path={tiny_gemma3}",
-            f"data.train={data}", "data.valid=null", "data.train_limit=null", "data.max_len=400",
-            f"output_dir={tmp}", "run_name=r", "train.max_steps=2", "checkpoint.every_steps=1",
-            "eval.every_steps=0", "train.loss_chunk_tokens=64", "optim.lr=5e-3", "lora.rank=4"]  # fmt: skip
-    assert J.main(args) == 0
-    return tmp / "r"
+    return jax_sft_run(tiny_gemma3, tmp_path_factory.mktemp("jax-run"), checkpoint_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +33,6 @@ def checkpoints_only(jax_run, tmp_path_factory) -> Path:
     return run
 
 
-def _complete(path: Path | str, backend: str) -> list[list[int]]:
-    model, tok = gen.load_for_eval(gen.resolve_model(str(path)), backend)
-    prompts = [gen.build_prompt(tok, q, "text") for q in QUESTIONS]
-    out = gen.generate_completions(
-        model, tok, prompts, SETTINGS, batch_size=4, progress=False, return_ids=True
-    )
-    return [r["completion_ids"] for r in out]
-
-
 def test_resolve_model_picks_the_step(jax_run, checkpoints_only):
     ckpts = checkpoints_only / "checkpoints"
     (ckpts / "3.orbax-checkpoint-tmp-1").mkdir()  # a save killed before its rename: not a step
@@ -59,36 +41,36 @@ def test_resolve_model_picks_the_step(jax_run, checkpoints_only):
         (ckpts, "2", "checkpoints dir"),
         (ckpts / "1", "1", "step dir"),
     ]:
-        ref = gen.resolve_model(str(path))
+        ref = load.resolve_model(str(path))
         assert ref.kind == "orbax" and ref.checkpoint_dir == str(ckpts / step), ref
         assert ref.run_dir == str(checkpoints_only) and ref.source.startswith(how), ref
         assert (
             ref.weights_dir
             == json.loads((checkpoints_only / "run_manifest.json").read_text())["model"]["path"]
         )
-    assert gen.resolve_model(str(jax_run)).kind == "hf"  # a finished run: its merged/ export
-    assert gen.resolve_model(str(jax_run / "checkpoints")).kind == "orbax"
+    assert load.resolve_model(str(jax_run)).kind == "hf"  # a finished run: its merged/ export
+    assert load.resolve_model(str(jax_run / "checkpoints")).kind == "orbax"
 
 
 def test_orbax_completions_equal_the_merged_export(jax_run, tiny_gemma3):
-    merged = _complete(jax_run / "merged", "torch")
-    assert _complete(jax_run / "checkpoints", "jax") == merged  # Tunix + qwix LoRA, unmerged
-    assert _complete(jax_run / "checkpoints", "torch") == merged  # merged in memory
-    assert _complete(tiny_gemma3, "torch") != merged  # the checkpoint's LoRA weights were applied
-    assert _complete(jax_run / "checkpoints" / "1", "torch") != merged  # and step 1 is another model
+    merged = completion_ids(jax_run / "merged", "torch", 24)
+    assert completion_ids(jax_run / "checkpoints", "jax", 24) == merged  # Tunix + qwix LoRA, unmerged
+    assert completion_ids(jax_run / "checkpoints", "torch", 24) == merged  # merged in memory
+    assert completion_ids(tiny_gemma3, "torch", 24) != merged  # the checkpoint's LoRA weights were applied
+    assert completion_ids(jax_run / "checkpoints" / "1", "torch", 24) != merged  # and step 1 is another model
     assert len({tuple(c) for c in merged}) > 1  # the prompts lead somewhere different
 
 
 def test_provenance_fingerprints_the_checkpoint(jax_run, checkpoints_only, tmp_path):
     ckpts = checkpoints_only / "checkpoints"
     prov = {
-        name: gen.model_provenance(gen.resolve_model(str(p)), "torch", "float32")
+        name: load.model_provenance(load.resolve_model(str(p)), "torch", "float32")
         for name, p in [("run", checkpoints_only), ("step2", ckpts / "2"), ("step1", ckpts / "1")]
     }
     assert prov["run"]["fingerprint"] == prov["step2"]["fingerprint"]
     assert prov["run"]["checkpoint_sha256"] != prov["step1"]["checkpoint_sha256"]
     assert prov["step1"]["fingerprint"] != prov["run"]["fingerprint"]
-    merged = gen.model_provenance(gen.resolve_model(str(jax_run / "merged")), "torch", "float32")
+    merged = load.model_provenance(load.resolve_model(str(jax_run / "merged")), "torch", "float32")
     assert merged["fingerprint"] != prov["run"]["fingerprint"]
     assert not list(checkpoints_only.rglob("weights.sha256"))  # nothing written into the run dir
 

@@ -4,7 +4,6 @@ files; kill -9 + resume equals the uninterrupted run; config errors exit 2."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from common.prompts import format_prompt, load_tokenizer
 from common.rewards import REWARDS
 from common.runs import read_metrics
 from tests import grpo_helpers
+from tests.tiny_runs import kill_at_checkpoint
 from trainers_torch.grpo import main, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,16 +147,9 @@ def test_kill_9_then_resume_matches_uninterrupted(setup, uninterrupted):
     root, config = setup
     run_dir = root / "runs" / "killed"
     cmd = [sys.executable, "-c", grpo_helpers.CLI, "--config", str(config), "run_name=killed"]
-    with (root / "killed.err").open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
-        saved = None
-        for line in proc.stdout:
-            if line.startswith("checkpoint saved:") and line.rstrip().endswith("step-000002"):
-                proc.send_signal(signal.SIGKILL)  # mid-run, right after its first checkpoint
-                saved = line
-                break
-        proc.stdout.close()
-        assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = kill_at_checkpoint(
+        cmd, ROOT, root / "killed.err", "step-000002"
+    )  # right after its first checkpoint
     assert saved is not None and not (run_dir / "final").exists()
 
     resumed = train(load_grpo_config(config, ["run_name=killed", "resume=true"]))

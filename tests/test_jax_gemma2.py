@@ -15,10 +15,11 @@ import torch
 
 from common.errors import InputError
 from evals import generate as gen
-from tests.sft_data import arithmetic_records, write_records
+from evals import load
+from tests.reference_decode import QUESTIONS, completion_ids
+from tests.tiny_runs import jax_sft_run
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = ["3 and 4?", "12 and 5, times 3?", "41 and 7?", "What is 7 times 8?"]
 SETTINGS = gen.DecodeSettings(max_new_tokens=12)
 
 
@@ -94,7 +95,7 @@ def test_unsupported_config_exits_2_from_the_trainer(tiny_gemma2, tmp_path, caps
 
 
 def test_sampler_longer_than_the_window_is_refused(tiny_gemma2):
-    model, tok = gen.load_for_eval(gen.resolve_model(str(tiny_gemma2)), "jax")
+    model, tok = load.load_for_eval(load.resolve_model(str(tiny_gemma2)), "jax")
     prompts = [gen.build_prompt(tok, q, "text") for q in QUESTIONS]
     with pytest.raises(InputError, match="sliding_window"):
         gen.generate_completions(model, tok, prompts, SETTINGS, batch_size=4, progress=False)
@@ -104,28 +105,21 @@ def test_sampler_longer_than_the_window_is_refused(tiny_gemma2):
 def gemma2_run(tmp_path_factory) -> Path:
     """Two LoRA steps of trainers_jax.sft on a Gemma 2 whose window (512) is shorter than the
     1024-token packed rows but fits generation's cache; an Orbax checkpoint and merged/ at the end."""
-    import trainers_jax.sft as J
     from tests.tiny import build_gemma2
 
     tmp = tmp_path_factory.mktemp("gemma2-run")
     base = build_gemma2(tmp / "base", sliding_window=512)
-    data = write_records(tmp / "train.jsonl", arithmetic_records(8))
-    args = ["--config", str(ROOT / "configs/sft_gemma3_270m_cpu.yaml"), f"model.path={base}",
-            f"data.train={data}", "data.valid=null", "data.train_limit=null", "data.max_len=400",
-            f"output_dir={tmp}", "run_name=r", "train.max_steps=2", "checkpoint.every_steps=2",
-            "eval.every_steps=0", "train.loss_chunk_tokens=64", "optim.lr=5e-3", "lora.rank=4"]  # fmt: skip
-    assert J.main(args) == 0
-    return tmp / "r"
+    return jax_sft_run(base, tmp, checkpoint_every=2)
 
 
 def test_merged_export_loads_in_transformers_with_the_jax_logits(gemma2_run, one_torch_thread):
-    import trainers_jax.sft as J
+    from trainers_jax.checkpoint import load_checkpoint_for_eval
     from trainers_jax.model import forward_logits
 
     merged = gemma2_run / "merged"
     cfg = json.loads((merged / "config.json").read_text())
     assert cfg["model_type"] == "gemma2" and cfg["architectures"] == ["Gemma2ForCausalLM"]
-    model, tok, _ = J.load_checkpoint_for_eval(gemma2_run / "checkpoints" / "2", None, None)
+    model, tok, _ = load_checkpoint_for_eval(gemma2_run / "checkpoints" / "2", None, None)
     ids = np.asarray([tok("12 and 5, times 3?").input_ids * 2], dtype=np.int32)
     mask = np.ones_like(ids, dtype=bool)
     want = np.asarray(forward_logits(model, ids, mask))
@@ -135,23 +129,14 @@ def test_merged_export_loads_in_transformers_with_the_jax_logits(gemma2_run, one
     assert np.abs(base - want).max() > 1e-3  # the trained LoRA weights are in the export
 
 
-def _complete(path: Path, backend: str) -> list[list[int]]:
-    model, tok = gen.load_for_eval(gen.resolve_model(str(path)), backend)
-    prompts = [gen.build_prompt(tok, q, "text") for q in QUESTIONS]
-    out = gen.generate_completions(
-        model, tok, prompts, SETTINGS, batch_size=4, progress=False, return_ids=True
-    )
-    return [r["completion_ids"] for r in out]
-
-
 def test_greedy_tokens_equal_on_jax_and_torch(gemma2_run, one_torch_thread):
     # (a random model this small repeats one token whatever the prompt; the logits tests above
     # are the fine-grained check, this one runs the two samplers end to end)
-    torch_merged = _complete(gemma2_run / "merged", "torch")
-    assert _complete(gemma2_run.parent / "base", "torch") != torch_merged  # the LoRA weights act
-    assert _complete(gemma2_run / "merged", "jax") == torch_merged
-    assert _complete(gemma2_run / "checkpoints", "jax") == torch_merged  # Orbax: Tunix + qwix LoRA
-    assert _complete(gemma2_run / "checkpoints", "torch") == torch_merged  # Orbax merged in memory
+    torch_merged = completion_ids(gemma2_run / "merged", "torch", 12)
+    assert completion_ids(gemma2_run.parent / "base", "torch", 12) != torch_merged  # the LoRA weights act
+    assert completion_ids(gemma2_run / "merged", "jax", 12) == torch_merged
+    assert completion_ids(gemma2_run / "checkpoints", "jax", 12) == torch_merged  # Orbax: Tunix + qwix LoRA
+    assert completion_ids(gemma2_run / "checkpoints", "torch", 12) == torch_merged  # Orbax merged in memory
 
 
 def test_grpo_step_runs_on_gemma2(gemma2_run, tmp_path):

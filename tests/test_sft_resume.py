@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from common.runs import read_metrics
+from common.sft_config import load_sft_config
 from tests.sft_data import arithmetic_records, write_records
+from tests.tiny_runs import kill_at_checkpoint
 from trainers_torch.checkpoint import complete_checkpoints, latest_checkpoint, remove_partial
-from trainers_torch.sft import load_sft_config, train
+from trainers_torch.sft import train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -66,16 +68,9 @@ def test_kill_9_then_resume_matches_uninterrupted(setup, uninterrupted):
     _, straight = uninterrupted
     run_dir = root / "runs" / "killed"
     cmd = [sys.executable, "-m", "trainers_torch.sft", "--config", str(config), "run_name=killed"]
-    with (root / "killed.err").open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
-        saved = None
-        for line in proc.stdout:
-            if line.startswith("checkpoint saved:") and line.rstrip().endswith("step-000003"):
-                proc.send_signal(signal.SIGKILL)  # mid-run, right after its first checkpoint
-                saved = line
-                break
-        proc.stdout.close()
-        assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = kill_at_checkpoint(
+        cmd, ROOT, root / "killed.err", "step-000003"
+    )  # right after its first checkpoint
     assert saved is not None
     assert not (run_dir / "final").exists()
     killed_at = max(losses(run_dir), default=0)
