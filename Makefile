@@ -40,9 +40,10 @@ test-fast: $(STAMP) chromium ## Tests that do not need the real model
 bench: $(STAMP) $(MODEL) ## pytest-benchmark suite of the hot paths, each beside a peer
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check + format check
+lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no recipe importing a recipe)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m scripts.check_imports
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
