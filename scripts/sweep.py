@@ -222,12 +222,6 @@ TRAINERS: dict[str, Trainer] = {
 RESERVED = ("run_name", "output_dir", "resume", "overwrite")
 
 
-def trainer_for(cfg: SweepConfig) -> Trainer:
-    if cfg.trainer not in TRAINERS:
-        raise InputError(f"trainer: unknown trainer '{cfg.trainer}'; known: {', '.join(TRAINERS)}")
-    return TRAINERS[cfg.trainer]
-
-
 def plain(value: Any) -> Any:
     """A sampled value as a plain Python value (Ray's samplers give numpy scalars)."""
     return value.item() if hasattr(value, "item") and callable(value.item) else value
@@ -252,7 +246,9 @@ def check_sweep(cfg: SweepConfig, source: str | Path) -> type:
 
     Returns that class. Raises ``InputError`` naming the sweep file and the key.
     """
-    trainer = trainer_for(cfg)
+    if cfg.trainer not in TRAINERS:
+        raise InputError(f"{source}: trainer: unknown trainer '{cfg.trainer}'; known: {', '.join(TRAINERS)}")
+    trainer = TRAINERS[cfg.trainer]
     if not any(fnmatch.fnmatchcase(cfg.metric, p) for p in trainer.metrics):
         raise InputError(
             f"{source}: metric: {cfg.trainer} logs no '{cfg.metric}' at its evals; it logs {', '.join(trainer.metrics)}"
@@ -524,16 +520,13 @@ def start_ray(cfg: RayConfig, root: Path) -> bool:
     """Connect to ``cfg.address`` or start Ray here; ``False`` when Ray was already up."""
     if ray.is_initialized():
         return False
-    common = dict(
-        runtime_env={"env_vars": {"PYTHONPATH": str(root)}},
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    if cfg.address:
-        ray.init(address=cfg.address, **common)
-    else:
-        ray.init(num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_mb * 1024**2, **common)
+    quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if cfg.address:  # the cluster's workers import this project from the same path
+        ray.init(address=cfg.address, runtime_env={"env_vars": {"PYTHONPATH": str(root)}}, **quiet)
+    else:  # local workers inherit this environment
+        paths = [str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        ray.init(num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_mb * 1024**2, **quiet)
     return True
 
 
