@@ -177,6 +177,8 @@ def asha_sweep(ray_here, tmp_path_factory):
         root,
         search_space={"optim.lr": {"choice": [1.0e-3, 1.0e-1]}, "optim.warmup_steps": {"randint": [0, 4]}},
         num_trials=6,
+        concurrency=4,
+        resources={"cpu": 0.5},  # four at once on two CPUs, one thread each
         scheduler={"name": "asha", "max_t": 8, "grace_period": 2, "reduction_factor": 2},
     )
     sweep_from_root(path)
