@@ -473,22 +473,55 @@ def make_scheduler(cfg: SweepConfig, sweep_dir: Path) -> Any:
 
 
 class RecordingASHA(ASHAScheduler):
-    """Ray's ASHA, plus one line and one ``stops.jsonl`` record per trial it stops."""
+    """Ray's ASHA, plus one line and one ``stops.jsonl`` record per trial it stops.
+
+    Tune does not save a scheduler's state with the experiment: a restored sweep's ASHA would
+    start with empty rungs and judge the trials after the restart only against each other. The
+    rungs' records are therefore kept in ``asha_rungs.json`` and read back on the first result
+    after a restore (through the brackets of Ray 2.60's ``AsyncHyperBandScheduler``).
+    """
 
     def __init__(self, sweep_dir: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.sweep_dir = sweep_dir
+        self._rungs_read = False
+
+    @property
+    def _rungs_path(self) -> Path:
+        return Path(self.sweep_dir) / "asha_rungs.json"
+
+    def _read_rungs(self) -> None:
+        if self._rungs_read:
+            return
+        self._rungs_read = True
+        if not self._rungs_path.exists():
+            return
+        saved = json.loads(self._rungs_path.read_text())
+        for bracket, rungs in zip(self._brackets, saved, strict=False):
+            for (milestone, recorded), (saved_milestone, values) in zip(bracket._rungs, rungs, strict=False):
+                if milestone == saved_milestone:
+                    recorded.update({k: v for k, v in values.items() if k not in recorded})
+
+    def _write_rungs(self) -> None:
+        write_json(self._rungs_path, [[[m, dict(rec)] for m, rec in b._rungs] for b in self._brackets])
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if result.get(self._time_attr, 0) >= self._max_t:
             return self.CONTINUE  # rungs lie below max_t: a trial that gets there ends on its own
+        self._read_rungs()
         action = super().on_trial_result(tune_controller, trial, result)
+        self._write_rungs()
         if action == self.STOP:
             step, value = result.get(self._time_attr), result.get(self._metric)
             say(f"trial {trial.trial_id} stopped by ASHA at step {step}: {self._metric}={_fmt(value)}")
             with _stops_path(self.sweep_dir).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"trial_id": trial.trial_id, "step": step, "value": value}) + "\n")
         return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._read_rungs()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._write_rungs()
 
 
 class ProgressLines(tune.Callback):

@@ -7,11 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
@@ -298,6 +300,28 @@ def test_real_tiny_sft_trials_and_promoted_config_round_trip(ray_here, tiny_gemm
     assert got == want
     assert got.optim.lr == best["params"]["optim.lr"] and got.lora.rank == best["params"]["lora.rank"]
     assert got.train.max_steps == 4 and got.seed == 0  # the base config's values, not the trials' overrides
+
+
+def test_asha_rungs_survive_a_restore(tmp_path):
+    """Tune saves no scheduler state: a restored sweep's ASHA (unpickled from before any result,
+    as in tuner.pkl) reads its rungs back, so a late worse trial is still stopped at the rung."""
+    from scripts.sweep import RecordingASHA
+
+    def asha(sweep_dir: Path) -> RecordingASHA:
+        return RecordingASHA(sweep_dir=str(sweep_dir), time_attr="step", metric="valid_loss", mode="min",
+                             max_t=8, grace_period=2, reduction_factor=2, stop_last_trials=False)  # fmt: skip
+
+    def report(scheduler: RecordingASHA, trial_id: str, loss: float) -> str:
+        trial = SimpleNamespace(trial_id=trial_id)
+        scheduler.on_trial_add(None, trial)
+        return scheduler.on_trial_result(None, trial, {"step": 2, "valid_loss": loss})
+
+    first = asha(tmp_path)
+    saved = pickle.dumps(first)
+    assert [report(first, f"t{i}", loss) for i, loss in enumerate([1.2, 1.1, 1.0])] == ["CONTINUE"] * 3
+    assert report(pickle.loads(saved), "t3", 1.5) == "STOP"
+    assert report(asha(tmp_path / "other"), "t3", 1.5) == "CONTINUE"  # what a forgetful restore did
+    assert report(first, "t4", 8.0) == "STOP" and report(first, "t5", 0.5) == "CONTINUE"
 
 
 # --------------------------------------------------------------------------------------------
