@@ -56,7 +56,7 @@ from common.config import (
 )
 from common.errors import InputError, cli
 from common.jsonl import atomic_open, write_json
-from common.runs import git_commit, now_iso, read_metrics
+from common.runs import RunDir, git_commit, now_iso, read_metrics
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -866,6 +866,10 @@ def run_sweep(cfg: SweepConfig, source: str | Path, command: str) -> Path:
         if started:
             ray.shutdown()
     rows = collect(results, cfg, sweep_dir)
+    for row in rows:  # the trainer was killed mid-run: its manifest says so
+        run = RunDir(row.run_dir)
+        if row.status == "stopped_early" and run.read_manifest().get("status") == "running":
+            run.finish(status="stopped_early", stopped_at_step=row.stopped_at)
     best = best_row(rows, cfg.mode)
     csv_path, md_path = write_table(rows, cfg, sweep_dir)
     plot = write_plot(rows, cfg, best, sweep_dir / "metric.png")

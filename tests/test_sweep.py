@@ -202,7 +202,8 @@ def test_asha_stops_worse_trials_and_their_trainers(asha_sweep):
             assert int(row["stopped_at_step"]) < 8 and int(row["iterations"]) < 4
             assert max(steps) < 8  # the trainer did not run on
             manifest = json.loads((run_dir / "run_manifest.json").read_text())
-            assert manifest["status"] == "running"  # killed, not finished
+            assert manifest["status"] == "stopped_early"  # killed, not finished
+            assert manifest["stopped_at_step"] == int(row["stopped_at_step"])
             assert gone(invocations(run_dir)[0]["pid"])
         else:
             assert row["status"] == "completed" and row["stopped_at_step"] == "8"
