@@ -407,7 +407,9 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     cmd = trainer_command(spec, trial_id, params, again=run_dir.exists())
     launched = time.time()
     with log.open("a", encoding="utf-8") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
+        out.write(
+            ("\n" if out.tell() else "") + f"$ {' '.join(cmd)}\n"
+        )  # a killed run's last line may be open
         out.flush()
         proc = subprocess.Popen(
             cmd, cwd=spec.cwd, env=thread_env(spec.threads), stdout=out, stderr=subprocess.STDOUT,
