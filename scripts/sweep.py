@@ -213,9 +213,9 @@ class Trainer:
 
 TRAINERS: dict[str, Trainer] = {
     "trainers_torch.sft": Trainer("common.sft_config:SFTConfig", ("valid_loss", "gen_*")),
-    "trainers_jax.sft": Trainer("trainers_jax.sft:JaxSFTConfig", ("valid_loss", "gen_*"), None),
+    "trainers_jax.sft": Trainer("trainers_jax.config:JaxSFTConfig", ("valid_loss", "gen_*"), None),
     "trainers_torch.grpo": Trainer("common.grpo_config:GRPOConfig", ("eval_*",)),
-    "trainers_jax.grpo": Trainer("trainers_jax.grpo:JaxGRPOConfig", ("eval_*",), None),
+    "trainers_jax.grpo": Trainer("trainers_jax.config:JaxGRPOConfig", ("eval_*",), None),
 }
 
 # Keys the sweep sets on every trial itself.

@@ -22,10 +22,11 @@ import ray
 import yaml
 
 import tests.sweep_driver  # noqa: F401  (registers the stand-in trainer tests.sweep_trainer)
+from common.config import load_config
 from common.runs import read_metrics
+from common.sft_config import SFTConfig
 from scripts.sweep import RayConfig, main, start_ray
 from tests.sft_data import arithmetic_records, write_records
-from trainers_torch.sft import load_sft_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "submission" / "schemas" / "best_params.json").read_text())
@@ -149,7 +150,6 @@ def test_sft_space_is_checked_by_the_sft_config_classes(tmp_path, capsys):
 
 
 def test_shipped_sweep_configs_pass_the_check():
-    from common.config import load_config
     from scripts.sweep import SweepConfig, check_sweep
 
     paths = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
@@ -280,7 +280,7 @@ def test_real_tiny_sft_trials_and_promoted_config_round_trip(ray_here, tiny_gemm
     assert [r["status"] for r in rows.values()] == ["completed", "completed"]
     for row in rows.values():
         run_dir = sweep_dir / "trials" / row["trial_id"]
-        cfg = load_sft_config(run_dir / "config.yaml", [])
+        cfg = load_config(SFTConfig, run_dir / "config.yaml")
         assert cfg.optim.lr == float(row["optim.lr"]) and cfg.lora.rank == int(row["lora.rank"])
         assert cfg.train.threads == 1 and cfg.seed == 3
         assert json.loads((run_dir / "run_manifest.json").read_text())["trainer"] == "trainers_torch.sft"
@@ -293,8 +293,9 @@ def test_real_tiny_sft_trials_and_promoted_config_round_trip(ray_here, tiny_gemm
     assert best["best_value"] == min(float(r["valid_loss"]) for r in rows.values())
     promoted = Path(best["promoted_config"])
     assert promoted == tmp_path / "promoted" / "s.yaml"
-    got = load_sft_config(promoted, [])
-    want = load_sft_config(
+    got = load_config(SFTConfig, promoted)
+    want = load_config(
+        SFTConfig,
         tmp_path / "base.yaml",
         [f"{k}={json.dumps(v)}" for k, v in best["params"].items()] + ["run_name=s-promoted"],
     )
