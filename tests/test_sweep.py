@@ -277,7 +277,8 @@ def test_real_tiny_sft_trials_and_promoted_config_round_trip(ray_here, tiny_gemm
     sweep_from_root(path)
     sweep_dir = tmp_path / "sweeps" / "s"
     rows = read_rows(sweep_dir)
-    assert [r["status"] for r in rows.values()] == ["completed", "completed"]
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "logs").glob("*.log")))
+    assert [r["status"] for r in rows.values()] == ["completed", "completed"], logs
     for row in rows.values():
         run_dir = sweep_dir / "trials" / row["trial_id"]
         cfg = load_config(SFTConfig, run_dir / "config.yaml")
