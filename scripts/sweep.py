@@ -561,7 +561,9 @@ def start_ray(cfg: RayConfig, root: Path) -> bool:
     else:  # local workers inherit this environment
         paths = [str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        ray.init(num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_mb * 1024**2, **quiet)
+        ray.init(  # "local": a new instance, never a cluster found through RAY_ADDRESS or `ray start`
+            address="local", num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_mb * 1024**2, **quiet
+        )
     return True
 
 
