@@ -327,9 +327,10 @@ def trainer_command(spec: TrialSpec, run_name: str, params: dict[str, Any], agai
     """The trainer's command line; ``again``: the run dir exists (resume it, or start it over)."""
     cmd = [spec.python, "-m", spec.trainer, "--config", spec.base_config, *spec.fixed]
     cmd += [override(k, v) for k, v in params.items()]
-    cmd += [f"run_name={run_name}", f"output_dir={spec.trials_dir}"]
+    # quoted: a trial id such as 79680_00000 would read as a YAML integer
+    cmd += [override("run_name", run_name), override("output_dir", spec.trials_dir)]
     if spec.threads_key:
-        cmd.append(f"{spec.threads_key}={spec.threads}")
+        cmd.append(override(spec.threads_key, spec.threads))
     if again:  # resume from the newest complete checkpoint; none: start the run over
         cmd += ["resume=true", "overwrite=true"]
     return cmd

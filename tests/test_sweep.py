@@ -27,6 +27,7 @@ from common.runs import read_metrics
 from common.sft_config import SFTConfig
 from scripts.sweep import RayConfig, main, start_ray
 from tests.sft_data import arithmetic_records, write_records
+from tests.sweep_trainer import FakeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "submission" / "schemas" / "best_params.json").read_text())
@@ -303,6 +304,21 @@ def test_real_tiny_sft_trials_and_promoted_config_round_trip(ray_here, tiny_gemm
     assert got == want
     assert got.optim.lr == best["params"]["optim.lr"] and got.lora.rank == best["params"]["lora.rank"]
     assert got.train.max_steps == 4 and got.seed == 0  # the base config's values, not the trials' overrides
+
+
+def test_trainer_command_quotes_what_yaml_would_misread():
+    """A trial id of digits and underscores is a YAML 1.1 integer unless quoted."""
+    from common.config import parse_overrides
+    from scripts.sweep import TrialSpec, trainer_command
+
+    spec = TrialSpec("tests.sweep_trainer", "b.yaml", ("train.max_steps=4",), "valid_loss", 1, "train.threads",
+                     "/tmp/trials", "/tmp/logs", str(ROOT))  # fmt: skip
+    cmd = trainer_command(spec, "79680_00000", {"optim.lr": 1e-05, "optim.warmup_steps": 3}, again=False)
+    parsed = parse_overrides([a for a in cmd if "=" in a and not a.startswith("-")])
+    assert parsed["run_name"] == "79680_00000" and parsed["output_dir"] == "/tmp/trials"
+    assert parsed["train"] == {"max_steps": 4, "threads": 1}
+    assert load_config(FakeConfig, None, [a for a in cmd if "=" in a]).optim.lr == 1e-05
+    assert "resume=true" in trainer_command(spec, "t", {}, again=True)
 
 
 def test_asha_rungs_survive_a_restore(tmp_path):
