@@ -17,7 +17,7 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[torch,jax,model,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[torch,jax,model,sweep,dev]'
 	touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned torch + JAX/Tunix stacks
@@ -129,3 +129,11 @@ kaggle-check: $(STAMP) ## Validate the Kaggle notebook and every config it names
 
 kaggle-notebook-test: $(STAMP) ## Execute the notebook end to end on CPU (ci_tiny.yaml, tiny model, minutes)
 	$(PY) -m pytest -q tests/test_kaggle_notebook.py $(PYTEST_ARGS)
+
+# --- sweep: hyperparameter search on Ray Tune ---------------------------------------------------
+.PHONY: sweep
+SWEEP_CONFIG ?= configs/sweeps/sft_gemma3_270m_cpu.yaml
+SWEEP_ARGS ?=
+
+sweep: $(STAMP) $(MODEL) data ## Ray Tune sweep (ASHA) of a trainer's config -> runs/sweeps/<name>/, configs/promoted/<name>.yaml; SWEEP_CONFIG=, SWEEP_ARGS= override
+	$(PY) -m scripts.sweep --config $(SWEEP_CONFIG) $(SWEEP_ARGS)
