@@ -1,0 +1,290 @@
+"""The training plan both Collatz recipes follow step for step (framework-free).
+
+``trainers_torch.collatz`` and ``trainers_jax.collatz`` differ only in the model, the loss and
+checkpoint files; what is drawn, when the curriculum grows, when mining runs, what the anchor
+weighs, how the learning rate is cut on a plateau, what goes into metrics.jsonl, summary.json
+and the export's model.json are decided here, so the two backends take the same decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.collatz import (
+    TEST_SEEDS,
+    PairBatch,
+    Plateau,
+    Sampler,
+    anchor_weight,
+    curriculum_count,
+    pair_batch,
+    seed_states,
+)
+from common.collatz_config import CollatzConfig
+from common.config import to_dict
+from common.errors import InputError
+from common.jsonl import write_json
+from common.runs import RunDir, config_hash, plot_metrics, read_metrics
+
+VALID_SEED_OFFSET = 7919  # the validation draw's RNG seed is seed + this (never the eval set's draw)
+
+
+def prepare_run_dir(cfg: CollatzConfig, has_checkpoint: bool) -> Path:
+    """The run's path; refuses to clobber a run unless ``resume`` or ``overwrite``."""
+    run_path = Path(cfg.output_dir) / cfg.run_name
+    has_run = has_checkpoint or (run_path / "final").exists()
+    if has_run and not (cfg.resume or cfg.overwrite):
+        raise InputError(
+            f"{run_path}: already holds a run (checkpoints or final/); pass resume=true to continue it, "
+            "overwrite=true to start over, or another run_name"
+        )
+    return run_path
+
+
+def resume_hash(cfg: CollatzConfig) -> str:
+    """What a checkpoint must share with the run resuming it (everything but resume/overwrite/threads)."""
+    train = dataclasses.replace(cfg.train, threads=None)
+    return config_hash(dataclasses.replace(cfg, resume=False, overwrite=False, train=train))
+
+
+def build_sampler(cfg: CollatzConfig) -> Sampler:
+    return Sampler(
+        protocol=cfg.protocol,
+        seeds=cfg.task.seeds,
+        lookahead=cfg.task.lookahead,
+        offsets=cfg.loss.offsets(),
+        max_bits=cfg.task.max_bits,
+        hard_share=cfg.curriculum.hard_share,
+        weights=cfg.loss.weights(),
+        mine_share=cfg.mining.share,
+        mine_direct=cfg.mining.direct,
+        pool_cap=cfg.mining.pool_cap,
+        replay_share=cfg.mining.replay if cfg.mining.enabled else 0.0,
+        seed=cfg.seed,
+    )
+
+
+def validation_batch(cfg: CollatzConfig) -> PairBatch:
+    """A fixed set of random pairs (protocol-filtered, a seed of its own) for the training curves."""
+    sampler = dataclasses.replace(cfg, seed=cfg.seed + VALID_SEED_OFFSET)
+    states, source = build_sampler(sampler).draw(cfg.train.valid_size, hard_share=0.0)
+    return pair_batch(states, source, cfg.task.lookahead, (0, 1), cfg.loss.weights())
+
+
+def protocol_report(cfg: CollatzConfig, sampler: Sampler) -> dict[str, Any]:
+    """Which training seeds the protocol kept and dropped (for the manifest and summary)."""
+    dropped = [s for s in cfg.task.seeds if s not in sampler.pools]
+    return {
+        "protocol": cfg.protocol,
+        "test_seeds": list(TEST_SEEDS),
+        "seeds_kept": len(sampler.seeds),
+        "seeds_dropped": dropped,
+        "pool_states": sum(len(p) for p in sampler.pools.values()),
+        "pool_states_before_filter": sum(len(seed_states(s)) for s in cfg.task.seeds),
+    }
+
+
+def before_step(cfg: CollatzConfig, sampler: Sampler, step: int) -> float:
+    """Grow the curriculum for ``step``; return the anchor weight."""
+    if cfg.curriculum.enabled:
+        sampler.set_active(
+            curriculum_count(step, len(sampler.seeds), cfg.curriculum.start, cfg.curriculum.ramp_steps)
+        )
+    else:
+        sampler.set_active(len(sampler.seeds))
+    return anchor_weight(step, cfg.loss.anchor_start, cfg.loss.anchor_steps, cfg.loss.anchor_floor)
+
+
+def mining_due(cfg: CollatzConfig, step: int) -> bool:
+    return cfg.mining.enabled and cfg.mining.count > 0 and step > 0 and step % cfg.mining.interval == 0
+
+
+def mining_candidates(cfg: CollatzConfig, sampler: Sampler) -> PairBatch:
+    """The states a mining round scores: half hard, half random (protocol-filtered)."""
+    states, source = sampler.draw(cfg.mining.candidates, hard_share=0.5)
+    return pair_batch(states, source, cfg.task.lookahead, (0, 1), cfg.loss.weights())
+
+
+def add_mined(cfg: CollatzConfig, sampler: Sampler, cands: PairBatch, margin: np.ndarray) -> dict[str, Any]:
+    """Put the ``count`` lowest-margin candidates into the pool; the round's figures for the log."""
+    worst = np.argsort(margin, kind="stable")[: cfg.mining.count]
+    pool = sampler.add_mined(cands.states[i] for i in worst)
+    return {
+        "mine_violations": int((margin <= 0).sum()),
+        "mine_worst_margin": float(margin.min()),
+        "mine_pool": pool,
+    }
+
+
+def make_plateau(cfg: CollatzConfig) -> Plateau:
+    return Plateau(cfg.optim.plateau_factor, cfg.optim.plateau_patience)
+
+
+def valid_figures(margin: np.ndarray, batch: PairBatch) -> dict[str, float]:
+    """Pass % and growth pass % of the validation pairs."""
+    ok = margin > 0
+    return {
+        "valid_pass": round(100.0 * float(ok.mean()), 3),
+        "valid_growth_pass": round(100.0 * float(ok[batch.growth].mean()), 3),
+    }
+
+
+def step_record(
+    cfg: CollatzConfig,
+    sampler: Sampler,
+    losses: list[float],
+    parts: dict[str, float],
+    violations: int,
+    lr: float,
+    anchor: float,
+    drift_coef: float,
+    samples_per_s: float,
+) -> dict[str, Any]:
+    """One metrics.jsonl record: the mean loss since the last record, this step's parts and state."""
+    return {
+        "loss": sum(losses) / len(losses),
+        **parts,
+        "batch_violations": violations,
+        "lr": lr,
+        "anchor_weight": anchor,
+        "drift_coef": drift_coef,
+        "active_seeds": sampler.active,
+        "mine_pool": len(sampler.mined),
+        "samples_per_s": round(samples_per_s, 1),
+    }
+
+
+class StepClock:
+    """Seconds spent drawing data and computing, summed over steps (checkpoints and validation excluded)."""
+
+    def __init__(self, data_s: float = 0.0, compute_s: float = 0.0):
+        self.data_s, self.compute_s = data_s, compute_s
+        self._t = 0.0
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def data_done(self) -> None:
+        now = time.perf_counter()
+        self.data_s += now - self._t
+        self._t = now
+
+    def step_done(self) -> None:
+        self.compute_s += time.perf_counter() - self._t
+
+    @property
+    def total(self) -> float:
+        return self.data_s + self.compute_s
+
+
+def checkpoint_state(
+    cfg: CollatzConfig, step: int, sampler: Sampler, plateau: Plateau, clock: StepClock
+) -> dict[str, Any]:
+    """Everything besides the weights and optimizer a resumed run needs (JSON)."""
+    return {
+        "step": step,
+        "config_hash": resume_hash(cfg),
+        "sampler": sampler.state_dict(),
+        "plateau": plateau.state_dict(),
+        "data_s": clock.data_s,
+        "compute_s": clock.compute_s,
+    }
+
+
+def restore_state(
+    cfg: CollatzConfig, where: Path, state: dict[str, Any], sampler: Sampler, plateau: Plateau
+) -> tuple[int, StepClock]:
+    """Restore a checkpoint's state; a checkpoint of another config is an ``InputError``."""
+    if state.get("config_hash") != resume_hash(cfg):
+        raise InputError(
+            f"{where}: made with another config than this one (resume needs the same config; "
+            f"the checkpoint's is in {Path(cfg.output_dir) / cfg.run_name / 'config.yaml'})"
+        )
+    try:
+        sampler.load_state_dict(state["sampler"])
+        plateau.load_state_dict(state["plateau"])
+        return int(state["step"]), StepClock(float(state["data_s"]), float(state["compute_s"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{where}: checkpoint state is incomplete or damaged ({err!r})") from None
+
+
+def start_run(
+    cfg: CollatzConfig, run_path: Path, backend: str, sampler: Sampler, parameters: int, resumed: bool
+) -> RunDir:
+    """Create or reopen the run dir (config.yaml, run_manifest.json); ``overwrite`` clears a fresh start's."""
+    if not resumed and cfg.overwrite:
+        RunDir(run_path).clear()
+    return RunDir.start(
+        run_path,
+        cfg,
+        device="cpu",
+        extra={
+            "trainer": f"trainers_{backend}.collatz",
+            "backend": backend,
+            "parameters": parameters,
+            **protocol_report(cfg, sampler),
+        },
+    )
+
+
+def export_meta(cfg: CollatzConfig, backend: str, drift_coef: float, steps: int) -> dict[str, Any]:
+    """``final/model.json``: what ``common.collatz.load_export`` and the eval need to rebuild V."""
+    return {
+        "kind": "collatz-ranking-mlp",
+        "backend": backend,
+        "lookahead": cfg.task.lookahead,
+        "widths": list(cfg.model.widths),
+        "activation": "leaky_relu(0.1)",
+        "output": "softplus + 1e-6",
+        "drift_coef": drift_coef,
+        "target": cfg.loss.target,
+        "protocol": cfg.protocol,
+        "steps": steps,
+        "config": to_dict(cfg),
+    }
+
+
+def finish(
+    cfg: CollatzConfig, run: RunDir, backend: str, sampler: Sampler, clock: StepClock, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Plots, summary.json and the manifest's end; returns the summary."""
+    plot_metrics(
+        run,
+        {
+            "loss": ["loss", "rank", "anchor"],
+            "valid_pass": ["valid_pass", "valid_growth_pass"],
+            "lr": ["lr"],
+            "curriculum": ["active_seeds", "mine_pool"],
+        },
+        markers={"valid_pass", "valid_growth_pass", "mine_pool"},
+    )
+    records = read_metrics(run.path)
+    losses = [r for r in records if "loss" in r]
+    valid = [r for r in records if "valid_pass" in r]
+    summary = {
+        "run_dir": str(run.path),
+        "backend": backend,
+        "protocol": cfg.protocol,
+        "lookahead": cfg.task.lookahead,
+        "steps": cfg.train.steps,
+        "batch_size": cfg.train.batch_size,
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "valid_pass": valid[-1]["valid_pass"] if valid else None,
+        "valid_growth_pass": valid[-1]["valid_growth_pass"] if valid else None,
+        "train_seconds": round(clock.total, 2),  # data + optimizer steps, all attempts
+        "data_seconds": round(clock.data_s, 2),
+        "samples_per_s": round(cfg.train.steps * cfg.train.batch_size / clock.total, 1)
+        if clock.total
+        else None,
+        "test_states_drawn": len(sampler.test_hits),  # distinct test-orbit states in training draws
+        **protocol_report(cfg, sampler),
+        **extra,
+    }
+    write_json(run.path / "summary.json", summary)
+    run.finish(summary=summary)
+    return summary

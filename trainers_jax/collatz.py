@@ -1,0 +1,189 @@
+"""Learn a Collatz ranking function V(n) > 0 in JAX: the twin of ``trainers_torch.collatz``.
+
+    python -m trainers_jax.collatz --config configs/collatz_cpu.yaml key=value ...
+
+The same YAML keys (``common/collatz_config.py``), the same batches in the same order (the
+sampler in ``common/collatz.py`` is seeded by ``seed`` alone), the same decisions step for step
+(``common/collatz_train.py``), the same loss (``trainers_jax/ranking.py``) and the same export,
+so ``python -m evals.collatz --run runs/<name>`` scores either backend's run. Read top to
+bottom: config → data → model (a pytree MLP, torch's init) → the loop (jitted AdamW step with
+the plateau factor, mining, metrics, Orbax checkpoints, ``resume=true``) → export.
+
+``train.threads`` becomes XLA's CPU flags when it is set and ``XLA_FLAGS`` does not already
+say otherwise (they take effect because no JAX computation has run yet).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from common import collatz_train as plan
+from common.collatz import save_export
+from common.collatz_config import CollatzConfig
+from common.config import config_from_cli
+from common.errors import cli
+from common.runs import MetricsLogger
+from trainers_jax.ranking import (
+    batch_arrays,
+    checkpoint_manager,
+    export_params,
+    init_params,
+    make_optimizer,
+    make_train_step,
+    margins,
+    restore_checkpoint,
+    save_checkpoint,
+)
+
+BACKEND = "jax"
+
+
+def say(msg: str) -> None:
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def limit_threads(threads: int | None) -> None:
+    """One XLA CPU thread when ``threads == 1`` (pinned runs); must run before the first JAX op."""
+    if threads == 1 and "intra_op_parallelism_threads" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        ).strip()
+
+
+def drift_value(params: dict[str, Any], cfg: CollatzConfig) -> float:
+    """β: trained (adaptive target) or the config's."""
+    return float(params["drift_coef"]) if "drift_coef" in params else cfg.loss.drift_coef
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: CollatzConfig) -> dict[str, Any]:
+    """Run one training job end to end; return its summary (also ``summary.json``)."""
+    t_start = time.perf_counter()
+    limit_threads(cfg.train.threads)
+    mgr = checkpoint_manager(Path(cfg.output_dir) / cfg.run_name / "checkpoints", cfg.checkpoint.keep_last)
+    latest = mgr.latest_step()
+    resume_from = latest if cfg.resume else None
+    run_path = plan.prepare_run_dir(cfg, latest is not None)
+
+    sampler = plan.build_sampler(cfg)
+    valid = plan.validation_batch(cfg)
+    learn_drift = cfg.loss.target == "adaptive"
+    params = init_params(
+        jax.random.key(cfg.seed), cfg.task.lookahead, cfg.model.widths, cfg.loss.drift_coef, learn_drift
+    )
+    optimizer = make_optimizer(cfg.optim)
+    opt_state = optimizer.init(params)
+    train_step = make_train_step(cfg.loss, optimizer, cfg.loss.drift_coef)
+    plateau = plan.make_plateau(cfg)
+    start_step, clock = 0, plan.StepClock()
+    if resume_from is not None:  # weights, optimizer, plateau and sampler before anything is written
+        params, opt_state, state = restore_checkpoint(mgr, resume_from, params, opt_state)
+        where = Path(mgr.directory) / str(resume_from)
+        start_step, clock = plan.restore_state(cfg, where, state, sampler, plateau)
+
+    n_params = sum(int(p.size) for p in jax.tree.leaves(params))
+    run = plan.start_run(cfg, run_path, BACKEND, sampler, n_params, resumed=resume_from is not None)
+    if resume_from is None and cfg.overwrite:  # start_run cleared checkpoints/: a manager on the empty dir
+        mgr.close()
+        mgr = checkpoint_manager(run.checkpoints, cfg.checkpoint.keep_last)
+    if resume_from is not None:
+        run.truncate_metrics(start_step)
+        say(f"resumed from {mgr.directory / str(resume_from)} (step {start_step})")
+    elif cfg.resume:
+        say(f"resume=true but {mgr.directory} holds no complete checkpoint: starting from step 0")
+    say(
+        f"{cfg.protocol} protocol: {len(sampler.seeds)} of {len(cfg.task.seeds)} training seeds kept; "
+        f"MLP {cfg.model.widths}, {n_params:,} parameters; {cfg.train.steps} steps of {cfg.train.batch_size}"
+    )
+
+    logger = MetricsLogger(run.path, tensorboard=False)
+    window: list[float] = []
+    bar = tqdm(
+        total=cfg.train.steps,
+        initial=start_step,
+        unit="step",
+        dynamic_ncols=True,
+        desc=cfg.run_name,
+        mininterval=5,
+    )
+    for step in range(start_step, cfg.train.steps):
+        anchor = plan.before_step(cfg, sampler, step)
+        if plan.mining_due(cfg, step):
+            cands = plan.mining_candidates(cfg, sampler)
+            logger.log(step, **plan.add_mined(cfg, sampler, cands, margins(params, cands)))
+
+        clock.start()
+        batch = batch_arrays(sampler.batch(cfg.train.batch_size))
+        clock.data_done()
+        lr = cfg.optim.lr * plateau.scale
+        params, opt_state, loss, parts = train_step(
+            params, opt_state, batch, jnp.float32(anchor), jnp.float32(lr)
+        )
+        loss_value = float(loss)  # waits for the step: the clock measures the computation
+        plateau.step(loss_value)
+        clock.step_done()
+        window.append(loss_value)
+
+        done = step + 1 == cfg.train.steps
+        if (step + 1) % cfg.train.log_every == 0 or done:
+            parts_f = {k: float(v) for k, v in parts.items() if k != "margin"}
+            rate = (step + 1) * cfg.train.batch_size / clock.total  # all attempts
+            violations = int((parts["margin"] <= 0).sum())
+            record = plan.step_record(
+                cfg, sampler, window, parts_f, violations, lr, anchor, drift_value(params, cfg), rate
+            )
+            logger.log(step + 1, **record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}")
+            window.clear()
+        if (step + 1) % cfg.train.valid_every == 0 or done:
+            logger.log(step + 1, **plan.valid_figures(margins(params, valid), valid))
+        if done or (step + 1) % cfg.checkpoint.every_steps == 0:
+            save_checkpoint(
+                mgr,
+                step + 1,
+                params,
+                opt_state,
+                plan.checkpoint_state(cfg, step + 1, sampler, plateau, clock),
+            )
+        bar.update(1)
+    bar.close()
+    logger.close()
+    mgr.close()
+
+    # ---- export: the weights as numpy, scored by evals.collatz whichever backend trained them
+    save_export(
+        run.path / "final",
+        export_params(params),
+        plan.export_meta(cfg, BACKEND, drift_value(params, cfg), cfg.train.steps),
+    )
+    summary = plan.finish(
+        cfg, run, BACKEND, sampler, clock,
+        {"parameters": n_params, "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
+         "resumed_from_step": start_step if resume_from is not None else None},
+    )  # fmt: skip
+    say(f"done: {run.path} (loss {summary['final_loss']:.4f}, valid pass {summary['valid_pass']}%)")
+    return summary
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    train(config_from_cli(CollatzConfig, argv, "python -m trainers_jax.collatz", __doc__))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
