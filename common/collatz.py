@@ -150,14 +150,14 @@ FALLBACK_SEED = 27  # the notebook's seed when the hard pool is empty (a test se
 Protocol = Literal["faithful", "clean"]
 
 
-def test_orbits(seeds: Sequence[int] = TEST_SEEDS) -> dict[int, list[int]]:
+def held_out_orbits(seeds: Sequence[int] = TEST_SEEDS) -> dict[int, list[int]]:
     """Each test seed's orbit to 1."""
     return {s: orbit(s) for s in seeds}
 
 
-def test_states(seeds: Sequence[int] = TEST_SEEDS) -> frozenset[int]:
+def held_out_states(seeds: Sequence[int] = TEST_SEEDS) -> frozenset[int]:
     """Every state on a test orbit, 1 included (the orbits share their tails)."""
-    return frozenset(s for o in test_orbits(seeds).values() for s in o)
+    return frozenset(s for o in held_out_orbits(seeds).values() for s in o)
 
 
 def seed_states(seed: int, limit: int = ORBIT_PREFIX) -> list[int]:
@@ -204,7 +204,7 @@ def protocol_pools(
 def leaked_transitions(pool_states: Iterable[int], seeds: Sequence[int] = TEST_SEEDS) -> dict[int, int]:
     """Per test seed: how many of its orbit's steps start from a state in ``pool_states``."""
     pool = set(pool_states)
-    return {s: sum(1 for n in o[:-1] if n in pool) for s, o in test_orbits(seeds).items()}
+    return {s: sum(1 for n in o[:-1] if n in pool) for s, o in held_out_orbits(seeds).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ class Sampler:
         self.mine_direct = mine_direct
         self.pool_cap = pool_cap
         self.replay_share = replay_share
-        self.banned = test_states() if protocol == "clean" else frozenset()
+        self.banned = held_out_states() if protocol == "clean" else frozenset()
         self.pools = protocol_pools(protocol, seeds, self.reach, self.banned)
         self.seeds = list(self.pools)
         self.active = len(self.seeds)
@@ -304,7 +304,7 @@ class Sampler:
         self._mined_orbits: dict[int, list[int]] = {}  # a mined state's orbit states, drawn once
         self.rng = random.Random(seed)
         self.test_hits: set[int] = set()  # test states drawn so far (faithful; clean keeps it empty)
-        self._test = test_states()
+        self._test = held_out_states()
 
     # -- what is drawn -------------------------------------------------------------------------
 

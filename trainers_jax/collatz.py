@@ -152,13 +152,9 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         if (step + 1) % cfg.train.valid_every == 0 or done:
             logger.log(step + 1, **plan.valid_figures(margins(params, valid), valid))
         if done or (step + 1) % cfg.checkpoint.every_steps == 0:
-            save_checkpoint(
-                mgr,
-                step + 1,
-                params,
-                opt_state,
-                plan.checkpoint_state(cfg, step + 1, sampler, plateau, clock),
-            )
+            state = plan.checkpoint_state(cfg, step + 1, sampler, plateau, clock)
+            save_checkpoint(mgr, step + 1, params, opt_state, state)
+            say(f"checkpoint saved: {mgr.directory / str(step + 1)}")
         bar.update(1)
     bar.close()
     logger.close()

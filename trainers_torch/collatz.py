@@ -153,7 +153,7 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
             logger.log(step + 1, **plan.valid_figures(margins(model, valid), valid))
         if done or (step + 1) % cfg.checkpoint.every_steps == 0:
             state = plan.checkpoint_state(cfg, step + 1, sampler, plateau, clock)
-            save_checkpoint(
+            path = save_checkpoint(
                 run.checkpoints,
                 step + 1,
                 model,
@@ -162,6 +162,7 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
                 state,
                 keep_last=cfg.checkpoint.keep_last,
             )
+            say(f"checkpoint saved: {path}")
         bar.update(1)
     bar.close()
     logger.close()
