@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from common import collatz_train as plan
@@ -63,7 +64,15 @@ def restore(path: Path, model: RankingMLP, optimizer: torch.optim.Optimizer, pla
     """``load_checkpoint`` with every way a damaged file can fail turned into one ``InputError``."""
     try:
         return load_checkpoint(path, model, optimizer, plateau)
-    except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        EOFError,
+        pickle.UnpicklingError,
+        SafetensorError,
+    ) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"{path}: unreadable checkpoint ({first[:200]})") from None
 
