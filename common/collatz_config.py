@@ -114,10 +114,14 @@ class OptimConfig:
     eps: float = 1e-8
     plateau_factor: float = 0.5  # lr × factor after plateau_patience steps without a new best batch loss
     plateau_patience: int = 2000
+    # the last decay_steps steps scale the rate linearly down to 0 (0: off, as the notebook)
+    decay_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.decay_steps < 0:
+            raise ValueError(f"optim.decay_steps must be >= 0, got {self.decay_steps}")
         if len(self.betas) != 2:
             raise ValueError(f"optim.betas must be two floats, got {self.betas}")
 

@@ -125,6 +125,13 @@ def make_plateau(cfg: CollatzConfig) -> Plateau:
     return Plateau(cfg.optim.plateau_factor, cfg.optim.plateau_patience)
 
 
+def learning_rate(cfg: CollatzConfig, plateau: Plateau, step: int) -> float:
+    """The step's rate: ``optim.lr`` × the plateau factor × the final linear decay (if any)."""
+    left = cfg.train.steps - step
+    decay = min(1.0, left / cfg.optim.decay_steps) if cfg.optim.decay_steps > 0 else 1.0
+    return cfg.optim.lr * plateau.scale * decay
+
+
 def valid_figures(margin: np.ndarray, batch: PairBatch) -> dict[str, float]:
     """Pass % and growth pass % of the validation pairs."""
     ok = margin > 0

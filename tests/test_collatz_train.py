@@ -183,3 +183,9 @@ def test_existing_run_and_other_config_exit_2(tmp_path: Path, capsys: pytest.Cap
         torch_recipe.main, args(tmp_path, "r", "train.steps=10", "resume=true", "loss.margin=0.1"), capsys
     )
     assert code == 2 and "made with another config" in last
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("collatz_*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(CollatzConfig, path)
+    assert cfg.task.lookahead >= 1 and cfg.train.steps >= 1

@@ -15,7 +15,6 @@ say otherwise (they take effect because no JAX computation has run yet).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from trainers_jax.ranking import (
     checkpoint_manager,
     export_params,
     init_params,
+    limit_threads,
     make_optimizer,
     make_train_step,
     margins,
@@ -49,15 +49,6 @@ BACKEND = "jax"
 def say(msg: str) -> None:
     tqdm.write(msg, file=sys.stdout)
     sys.stdout.flush()
-
-
-def limit_threads(threads: int | None) -> None:
-    """One XLA CPU thread when ``threads == 1`` (pinned runs); must run before the first JAX op."""
-    if threads == 1 and "intra_op_parallelism_threads" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        ).strip()
 
 
 def drift_value(params: dict[str, Any], cfg: CollatzConfig) -> float:
@@ -129,7 +120,7 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         clock.start()
         batch = batch_arrays(sampler.batch(cfg.train.batch_size))
         clock.data_done()
-        lr = cfg.optim.lr * plateau.scale
+        lr = plan.learning_rate(cfg, plateau, step)
         params, opt_state, loss, parts = train_step(
             params, opt_state, batch, jnp.float32(anchor), jnp.float32(lr)
         )

@@ -11,6 +11,7 @@ layers, and a pytree keeps the export, the parity test and the Orbax state one-t
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ from common.collatz_config import LossConfig, OptimConfig
 from common.errors import InputError
 
 Params = dict[str, Any]
+
+
+def limit_threads(threads: int | None) -> None:
+    """One XLA CPU thread when ``threads == 1`` (pinned runs); must run before the first JAX op."""
+    if threads == 1 and "intra_op_parallelism_threads" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        ).strip()
 
 
 def init_params(

@@ -30,7 +30,14 @@ from common.config import config_from_cli
 from common.errors import InputError, cli
 from common.runs import MetricsLogger
 from trainers_torch.checkpoint import latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint
-from trainers_torch.ranking import RankingMLP, batch_tensors, margins, ranking_loss
+from trainers_torch.ranking import (
+    RankingMLP,
+    batch_tensors,
+    build_model,
+    build_optimizer,
+    margins,
+    ranking_loss,
+)
 
 BACKEND = "torch"
 
@@ -41,23 +48,8 @@ def say(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Model and optimizer
+# Checkpoints
 # --------------------------------------------------------------------------------------------
-
-
-def build_model(cfg: CollatzConfig) -> RankingMLP:
-    """The MLP with torch's default Linear init, drawn from ``seed``."""
-    torch.manual_seed(cfg.seed)
-    return RankingMLP(
-        cfg.task.lookahead, cfg.model.widths, cfg.loss.drift_coef, cfg.loss.target == "adaptive"
-    )
-
-
-def build_optimizer(model: RankingMLP, cfg: CollatzConfig) -> torch.optim.AdamW:
-    o = cfg.optim
-    return torch.optim.AdamW(
-        model.parameters(), lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps, weight_decay=o.weight_decay
-    )
 
 
 def restore(path: Path, model: RankingMLP, optimizer: torch.optim.Optimizer, plateau: Any) -> dict[str, Any]:
@@ -135,7 +127,7 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         clock.start()
         batch = sampler.batch(cfg.train.batch_size)
         clock.data_done()
-        lr = cfg.optim.lr * plateau.scale
+        lr = plan.learning_rate(cfg, plateau, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, parts = ranking_loss(model, batch_tensors(batch), cfg.loss, anchor)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from common.collatz import LEAKY_SLOPE, V_FLOOR, PairBatch, layer_sizes
-from common.collatz_config import LossConfig
+from common.collatz_config import CollatzConfig, LossConfig
 
 
 class RankingMLP(torch.nn.Module):
@@ -80,3 +80,17 @@ def ranking_loss(
 def margins(model: RankingMLP, batch: PairBatch) -> np.ndarray:
     """V(n) − V(T n) for every pair of ``batch`` (float32, as trained)."""
     return (model(torch.from_numpy(batch.x[0])) - model(torch.from_numpy(batch.x[1]))).numpy()
+
+
+def build_model(cfg: CollatzConfig) -> RankingMLP:
+    """The MLP with torch's default Linear init, drawn from ``seed``."""
+    torch.manual_seed(cfg.seed)
+    learn_drift = cfg.loss.target == "adaptive"
+    return RankingMLP(cfg.task.lookahead, cfg.model.widths, cfg.loss.drift_coef, learn_drift)
+
+
+def build_optimizer(model: RankingMLP, cfg: CollatzConfig) -> torch.optim.AdamW:
+    o = cfg.optim
+    return torch.optim.AdamW(
+        model.parameters(), lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps, weight_decay=o.weight_decay
+    )
