@@ -79,21 +79,73 @@ def iterate(n: int, steps: int) -> int:
     return n
 
 
-def walk(ns: Sequence[int], steps: int, keep: Iterable[int] = ()) -> tuple[np.ndarray, dict[int, list[int]]]:
+LIMB_BITS = 32
+LIMB_MASK = np.uint64((1 << LIMB_BITS) - 1)
+
+
+class Limbs:
+    """Many odd numbers at once, as rows of 32-bit limbs (little-endian) held in uint64.
+
+    The Syracuse step then runs on the whole batch in numpy: 3n + 1 with carries, k from the
+    lowest non-zero limb, a shift right by k. Exact at any size; ``width`` limbs must hold the
+    largest value the walk reaches (``for_walk`` sizes it).
+    """
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+
+    @classmethod
+    def for_walk(cls, ns: Sequence[int], steps: int) -> Limbs:
+        """``ns`` with room for ``steps`` steps (each at most ×3/2 plus the 3n + 1 carry)."""
+        bits = max((n.bit_length() for n in ns), default=1) + (steps * 6) // 10 + 4
+        width = -(-bits // LIMB_BITS)
+        raw = b"".join(n.to_bytes(4 * width, "little") for n in ns)
+        return cls(np.frombuffer(raw, dtype="<u4").reshape(len(ns), width).astype(np.uint64))
+
+    def ints(self) -> list[int]:
+        return [int.from_bytes(r.tobytes(), "little") for r in self.rows.astype("<u4")]
+
+    def log(self) -> np.ndarray:
+        """ln n (float64; relative error ~1e-16 at any size)."""
+        scale = 2.0 ** (LIMB_BITS * np.arange(self.rows.shape[1]))
+        return np.log(self.rows.astype(np.float64) @ scale)
+
+    def mod(self, m: int) -> np.ndarray:
+        """n mod m (m < 2^20)."""
+        weights = np.array([pow(2, LIMB_BITS * i, m) for i in range(self.rows.shape[1])], dtype=np.uint64)
+        return ((self.rows % np.uint64(m)) * weights).sum(axis=1) % np.uint64(m)
+
+    def step(self) -> tuple[Limbs, np.ndarray]:
+        """``(T(n), k)`` for every row."""
+        x = self.rows * np.uint64(3)
+        x[:, 0] += np.uint64(1)
+        for i in range(x.shape[1] - 1):
+            x[:, i + 1] += x[:, i] >> np.uint64(LIMB_BITS)
+            x[:, i] &= LIMB_MASK
+        if (x[:, -1] >> np.uint64(LIMB_BITS)).any():
+            raise OverflowError("Limbs: the walk outgrew its width")
+        z = (x != 0).argmax(axis=1)  # the lowest non-zero limb (3n + 1 > 0); almost always 0
+        far = np.nonzero(z)[0]
+        for i in far:  # k ≥ 32: drop the zero limbs first (rare)
+            x[i] = np.concatenate([x[i, z[i] :], np.zeros(z[i], dtype=np.uint64)])
+        low = x[:, 0]
+        r = np.log2((low & (np.uint64(0) - low)).astype(np.float64)).astype(np.int64)  # its trailing zeros
+        ru = r.astype(np.uint64)[:, None]
+        hi = np.concatenate([x[:, 1:], np.zeros((len(x), 1), dtype=np.uint64)], axis=1)
+        out = ((x >> ru) | (hi << (np.uint64(LIMB_BITS) - ru))) & LIMB_MASK
+        return Limbs(out), LIMB_BITS * z + r
+
+
+def walk(ns: Sequence[int], steps: int, keep: Iterable[int] = ()) -> tuple[np.ndarray, dict[int, Limbs]]:
     """Follow each start ``steps`` steps: the valuations ``(len(ns), steps)`` and the states at ``keep``."""
     keep = set(keep)
+    x = Limbs.for_walk(ns, steps)
+    kept = {0: x} if 0 in keep else {}
     ks = np.empty((len(ns), steps), dtype=np.int64)
-    kept: dict[int, list[int]] = {j: [] for j in keep}
-    for row, n in enumerate(ns):
-        if 0 in keep:
-            kept[0].append(n)
-        for j in range(steps):
-            x = 3 * n + 1
-            k = (x & -x).bit_length() - 1
-            n = x >> k
-            ks[row, j] = k
-            if j + 1 in keep:
-                kept[j + 1].append(n)
+    for j in range(steps):
+        x, ks[:, j] = x.step()
+        if j + 1 in keep:
+            kept[j + 1] = x
     return ks, kept
 
 
@@ -107,14 +159,14 @@ def is_growth(n: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def state_features(states: Sequence[int], ks: np.ndarray) -> np.ndarray:
+def state_features(states: Limbs, ks: np.ndarray) -> np.ndarray:
     """Features of ``states`` given each one's next valuations ``ks`` ``(len, L)``: float32 ``(len, 6 + L)``."""
     lookahead = ks.shape[1]
-    out = np.empty((len(states), BASE_FEATURES + lookahead), dtype=np.float32)
-    res = np.fromiter((s % 81 for s in states), dtype=np.int64, count=len(states))
-    out[:, 0] = np.fromiter((math.log10(s) for s in states), dtype=np.float64, count=len(states)) / 40.0
+    out = np.empty((len(ks), BASE_FEATURES + lookahead), dtype=np.float32)
+    res = states.mod(81)
+    out[:, 0] = states.log() / math.log(10) / 40.0
     for col, mod in enumerate((3, 9, 27, 81), start=1):
-        out[:, col] = (res % mod) / (mod - 1)
+        out[:, col] = (res % np.uint64(mod)) / (mod - 1)
     out[:, 5] = (lookahead * LOG2_3 - ks.sum(axis=1)) / 10.0
     out[:, BASE_FEATURES:] = np.minimum(ks, K_CLIP) / K_CLIP
     return out
@@ -122,8 +174,8 @@ def state_features(states: Sequence[int], ks: np.ndarray) -> np.ndarray:
 
 def features(ns: Sequence[int], lookahead: int) -> np.ndarray:
     """The ``(len(ns), 6 + lookahead)`` float32 features of the states ``ns``."""
-    ks, _ = walk(ns, lookahead)
-    return state_features(ns, ks)
+    ks, kept = walk(ns, lookahead, keep=(0,))
+    return state_features(kept[0], ks)
 
 
 def drift(ks: np.ndarray) -> np.ndarray:
@@ -247,9 +299,7 @@ def pair_batch(
     return PairBatch(
         states=list(states),
         x=x,
-        log_n=np.fromiter((math.log(s) for s in states), dtype=np.float64, count=len(states)).astype(
-            np.float32
-        ),
+        log_n=kept[0].log().astype(np.float32),
         drift=drift(ks[:, :lookahead]).astype(np.float32),
         weight=w,
         growth=growth,
@@ -297,6 +347,9 @@ class Sampler:
         self.pool_cap = pool_cap
         self.replay_share = replay_share
         self.banned = held_out_states() if protocol == "clean" else frozenset()
+        self._banned_array = np.array(sorted(self.banned), dtype=np.uint64)
+        if self.banned and max(self.banned) >> LIMB_BITS:  # _touching compares the lowest limb only
+            raise ValueError("test-orbit states must stay below 2^32")
         self.pools = protocol_pools(protocol, seeds, self.reach, self.banned)
         self.seeds = list(self.pools)
         self.active = len(self.seeds)
@@ -305,6 +358,7 @@ class Sampler:
         self.rng = random.Random(seed)
         self.test_hits: set[int] = set()  # test states drawn so far (faithful; clean keeps it empty)
         self._test = held_out_states()
+        self._fallback = seed_states(FALLBACK_SEED)
 
     # -- what is drawn -------------------------------------------------------------------------
 
@@ -312,8 +366,9 @@ class Sampler:
         self.active = max(0, min(count, len(self.seeds)))
 
     def random_odd(self) -> int:
-        bits = self.rng.randint(3, self.max_bits - 3)
-        return self.rng.randint(1 << (bits - 1), (1 << bits) - 1) | 1
+        """Bit length uniform in [3, max_bits − 3], then uniform among the odd numbers of that length."""
+        bits = 3 + int(self.rng.random() * (self.max_bits - 5))
+        return (1 << (bits - 1)) | self.rng.getrandbits(bits - 1) | 1
 
     def _from_pool(self) -> int | None:
         """A state of a mined state's orbit (or the state itself); None when nothing fits."""
@@ -337,35 +392,43 @@ class Sampler:
         if active:
             return self.rng.choice(self.pools[self.rng.choice(active)])
         if self.protocol == "faithful":  # the notebook's fallback (a test seed: one of its leaks)
-            return self.rng.choice(seed_states(FALLBACK_SEED))
+            return self.rng.choice(self._fallback)
         return None  # clean: the hard part is drawn at random instead
 
     def _allowed(self, n: int) -> bool:
         return not (self.banned and touches(n, self.reach, self.banned))
 
+    def _touching(self, states: Sequence[int]) -> np.ndarray:
+        """Which ``states`` reach a banned (test-orbit) state within ``reach`` steps, all at once."""
+        hit = np.zeros(len(states), dtype=bool)
+        if not self.banned or not states:
+            return hit
+        _, kept = walk(states, self.reach, keep=range(self.reach + 1))
+        for x in kept.values():
+            small = ~x.rows[:, 1:].any(axis=1)  # below 2^32, where every test state is
+            hit |= small & np.isin(x.rows[:, 0], self._banned_array)
+        return hit
+
     def draw(self, count: int, hard_share: float, replay_share: float = 0.0) -> tuple[list[int], list[int]]:
-        """``count`` states and their sources (0 random, 1 hard, 2 replayed)."""
+        """``count`` states and their sources (0 random, 1 hard, 2 replayed); pools are pre-filtered."""
         n_replay = int(count * replay_share) if self.mined else 0
         n_hard = int(count * hard_share)
-        states: list[int] = []
-        source: list[int] = []
-        while len(states) < n_replay:
-            m = self.rng.choice(self.mined)
-            states.append(m)
-            source.append(2)
+        states = [self.rng.choice(self.mined) for _ in range(n_replay)]
+        source = [2] * n_replay
         misses = 0
         while len(states) < n_replay + n_hard and misses < 100:
             s = self.hard_state()
-            if s is None or not self._allowed(s):
+            if s is None:
                 misses += 1
                 continue
             states.append(s)
             source.append(1)
-        while len(states) < count:
-            s = self.random_odd()
-            if self._allowed(s):
-                states.append(s)
-                source.append(0)
+        first_random = len(states)
+        states += [self.random_odd() for _ in range(count - first_random)]
+        source += [0] * (count - first_random)
+        while (redraw := np.nonzero(self._touching(states[first_random:]))[0]).size:
+            for i in redraw:
+                states[first_random + i] = self.random_odd()
         self.test_hits.update(s for s in states if s in self._test)
         return states, source
 
@@ -541,7 +604,7 @@ def log_values(states: Sequence[int]) -> np.ndarray:
 def closed_form_values(states: Sequence[int], lookahead: int, eps: float = 0.01) -> np.ndarray:
     """V_L(n) = max_{0 ≤ j ≤ L} [ln T^j(n) + ε·j], from the same L-step window the features see."""
     _, kept = walk(states, lookahead, keep=range(lookahead + 1))
-    logs = np.stack([log_values(kept[j]) + eps * j for j in range(lookahead + 1)], axis=1)
+    logs = np.stack([kept[j].log() + eps * j for j in range(lookahead + 1)], axis=1)
     return logs.max(axis=1)
 
 
