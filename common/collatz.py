@@ -636,19 +636,27 @@ def pair_metrics(margin: np.ndarray, growth: np.ndarray, weight: np.ndarray) -> 
 
 
 def trajectory_metrics(values: dict[int, np.ndarray]) -> dict[str, Any]:
-    """Violations (V(next) ≥ V(current)) along each orbit's values, each seed's worst margin, totals."""
+    """Violations (V(next) ≥ V(current)) along each seed's orbit, split into growth and decay steps.
+
+    ``values[seed]`` is V along ``orbit(seed)``; each seed gets its violations, its worst
+    (most negative) violating margin and its smallest margin.
+    """
     per_seed = {}
     for seed, v in values.items():
+        states = orbit(seed)
+        growth = np.array([b > a for a, b in itertools.pairwise(states)], dtype=bool)
         margin = v[:-1] - v[1:]
         bad = margin <= 0
         per_seed[str(seed)] = {
             "steps": len(margin),
             "violations": int(bad.sum()),
+            "growth_violations": int((bad & growth).sum()),
             "worst_margin": float(margin[bad].min()) if bad.any() else None,
             "min_margin": float(margin.min()),
         }
     return {
         "violations": sum(s["violations"] for s in per_seed.values()),
+        "growth_violations": sum(s["growth_violations"] for s in per_seed.values()),
         "steps": sum(s["steps"] for s in per_seed.values()),
         "by_seed": per_seed,
     }

@@ -20,6 +20,7 @@ import argparse
 import csv
 import hashlib
 import html
+import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -311,6 +312,7 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         traj = r.get("trajectory", {})
         rows.append(
             f"<tr><td>{esc(r['name'])}</td><td class=num>{traj.get('violations', r.get('violations'))}</td>"
+            f"<td class=num>{_fmt(traj.get('growth_violations'))}</td>"
             + "".join(
                 f"<td class=num>{_fmt(r.get(k))}</td>"
                 for k in ("pass", "weighted", "growth", "growth_weighted")
@@ -327,6 +329,7 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         + f"<td class=num>{out['faithful_leak']['by_seed'][str(s)]}</td></tr>"
         for s in TEST_SEEDS
     )
+    growth_steps = sum(b > a for s in TEST_SEEDS for a, b in itertools.pairwise(orbit(s)))
     heads = "".join(f"<th>{esc(r['name'])} viol.</th><th>worst m</th>" for r in out["results"])
     m = out["model"]
     body = (
@@ -335,7 +338,7 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         f"MLP {esc(str(m['widths']))}, {m['steps']} steps; eval set {esc(out['eval_set']['path'])} "
         f"({out['eval_set']['rows']:,} rows, sha256 {out['eval_set']['sha256'][:12]}…). A pair passes when "
         "V(n) − V(T n) &gt; 0; a trajectory step is a violation when V(next) ≥ V(current).</p>"
-        "<h2>Model beside the references</h2><table><tr><th>ranking function</th><th>violations /429</th>"
+        f"<h2>Model beside the references</h2><table><tr><th>ranking function</th><th>violations /429</th><th>on growth steps (of {growth_steps})</th>"
         "<th>Pass %</th><th>Weighted %</th><th>Growth %</th><th>Growth-weighted %</th><th>growth margin min</th></tr>"
         + "".join(rows)
         + "</table>"

@@ -136,10 +136,13 @@ def test_pair_metrics_by_hand() -> None:
 
 
 def test_trajectory_metrics_by_hand() -> None:
-    t = trajectory_metrics({27: np.array([3.0, 2.0, 2.5, 1.0]), 111: np.array([2.0, 2.0, 1.0])})
-    assert t["by_seed"]["27"] == {"steps": 3, "violations": 1, "worst_margin": -0.5, "min_margin": -0.5}
-    assert t["by_seed"]["111"]["violations"] == 1  # a tie V(next) = V(current) is a violation
-    assert (t["violations"], t["steps"]) == (2, 5)
+    # orbit(7) = 7, 11, 17, 13, 5, 1: growth, growth, decay, decay, decay
+    t = trajectory_metrics({7: np.array([6.0, 5.0, 5.5, 3.0, 3.0, 1.0]), 5: np.array([2.0, 1.0])})
+    assert t["by_seed"]["7"] == {
+        "steps": 5, "violations": 2, "growth_violations": 1, "worst_margin": -0.5, "min_margin": -0.5,
+    }  # fmt: skip
+    assert t["by_seed"]["5"]["violations"] == 0  # 5 → 1
+    assert (t["violations"], t["growth_violations"], t["steps"]) == (2, 1, 6)
 
 
 # ---------------------------------------------------------------------------------------------- protocols
