@@ -275,6 +275,7 @@ class PairBatch:
     weight: np.ndarray  # float32 (B,) the one-step hinge weight (growth/decay, hard/random)
     growth: np.ndarray  # bool (B,)
     source: np.ndarray  # int8 (B,): 0 random, 1 hard (seed orbit or mined), 2 replayed
+    closed_form: np.ndarray | None = None  # float32 (B,) V_L(n), when the anchor targets it
 
 
 def pair_batch(
@@ -283,10 +284,15 @@ def pair_batch(
     lookahead: int,
     offsets: Sequence[int],
     weights: dict[str, float],
+    closed_form_eps: float | None = None,
 ) -> PairBatch:
-    """Features for ``states`` at every offset from one walk of ``lookahead + max(offsets)`` steps."""
+    """Features for ``states`` at every offset from one walk of ``lookahead + max(offsets)`` steps.
+
+    With ``closed_form_eps`` the batch also carries V_L(n) = max_{j ≤ L} [ln T^j n + ε·j].
+    """
     reach = max(offsets)
-    ks, kept = walk(states, lookahead + reach, keep=offsets)
+    window = range(lookahead + 1) if closed_form_eps is not None else ()
+    ks, kept = walk(states, lookahead + reach, keep={*offsets, *window})
     x = {j: state_features(kept[j], ks[:, j : j + lookahead]) for j in offsets}
     growth = ks[:, 0] == 1
     src = np.asarray(source, dtype=np.int8)
@@ -304,6 +310,9 @@ def pair_batch(
         weight=w,
         growth=growth,
         source=src,
+        closed_form=None
+        if closed_form_eps is None
+        else np.max([kept[j].log() + closed_form_eps * j for j in window], axis=0).astype(np.float32),
     )
 
 
@@ -334,6 +343,7 @@ class Sampler:
         pool_cap: int,
         replay_share: float,
         seed: int,
+        closed_form_eps: float | None = None,
     ):
         self.protocol = protocol
         self.lookahead = lookahead
@@ -346,6 +356,7 @@ class Sampler:
         self.mine_direct = mine_direct
         self.pool_cap = pool_cap
         self.replay_share = replay_share
+        self.closed_form_eps = closed_form_eps
         self.banned = held_out_states() if protocol == "clean" else frozenset()
         self._banned_array = np.array(sorted(self.banned), dtype=np.uint64)
         if self.banned and max(self.banned) >> LIMB_BITS:  # _touching compares the lowest limb only
@@ -434,7 +445,9 @@ class Sampler:
 
     def batch(self, size: int) -> PairBatch:
         states, source = self.draw(size, self.hard_share, self.replay_share)
-        return pair_batch(states, source, self.lookahead, (0, 1, *self.offsets), self.weights)
+        return pair_batch(
+            states, source, self.lookahead, (0, 1, *self.offsets), self.weights, self.closed_form_eps
+        )
 
     def add_mined(self, states: Iterable[int]) -> int:
         """Add mined states (the oldest leave beyond ``pool_cap``); returns the pool size."""

@@ -48,9 +48,12 @@ class LossConfig:
     random_decay: float = 1.0
     t4: float = 0.0  # weight of the unweighted hinge against T^4 n (0: off; the notebook's --use-t4: 0.5)
     t8: float = 0.0  # the same against T^8 n (the notebook's --use-t8: 0.2)
-    # anchor: MSE(V(n), ln n + β·drift) × a weight that is 1 until anchor_start, then decays
-    target: Literal["fixed", "adaptive"] = "fixed"  # adaptive: β is a trained parameter
+    # anchor: MSE(V(n), target) × a weight that is 1 until anchor_start, then decays. Targets:
+    # fixed: ln n + β·drift; adaptive: the same with β trained; closed_form: V_L(n) =
+    # max_{j ≤ L} [ln T^j n + target_eps·j], the reference the eval scores beside the model
+    target: Literal["fixed", "adaptive", "closed_form"] = "fixed"
     drift_coef: float = 0.35  # β (its initial value when adaptive)
+    target_eps: float = 0.01
     anchor_start: int = 1000
     anchor_steps: int = 5000  # decay to anchor_floor + (1 − floor)·0.001 over this many steps
     anchor_floor: float = 0.0

@@ -66,6 +66,7 @@ def build_sampler(cfg: CollatzConfig) -> Sampler:
         pool_cap=cfg.mining.pool_cap,
         replay_share=cfg.mining.replay if cfg.mining.enabled else 0.0,
         seed=cfg.seed,
+        closed_form_eps=cfg.loss.target_eps if cfg.loss.target == "closed_form" else None,
     )
 
 

@@ -25,6 +25,7 @@ from common.collatz import (
     leaked_transitions,
     log_values,
     orbit,
+    pair_batch,
     pair_metrics,
     protocol_pools,
     seed_states,
@@ -207,6 +208,13 @@ def test_sampler_state_round_trip_gives_the_same_batches() -> None:
     b = Sampler(**kw)
     b.load_state_dict(a.state_dict())
     assert a.batch(64).states == b.batch(64).states
+
+
+def test_pair_batch_carries_the_closed_form_target() -> None:
+    states = [27, 703, 2**90 + 1, 2**127 - 1]
+    b = pair_batch(states, [0, 1, 0, 0], 5, (0, 1), WEIGHTS, closed_form_eps=0.01)
+    np.testing.assert_allclose(b.closed_form, closed_form_values(states, 5, 0.01), rtol=1e-6)
+    assert pair_batch(states, [0] * 4, 5, (0, 1), WEIGHTS).closed_form is None
 
 
 def test_pair_batch_weights_and_offsets() -> None:

@@ -15,6 +15,7 @@ from trainers_torch import ranking as tr
 
 LOOKAHEAD, WIDTHS = 6, [16, 12, 8]
 LOSS = LossConfig(t4=0.5, t8=0.2, target="adaptive", drift_coef=0.3)
+CLOSED = LossConfig(t4=0.5, target="closed_form")
 OPTIM = OptimConfig(lr=3e-3, weight_decay=0.01)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,7 +26,7 @@ def batch():
     s = Sampler(
         protocol="clean", seeds=NOTEBOOK_TRAIN_SEEDS, lookahead=LOOKAHEAD, offsets=(1, 4, 8), max_bits=100,
         hard_share=0.25, weights=LOSS.weights(), mine_share=None, mine_direct=0.3, pool_cap=10,
-        replay_share=0.0, seed=5,
+        replay_share=0.0, seed=5, closed_form_eps=0.01,
     )  # fmt: skip
     s.set_active(10)
     return s.batch(96)
@@ -42,23 +43,25 @@ def jax_params_of(model: tr.RankingMLP) -> dict:
     return {"layers": layers, "drift_coef": jnp.float32(model.drift_coef.item())}
 
 
-@pytest.mark.parametrize("anchor", [1.0, 0.01])
-def test_same_loss_and_gradients(batch, anchor: float) -> None:
+@pytest.mark.parametrize(("loss_cfg", "anchor"), [(LOSS, 1.0), (LOSS, 0.01), (CLOSED, 1.0)])
+def test_same_loss_and_gradients(batch, loss_cfg: LossConfig, anchor: float) -> None:
     model = torch_model()
     params = jax_params_of(model)
-    loss_t, parts_t = tr.ranking_loss(model, tr.batch_tensors(batch), LOSS, anchor)
+    loss_t, parts_t = tr.ranking_loss(model, tr.batch_tensors(batch), loss_cfg, anchor)
     loss_t.backward()
     (loss_j, parts_j), grads = jax.value_and_grad(jr.ranking_loss, has_aux=True)(
-        params, jr.batch_arrays(batch), LOSS, jnp.float32(anchor), LOSS.drift_coef
+        params, jr.batch_arrays(batch), loss_cfg, jnp.float32(anchor), loss_cfg.drift_coef
     )
     assert loss_t.item() > 0
     np.testing.assert_allclose(float(loss_j), loss_t.item(), rtol=1e-5)
-    for key in ("rank", "t4", "t8", "anchor"):
+    for key in ("rank", "t4", "anchor", *(("t8",) if loss_cfg.t8 else ())):
         np.testing.assert_allclose(float(parts_j[key]), parts_t[key].item(), rtol=1e-5, atol=1e-7)
     for lin, g in zip(model.layers, grads["layers"], strict=True):
         np.testing.assert_allclose(np.asarray(g["weight"]), lin.weight.grad.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(np.asarray(g["bias"]), lin.bias.grad.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(float(grads["drift_coef"]), model.drift_coef.grad.item(), rtol=1e-4)
+    beta_grad = model.drift_coef.grad.item() if loss_cfg.target == "adaptive" else 0.0  # unused: no gradient
+    assert (model.drift_coef.grad is None) == (loss_cfg.target != "adaptive")
+    np.testing.assert_allclose(float(grads["drift_coef"]), beta_grad, rtol=1e-4)
 
 
 def test_same_adamw_steps_and_export(batch) -> None:

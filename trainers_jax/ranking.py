@@ -66,9 +66,12 @@ def values(params: Params, x: jax.Array) -> jax.Array:
 
 def batch_arrays(batch: PairBatch) -> dict[str, np.ndarray]:
     """The batch's arrays by the loss's names: ``x0``, ``x1`` (and ``x4``/``x8``), ``log_n``, ``drift``, ``weight``."""
-    return {f"x{j}": x for j, x in batch.x.items()} | {
+    out = {f"x{j}": x for j, x in batch.x.items()} | {
         k: getattr(batch, k) for k in ("log_n", "drift", "weight")
     }
+    if batch.closed_form is not None:
+        out["closed_form"] = batch.closed_form
+    return out
 
 
 def hinge(v_a: jax.Array, v_b: jax.Array, margin: float) -> jax.Array:
@@ -89,7 +92,8 @@ def ranking_loss(
             parts[f"t{j}"] = jnp.mean(hinge(v0, values(params, t[f"x{j}"]), cfg.margin))
             total = total + coef * parts[f"t{j}"]
     beta = params.get("drift_coef", fixed_drift)
-    parts["anchor"] = jnp.mean((v0 - (t["log_n"] + beta * t["drift"])) ** 2)
+    target = t["closed_form"] if cfg.target == "closed_form" else t["log_n"] + beta * t["drift"]
+    parts["anchor"] = jnp.mean((v0 - target) ** 2)
     total = total + anchor * parts["anchor"]
     parts["margin"] = v0 - v1
     return total, parts

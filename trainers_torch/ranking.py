@@ -6,7 +6,8 @@ V(x) = softplus(MLP(x)) + 1e-6 > 0 with LeakyReLU(0.1) hidden layers named ``lay
     Σ w·relu(margin − (V(n) − V(T n))) / B          the weighted one-step hinge
   + t4·mean relu(margin − (V(n) − V(T^4 n)))       optional multi-step hinges (unweighted)
   + t8·mean relu(margin − (V(n) − V(T^8 n)))
-  + anchor_weight·mean (V(n) − (ln n + β·drift))²  the decaying anchor (β fixed or trained)
+  + anchor_weight·mean (V(n) − target)²            the decaying anchor: ln n + β·drift (β fixed
+                                                    or trained) or the closed form V_L(n)
 
 ``trainers_jax/ranking.py`` is the same in JAX; ``tests/test_collatz_parity.py`` checks both
 give the same loss and gradients on the same weights and batch.
@@ -49,6 +50,8 @@ def batch_tensors(batch: PairBatch) -> dict[str, torch.Tensor]:
     """The batch's arrays as tensors: ``x0``, ``x1`` (and ``x4``/``x8``), ``log_n``, ``drift``, ``weight``."""
     out = {f"x{j}": torch.from_numpy(x) for j, x in batch.x.items()}
     out |= {k: torch.from_numpy(getattr(batch, k)) for k in ("log_n", "drift", "weight")}
+    if batch.closed_form is not None:
+        out["closed_form"] = torch.from_numpy(batch.closed_form)
     return out
 
 
@@ -69,7 +72,7 @@ def ranking_loss(
         if coef > 0:
             parts[f"t{j}"] = hinge(v0, model(t[f"x{j}"]), cfg.margin).mean()
             total = total + coef * parts[f"t{j}"]
-    target = t["log_n"] + model.drift_coef * t["drift"]
+    target = t["closed_form"] if cfg.target == "closed_form" else t["log_n"] + model.drift_coef * t["drift"]
     parts["anchor"] = F.mse_loss(v0, target)
     total = total + anchor * parts["anchor"]
     parts["margin"] = v0 - v1
