@@ -21,9 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from common.errors import InputError
+from common.runs import write_dir
 
 LOG2_3 = math.log2(3)
 K_CLIP = 10
@@ -568,19 +567,15 @@ def mlp_values(params: dict[str, np.ndarray], x: np.ndarray, batch: int = 8192) 
 
 
 def save_export(directory: Path, params: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` + ``model.json`` into a temp dir, then rename it to ``directory``."""
+    """``model.safetensors`` + ``model.json`` written into a temp dir that then replaces ``directory``."""
     from safetensors.numpy import save_file
 
-    tmp = directory.with_name(f".tmp-{directory.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()},
-        str(tmp / "model.safetensors"),
-    )
-    (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    def fill(tmp: Path) -> None:
+        weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    write_dir(directory, fill)
 
 
 def load_export(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -29,7 +29,7 @@ from common.collatz_config import CollatzConfig
 from common.config import to_dict
 from common.errors import InputError
 from common.jsonl import write_json
-from common.runs import RunDir, config_hash, plot_metrics, read_metrics
+from common.runs import RunDir, check_resume, plot_metrics, read_metrics, refuse_existing_run, resume_hash
 
 VALID_SEED_OFFSET = 7919  # the validation draw's RNG seed is seed + this (never the eval set's draw)
 
@@ -38,18 +38,8 @@ def prepare_run_dir(cfg: CollatzConfig, has_checkpoint: bool) -> Path:
     """The run's path; refuses to clobber a run unless ``resume`` or ``overwrite``."""
     run_path = Path(cfg.output_dir) / cfg.run_name
     has_run = has_checkpoint or (run_path / "final").exists()
-    if has_run and not (cfg.resume or cfg.overwrite):
-        raise InputError(
-            f"{run_path}: already holds a run (checkpoints or final/); pass resume=true to continue it, "
-            "overwrite=true to start over, or another run_name"
-        )
+    refuse_existing_run(run_path, has_run, cfg.resume, cfg.overwrite, "checkpoints or final/")
     return run_path
-
-
-def resume_hash(cfg: CollatzConfig) -> str:
-    """What a checkpoint must share with the run resuming it (everything but resume/overwrite/threads)."""
-    train = dataclasses.replace(cfg.train, threads=None)
-    return config_hash(dataclasses.replace(cfg, resume=False, overwrite=False, train=train))
 
 
 def build_sampler(cfg: CollatzConfig) -> Sampler:
@@ -196,7 +186,7 @@ def checkpoint_state(
     """Everything besides the weights and optimizer a resumed run needs (JSON)."""
     return {
         "step": step,
-        "config_hash": resume_hash(cfg),
+        "config_hash": resume_hash(cfg),  # checked by common.runs.check_resume
         "sampler": sampler.state_dict(),
         "plateau": plateau.state_dict(),
         "data_s": clock.data_s,
@@ -208,11 +198,7 @@ def restore_state(
     cfg: CollatzConfig, where: Path, state: dict[str, Any], sampler: Sampler, plateau: Plateau
 ) -> tuple[int, StepClock]:
     """Restore a checkpoint's state; a checkpoint of another config is an ``InputError``."""
-    if state.get("config_hash") != resume_hash(cfg):
-        raise InputError(
-            f"{where}: made with another config than this one (resume needs the same config; "
-            f"the checkpoint's is in {Path(cfg.output_dir) / cfg.run_name / 'config.yaml'})"
-        )
+    check_resume(state, cfg, where)
     try:
         sampler.load_state_dict(state["sampler"])
         plateau.load_state_dict(state["plateau"])

@@ -15,7 +15,6 @@ say otherwise (they take effect because no JAX computation has run yet).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from common.collatz import save_export
 from common.collatz_config import CollatzConfig
 from common.config import config_from_cli
 from common.errors import cli
-from common.runs import MetricsLogger
+from common.runs import MetricsLogger, say
+from trainers_jax.checkpoint import checkpoint_manager
 from trainers_jax.ranking import (
     batch_arrays,
-    checkpoint_manager,
     export_params,
     init_params,
     limit_threads,
@@ -44,11 +43,6 @@ from trainers_jax.ranking import (
 )
 
 BACKEND = "jax"
-
-
-def say(msg: str) -> None:
-    tqdm.write(msg, file=sys.stdout)
-    sys.stdout.flush()
 
 
 def drift_value(params: dict[str, Any], cfg: CollatzConfig) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -142,13 +141,6 @@ def export_params(params: Params) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Orbax checkpoints: params, optimizer state and the JSON state of the plan, one step per dir
 # --------------------------------------------------------------------------------------------
-
-
-def checkpoint_manager(path: Path, keep_last: int) -> Any:
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(max_to_keep=max(1, keep_last), create=True)
-    return ocp.CheckpointManager(path.resolve(), options=options)
 
 
 def save_checkpoint(mgr: Any, step: int, params: Params, opt_state: Any, state: dict[str, Any]) -> None:

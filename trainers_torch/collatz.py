@@ -14,7 +14,6 @@ when is ``common/collatz_train.py``, shared with the JAX recipe step for step.
 from __future__ import annotations
 
 import pickle
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from common.collatz import save_export
 from common.collatz_config import CollatzConfig
 from common.config import config_from_cli
 from common.errors import InputError, cli
-from common.runs import MetricsLogger
+from common.runs import MetricsLogger, say
 from trainers_torch.checkpoint import latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint
 from trainers_torch.ranking import (
     RankingMLP,
@@ -40,11 +39,6 @@ from trainers_torch.ranking import (
 )
 
 BACKEND = "torch"
-
-
-def say(msg: str) -> None:
-    tqdm.write(msg, file=sys.stdout)
-    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------------------------
