@@ -22,6 +22,7 @@ from common.collatz import (
     Sampler,
     anchor_weight,
     curriculum_count,
+    leaked_transitions,
     pair_batch,
     seed_states,
 )
@@ -276,6 +277,8 @@ def finish(
         if clock.total
         else None,
         "test_states_drawn": len(sampler.test_hits),  # distinct test-orbit states in training draws
+        # test steps (of 429) whose start state the run drew: what it trained on of the test orbits
+        "test_transitions_trained": sum(leaked_transitions(sampler.test_hits).values()),
         **protocol_report(cfg, sampler),
         **extra,
     }

@@ -349,7 +349,8 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         + "</table>"
         f"<p>The faithful protocol's hard-state pools (the notebook's seeds) contain the start of "
         f"<b>{out['faithful_leak']['transitions']}</b> of the 429 test steps. This run's training draws hit "
-        f"{_fmt(out['run_test_states_drawn'])} distinct test-orbit states.</p>"
+        f"{_fmt(out['run_test_states_drawn'])} distinct test-orbit states, the start of "
+        f"{_fmt(out['run_test_transitions_trained'])} of the 429 test steps.</p>"
         f"<h2>Test orbits</h2><table><tr><th>seed</th><th>steps</th>{heads}<th>faithful leak</th></tr>{seeds}</table>"
         + _img(pngs["orbits"], "V along each test orbit (x: violations)")
         + "<h2>Margins on the eval set, growth vs decay</h2>"
@@ -401,6 +402,7 @@ def evaluate(
         "results": results,
         "faithful_leak": faithful_leak(cfg),
         "run_test_states_drawn": summary.get("test_states_drawn"),
+        "run_test_transitions_trained": summary.get("test_transitions_trained"),
         "notebook_run3": NOTEBOOK_RUN3,
     }
     pngs = {
@@ -445,6 +447,7 @@ def headline(out: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         "closed_form_pass": round(closed["pass"], 2),
         "closed_form_growth_weighted": round(closed["growth_weighted"], 2),
         "faithful_leaked_transitions": out["faithful_leak"]["transitions"],
+        "run_test_transitions_trained": out.get("run_test_transitions_trained"),
         "train_seconds": summary.get("train_seconds"),
         "steps": out["model"]["steps"],
     }

@@ -73,7 +73,10 @@ def test_train_export_eval(backend: str, tmp_path: Path, eval_set: Path) -> None
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["backend"] == backend and summary["protocol"] == "clean" and summary["steps"] == 40
-    assert summary["test_states_drawn"] == 0 and summary["train_seconds"] > 0
+    assert (
+        summary["test_states_drawn"] == 0 == summary["test_transitions_trained"]
+        and summary["train_seconds"] > 0
+    )
     records = read_metrics(run)
     assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40]
     assert any("mine_pool" in r and "mine_violations" in r for r in records)
@@ -95,6 +98,14 @@ def test_train_export_eval(backend: str, tmp_path: Path, eval_set: Path) -> None
                 "faithful_leaked_transitions", "train_seconds"):  # fmt: skip
         assert key in line, key
     assert (run / "eval" / "report.html").read_text().count("<img") == 3
+
+
+def test_faithful_run_trains_on_test_orbits(tmp_path: Path) -> None:
+    """The notebook's protocol draws test-orbit states (54 → 27, the fallback seed); the summary says how many."""
+    assert torch_recipe.main(args(tmp_path, "f", "protocol=faithful", "train.steps=20")) == 0
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["protocol"] == "faithful" and summary["seeds_kept"] == 49 and not summary["seeds_dropped"]
+    assert summary["test_states_drawn"] > 0 and summary["test_transitions_trained"] > 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
