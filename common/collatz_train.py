@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from common.collatz import (
     TEST_SEEDS,
@@ -30,7 +31,16 @@ from common.collatz_config import CollatzConfig
 from common.config import to_dict
 from common.errors import InputError
 from common.jsonl import write_json
-from common.runs import RunDir, check_resume, plot_metrics, read_metrics, refuse_existing_run, resume_hash
+from common.runs import (
+    MetricsLogger,
+    RunDir,
+    check_resume,
+    plot_metrics,
+    read_metrics,
+    refuse_existing_run,
+    resume_hash,
+    say,
+)
 
 VALID_SEED_OFFSET = 7919  # the validation draw's RNG seed is seed + this (never the eval set's draw)
 
@@ -133,31 +143,6 @@ def valid_figures(margin: np.ndarray, batch: PairBatch) -> dict[str, float]:
     }
 
 
-def step_record(
-    cfg: CollatzConfig,
-    sampler: Sampler,
-    losses: list[float],
-    parts: dict[str, float],
-    violations: int,
-    lr: float,
-    anchor: float,
-    drift_coef: float,
-    samples_per_s: float,
-) -> dict[str, Any]:
-    """One metrics.jsonl record: the mean loss since the last record, this step's parts and state."""
-    return {
-        "loss": sum(losses) / len(losses),
-        **parts,
-        "batch_violations": violations,
-        "lr": lr,
-        "anchor_weight": anchor,
-        "drift_coef": drift_coef,
-        "active_seeds": sampler.active,
-        "mine_pool": len(sampler.mined),
-        "samples_per_s": round(samples_per_s, 1),
-    }
-
-
 class StepClock:
     """Seconds spent drawing data and computing, summed over steps (checkpoints and validation excluded)."""
 
@@ -209,12 +194,22 @@ def restore_state(
 
 
 def start_run(
-    cfg: CollatzConfig, run_path: Path, backend: str, sampler: Sampler, parameters: int, resumed: bool
+    cfg: CollatzConfig,
+    run_path: Path,
+    backend: str,
+    sampler: Sampler,
+    parameters: int,
+    resumed_from: Path | None,
+    start_step: int,
 ) -> RunDir:
-    """Create or reopen the run dir (config.yaml, run_manifest.json); ``overwrite`` clears a fresh start's."""
-    if not resumed and cfg.overwrite:
+    """Create or reopen the run dir (config.yaml, run_manifest.json) and say what the run is.
+
+    ``overwrite`` clears a fresh start's old outputs; a resumed run drops the metrics its killed
+    attempt logged after the checkpoint it resumes from.
+    """
+    if resumed_from is None and cfg.overwrite:
         RunDir(run_path).clear()
-    return RunDir.start(
+    run = RunDir.start(
         run_path,
         cfg,
         device="cpu",
@@ -225,6 +220,68 @@ def start_run(
             **protocol_report(cfg, sampler),
         },
     )
+    if resumed_from is not None:
+        run.truncate_metrics(start_step)
+        say(f"resumed from {resumed_from} (step {start_step})")
+    elif cfg.resume:
+        say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
+    say(
+        f"{cfg.protocol} protocol: {len(sampler.seeds)} of {len(cfg.task.seeds)} training seeds kept; "
+        f"MLP {cfg.model.widths}, {parameters:,} parameters; {cfg.train.steps} steps of {cfg.train.batch_size}"
+    )
+    return run
+
+
+class Progress:
+    """metrics.jsonl, the progress bar and the loss window between records, for one attempt."""
+
+    def __init__(self, cfg: CollatzConfig, run: RunDir, start_step: int):
+        self.cfg = cfg
+        self.logger = MetricsLogger(run.path, tensorboard=False)
+        self.bar = tqdm(
+            total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True, desc=cfg.run_name,
+            mininterval=5,
+        )  # fmt: skip
+        self.losses: list[float] = []
+
+    def due(self, step: int, every: int) -> bool:
+        """Whether something done every ``every`` steps is due after ``step`` (always at the last)."""
+        return step % every == 0 or step == self.cfg.train.steps
+
+    def log(self, step: int, **values: Any) -> None:
+        self.logger.log(step, **values)
+
+    def record(
+        self,
+        step: int,
+        sampler: Sampler,
+        clock: StepClock,
+        parts: dict[str, float],
+        violations: int,
+        lr: float,
+        anchor: float,
+        drift_coef: float,
+    ) -> None:
+        """One training record: the mean loss since the last one, this step's loss parts and state."""
+        loss = sum(self.losses) / len(self.losses)
+        self.logger.log(
+            step,
+            loss=loss,
+            **parts,
+            batch_violations=violations,
+            lr=lr,
+            anchor_weight=anchor,
+            drift_coef=drift_coef,
+            active_seeds=sampler.active,
+            mine_pool=len(sampler.mined),
+            samples_per_s=round(step * self.cfg.train.batch_size / clock.total, 1),  # all attempts
+        )
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
+        self.losses.clear()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.logger.close()
 
 
 def export_meta(cfg: CollatzConfig, backend: str, drift_coef: float, steps: int) -> dict[str, Any]:

@@ -21,14 +21,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from tqdm import tqdm
 
 from common import collatz_train as plan
 from common.collatz import save_export
 from common.collatz_config import CollatzConfig
 from common.config import config_from_cli
 from common.errors import cli
-from common.runs import MetricsLogger, say
+from common.runs import say
 from trainers_jax.checkpoint import checkpoint_manager
 from trainers_jax.ranking import (
     batch_arrays,
@@ -77,39 +76,23 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
     start_step, clock = 0, plan.StepClock()
     if resume_from is not None:  # weights, optimizer, plateau and sampler before anything is written
         params, opt_state, state = restore_checkpoint(mgr, resume_from, params, opt_state)
-        where = Path(mgr.directory) / str(resume_from)
-        start_step, clock = plan.restore_state(cfg, where, state, sampler, plateau)
+        start_step, clock = plan.restore_state(
+            cfg, Path(mgr.directory) / str(resume_from), state, sampler, plateau
+        )
 
     n_params = sum(int(p.size) for p in jax.tree.leaves(params))
-    run = plan.start_run(cfg, run_path, BACKEND, sampler, n_params, resumed=resume_from is not None)
+    where = Path(mgr.directory) / str(resume_from) if resume_from is not None else None
+    run = plan.start_run(cfg, run_path, BACKEND, sampler, n_params, where, start_step)
     if resume_from is None and cfg.overwrite:  # start_run cleared checkpoints/: a manager on the empty dir
         mgr.close()
         mgr = checkpoint_manager(run.checkpoints, cfg.checkpoint.keep_last)
-    if resume_from is not None:
-        run.truncate_metrics(start_step)
-        say(f"resumed from {mgr.directory / str(resume_from)} (step {start_step})")
-    elif cfg.resume:
-        say(f"resume=true but {mgr.directory} holds no complete checkpoint: starting from step 0")
-    say(
-        f"{cfg.protocol} protocol: {len(sampler.seeds)} of {len(cfg.task.seeds)} training seeds kept; "
-        f"MLP {cfg.model.widths}, {n_params:,} parameters; {cfg.train.steps} steps of {cfg.train.batch_size}"
-    )
 
-    logger = MetricsLogger(run.path, tensorboard=False)
-    window: list[float] = []
-    bar = tqdm(
-        total=cfg.train.steps,
-        initial=start_step,
-        unit="step",
-        dynamic_ncols=True,
-        desc=cfg.run_name,
-        mininterval=5,
-    )
+    progress = plan.Progress(cfg, run, start_step)
     for step in range(start_step, cfg.train.steps):
         anchor = plan.before_step(cfg, sampler, step)
         if plan.mining_due(cfg, step):
             cands = plan.mining_candidates(cfg, sampler)
-            logger.log(step, **plan.add_mined(cfg, sampler, cands, margins(params, cands)))
+            progress.log(step, **plan.add_mined(cfg, sampler, cands, margins(params, cands)))
 
         clock.start()
         batch = batch_arrays(sampler.batch(cfg.train.batch_size))
@@ -118,31 +101,25 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         params, opt_state, loss, parts = train_step(
             params, opt_state, batch, jnp.float32(anchor), jnp.float32(lr)
         )
-        loss_value = float(loss)  # waits for the step: the clock measures the computation
-        plateau.step(loss_value)
+        progress.losses.append(float(loss))  # waits for the step: the clock measures the computation
+        plateau.step(progress.losses[-1])
         clock.step_done()
-        window.append(loss_value)
 
-        done = step + 1 == cfg.train.steps
-        if (step + 1) % cfg.train.log_every == 0 or done:
-            parts_f = {k: float(v) for k, v in parts.items() if k != "margin"}
-            rate = (step + 1) * cfg.train.batch_size / clock.total  # all attempts
+        steps_done = step + 1
+        if progress.due(steps_done, cfg.train.log_every):
+            figures = {k: float(v) for k, v in parts.items() if k != "margin"}
             violations = int((parts["margin"] <= 0).sum())
-            record = plan.step_record(
-                cfg, sampler, window, parts_f, violations, lr, anchor, drift_value(params, cfg), rate
+            progress.record(
+                steps_done, sampler, clock, figures, violations, lr, anchor, drift_value(params, cfg)
             )
-            logger.log(step + 1, **record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}")
-            window.clear()
-        if (step + 1) % cfg.train.valid_every == 0 or done:
-            logger.log(step + 1, **plan.valid_figures(margins(params, valid), valid))
-        if done or (step + 1) % cfg.checkpoint.every_steps == 0:
-            state = plan.checkpoint_state(cfg, step + 1, sampler, plateau, clock)
-            save_checkpoint(mgr, step + 1, params, opt_state, state)
-            say(f"checkpoint saved: {mgr.directory / str(step + 1)}")
-        bar.update(1)
-    bar.close()
-    logger.close()
+        if progress.due(steps_done, cfg.train.valid_every):
+            progress.log(steps_done, **plan.valid_figures(margins(params, valid), valid))
+        if progress.due(steps_done, cfg.checkpoint.every_steps):
+            state = plan.checkpoint_state(cfg, steps_done, sampler, plateau, clock)
+            save_checkpoint(mgr, steps_done, params, opt_state, state)
+            say(f"checkpoint saved: {mgr.directory / str(steps_done)}")
+        progress.bar.update(1)
+    progress.close()
     mgr.close()
 
     # ---- export: the weights as numpy, scored by evals.collatz whichever backend trained them

@@ -20,14 +20,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from tqdm import tqdm
 
 from common import collatz_train as plan
 from common.collatz import save_export
 from common.collatz_config import CollatzConfig
 from common.config import config_from_cli
 from common.errors import InputError, cli
-from common.runs import MetricsLogger, say
+from common.runs import say
 from trainers_torch.checkpoint import latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint
 from trainers_torch.ranking import (
     RankingMLP,
@@ -88,35 +87,17 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         start_step, clock = plan.restore_state(cfg, resume_from, state, sampler, plateau)
 
     n_params = sum(p.numel() for p in model.parameters())
-    run = plan.start_run(cfg, run_path, BACKEND, sampler, n_params, resumed=resume_from is not None)
+    run = plan.start_run(cfg, run_path, BACKEND, sampler, n_params, resume_from, start_step)
     removed = remove_partial(run.checkpoints)
     if removed:
         say(f"removed unfinished checkpoint writes: {', '.join(removed)}")
-    if resume_from is not None:
-        run.truncate_metrics(start_step)
-        say(f"resumed from {resume_from} (step {start_step})")
-    elif cfg.resume:
-        say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
-    say(
-        f"{cfg.protocol} protocol: {len(sampler.seeds)} of {len(cfg.task.seeds)} training seeds kept; "
-        f"MLP {cfg.model.widths}, {n_params:,} parameters; {cfg.train.steps} steps of {cfg.train.batch_size}"
-    )
 
-    logger = MetricsLogger(run.path, tensorboard=False)
-    window: list[float] = []
-    bar = tqdm(
-        total=cfg.train.steps,
-        initial=start_step,
-        unit="step",
-        dynamic_ncols=True,
-        desc=cfg.run_name,
-        mininterval=5,
-    )
+    progress = plan.Progress(cfg, run, start_step)
     for step in range(start_step, cfg.train.steps):
         anchor = plan.before_step(cfg, sampler, step)
         if plan.mining_due(cfg, step):
             cands = plan.mining_candidates(cfg, sampler)
-            logger.log(step, **plan.add_mined(cfg, sampler, cands, margins(model, cands)))
+            progress.log(step, **plan.add_mined(cfg, sampler, cands, margins(model, cands)))
 
         clock.start()
         batch = sampler.batch(cfg.train.batch_size)
@@ -128,39 +109,27 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_value = loss.item()
-        plateau.step(loss_value)
+        progress.losses.append(loss.item())
+        plateau.step(progress.losses[-1])
         clock.step_done()
-        window.append(loss_value)
 
-        done = step + 1 == cfg.train.steps
-        if (step + 1) % cfg.train.log_every == 0 or done:
-            parts_f = {k: v.item() for k, v in parts.items() if k != "margin"}
-            rate = (step + 1) * cfg.train.batch_size / clock.total  # all attempts
+        steps_done = step + 1
+        if progress.due(steps_done, cfg.train.log_every):
+            figures = {k: v.item() for k, v in parts.items() if k != "margin"}
             violations = int((parts["margin"] <= 0).sum())
-            record = plan.step_record(
-                cfg, sampler, window, parts_f, violations, lr, anchor, model.drift_coef.item(), rate
-            )
-            logger.log(step + 1, **record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}")
-            window.clear()
-        if (step + 1) % cfg.train.valid_every == 0 or done:
-            logger.log(step + 1, **plan.valid_figures(margins(model, valid), valid))
-        if done or (step + 1) % cfg.checkpoint.every_steps == 0:
-            state = plan.checkpoint_state(cfg, step + 1, sampler, plateau, clock)
+            beta = model.drift_coef.item()
+            progress.record(steps_done, sampler, clock, figures, violations, lr, anchor, beta)
+        if progress.due(steps_done, cfg.train.valid_every):
+            progress.log(steps_done, **plan.valid_figures(margins(model, valid), valid))
+        if progress.due(steps_done, cfg.checkpoint.every_steps):
+            state = plan.checkpoint_state(cfg, steps_done, sampler, plateau, clock)
+            keep = cfg.checkpoint.keep_last
             path = save_checkpoint(
-                run.checkpoints,
-                step + 1,
-                model,
-                optimizer,
-                plateau,
-                state,
-                keep_last=cfg.checkpoint.keep_last,
+                run.checkpoints, steps_done, model, optimizer, plateau, state, keep_last=keep
             )
             say(f"checkpoint saved: {path}")
-        bar.update(1)
-    bar.close()
-    logger.close()
+        progress.bar.update(1)
+    progress.close()
 
     # ---- export: the weights as numpy, scored by evals.collatz whichever backend trained them
     meta = plan.export_meta(cfg, BACKEND, float(model.drift_coef), cfg.train.steps)
