@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from common.collatz import (
     curriculum_count,
     leaked_transitions,
     pair_batch,
+    save_export,
     seed_states,
 )
 from common.collatz_config import CollatzConfig
@@ -121,6 +123,19 @@ def add_mined(cfg: CollatzConfig, sampler: Sampler, cands: PairBatch, margin: np
         "mine_worst_margin": float(margin.min()),
         "mine_pool": pool,
     }
+
+
+def mine(
+    cfg: CollatzConfig,
+    sampler: Sampler,
+    step: int,
+    margins_of: Callable[[PairBatch], np.ndarray],
+    progress: Progress,
+) -> None:
+    """A mining round when one is due: score candidates with the model (``margins_of``), pool the worst."""
+    if mining_due(cfg, step):
+        cands = mining_candidates(cfg, sampler)
+        progress.log(step, **add_mined(cfg, sampler, cands, margins_of(cands)))
 
 
 def make_plateau(cfg: CollatzConfig) -> Plateau:
@@ -302,9 +317,17 @@ def export_meta(cfg: CollatzConfig, backend: str, drift_coef: float, steps: int)
 
 
 def finish(
-    cfg: CollatzConfig, run: RunDir, backend: str, sampler: Sampler, clock: StepClock, extra: dict[str, Any]
+    cfg: CollatzConfig,
+    run: RunDir,
+    backend: str,
+    sampler: Sampler,
+    clock: StepClock,
+    weights: dict[str, np.ndarray],
+    drift_coef: float,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """Plots, summary.json and the manifest's end; returns the summary."""
+    """The export (``final/``), plots, summary.json and the manifest's end; returns the summary."""
+    save_export(run.path / "final", weights, export_meta(cfg, backend, drift_coef, cfg.train.steps))
     plot_metrics(
         run,
         {
@@ -341,4 +364,5 @@ def finish(
     }
     write_json(run.path / "summary.json", summary)
     run.finish(summary=summary)
+    say(f"done: {run.path} (loss {summary['final_loss']:.4f}, valid pass {summary['valid_pass']}%)")
     return summary

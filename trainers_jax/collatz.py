@@ -16,6 +16,7 @@ say otherwise (they take effect because no JAX computation has run yet).
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from common import collatz_train as plan
-from common.collatz import save_export
 from common.collatz_config import CollatzConfig
 from common.config import config_from_cli
 from common.errors import cli
@@ -90,9 +90,7 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
     progress = plan.Progress(cfg, run, start_step)
     for step in range(start_step, cfg.train.steps):
         anchor = plan.before_step(cfg, sampler, step)
-        if plan.mining_due(cfg, step):
-            cands = plan.mining_candidates(cfg, sampler)
-            progress.log(step, **plan.add_mined(cfg, sampler, cands, margins(params, cands)))
+        plan.mine(cfg, sampler, step, partial(margins, params), progress)
 
         clock.start()
         batch = batch_arrays(sampler.batch(cfg.train.batch_size))
@@ -122,19 +120,12 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
     progress.close()
     mgr.close()
 
-    # ---- export: the weights as numpy, scored by evals.collatz whichever backend trained them
-    save_export(
-        run.path / "final",
-        export_params(params),
-        plan.export_meta(cfg, BACKEND, drift_value(params, cfg), cfg.train.steps),
+    # ---- export: the weights as numpy (final/), scored by evals.collatz whichever backend trained them
+    extra = {"parameters": n_params, "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
+             "resumed_from_step": start_step if resume_from is not None else None}  # fmt: skip
+    return plan.finish(
+        cfg, run, BACKEND, sampler, clock, export_params(params), drift_value(params, cfg), extra
     )
-    summary = plan.finish(
-        cfg, run, BACKEND, sampler, clock,
-        {"parameters": n_params, "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
-         "resumed_from_step": start_step if resume_from is not None else None},
-    )  # fmt: skip
-    say(f"done: {run.path} (loss {summary['final_loss']:.4f}, valid pass {summary['valid_pass']}%)")
-    return summary
 
 
 @cli

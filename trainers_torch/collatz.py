@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ import torch
 from safetensors import SafetensorError
 
 from common import collatz_train as plan
-from common.collatz import save_export
 from common.collatz_config import CollatzConfig
 from common.config import config_from_cli
 from common.errors import InputError, cli
@@ -95,9 +95,7 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
     progress = plan.Progress(cfg, run, start_step)
     for step in range(start_step, cfg.train.steps):
         anchor = plan.before_step(cfg, sampler, step)
-        if plan.mining_due(cfg, step):
-            cands = plan.mining_candidates(cfg, sampler)
-            progress.log(step, **plan.add_mined(cfg, sampler, cands, margins(model, cands)))
+        plan.mine(cfg, sampler, step, partial(margins, model), progress)
 
         clock.start()
         batch = sampler.batch(cfg.train.batch_size)
@@ -131,16 +129,12 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         progress.bar.update(1)
     progress.close()
 
-    # ---- export: the weights as numpy, scored by evals.collatz whichever backend trained them
-    meta = plan.export_meta(cfg, BACKEND, float(model.drift_coef), cfg.train.steps)
-    save_export(run.path / "final", model.export_params(), meta)
-    summary = plan.finish(
-        cfg, run, BACKEND, sampler, clock,
-        {"parameters": n_params, "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
-         "resumed_from_step": start_step if resume_from is not None else None},
-    )  # fmt: skip
-    say(f"done: {run.path} (loss {summary['final_loss']:.4f}, valid pass {summary['valid_pass']}%)")
-    return summary
+    # ---- export: the weights as numpy (final/), scored by evals.collatz whichever backend trained them
+    extra = {"parameters": n_params, "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
+             "resumed_from_step": start_step if resume_from is not None else None}  # fmt: skip
+    return plan.finish(
+        cfg, run, BACKEND, sampler, clock, model.export_params(), model.drift_coef.item(), extra
+    )
 
 
 @cli
