@@ -137,3 +137,21 @@ SWEEP_ARGS ?=
 
 sweep: $(STAMP) $(MODEL) data ## Ray Tune sweep (ASHA) of a trainer's config -> runs/sweeps/<name>/, configs/promoted/<name>.yaml; SWEEP_CONFIG=, SWEEP_ARGS= override
 	$(PY) -m scripts.sweep --config $(SWEEP_CONFIG) $(SWEEP_ARGS)
+
+# --- collatz: the learned ranking function of lab notebook 003 --------------------------------
+.PHONY: collatz collatz-data
+COLLATZ_CONFIG ?= configs/collatz_cpu.yaml
+COLLATZ_RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(COLLATZ_CONFIG) | head -n 1)-$(BACKEND)
+COLLATZ_ARGS ?=
+COLLATZ_SET := data/built/collatz/eval_50k.csv
+
+$(COLLATZ_SET): | $(STAMP)
+	$(PY) -m evals.collatz --build-set --set $@
+
+collatz-data: $(COLLATZ_SET) ## Draw the Collatz eval set (50,000 pairs, as lab notebook 003 drew it) into data/built/collatz/
+
+# resume=true: a killed run continues from its newest checkpoint, a finished one is only re-evaluated.
+collatz: $(STAMP) $(COLLATZ_SET) ## Train the Collatz ranking MLP (CPU default; BACKEND=torch|jax, COLLATZ_ARGS=) then eval; ends with one JSON line
+	$(PY) -m trainers_$(BACKEND).collatz --config $(COLLATZ_CONFIG) run_name=$(COLLATZ_RUN) resume=true $(COLLATZ_ARGS)
+	$(PY) -m evals.collatz --run runs/$(COLLATZ_RUN) --set $(COLLATZ_SET)
+	@$(PY) -m evals.collatz --headline runs/$(COLLATZ_RUN)

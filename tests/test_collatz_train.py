@@ -1,0 +1,202 @@
+"""The Collatz recipes end to end on tiny sizes: train → export → eval, kill -9 + resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.collatz import load_export
+from common.collatz_config import CollatzConfig
+from common.config import load_config
+from common.runs import read_metrics
+from evals import collatz as collatz_eval
+from evals.collatz import build_eval_set, evaluate, headline
+from trainers_jax import collatz as jax_recipe
+from trainers_torch import collatz as torch_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("torch", "jax")
+TINY = [
+    "task.lookahead=4", "model.widths=[16,16]", "train.steps=40", "train.batch_size=64", "train.threads=1",
+    "train.log_every=10", "train.valid_every=20", "train.valid_size=64", "checkpoint.every_steps=10",
+    "mining.interval=15", "mining.candidates=100", "mining.count=5", "curriculum.ramp_steps=30",
+    "loss.anchor_start=5", "loss.anchor_steps=20", "loss.t4=0.5",
+]  # fmt: skip
+
+
+RECIPES = {"torch": torch_recipe, "jax": jax_recipe}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def args(out: Path, name: str, *extra: str) -> list[str]:
+    return [f"output_dir={out}", f"run_name={name}", *TINY, *extra]
+
+
+def trainer(backend: str, out: Path, name: str, *extra: str) -> list[str]:
+    """The command line of a subprocess run (for the kill test)."""
+    return [sys.executable, "-m", f"trainers_{backend}.collatz", *args(out, name, *extra)]
+
+
+def main_exit(
+    main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    """Run a CLI ``main`` in process: its exit status and the last stderr line."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    return int(code or 0), err[-1] if err else ""
+
+
+@pytest.fixture(scope="module")
+def eval_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("collatz-set") / "eval.csv"
+    build_eval_set(path, count=300)
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_export_eval(backend: str, tmp_path: Path, eval_set: Path) -> None:
+    done = subprocess.run(
+        trainer(backend, tmp_path, "run"), cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["backend"] == backend and summary["protocol"] == "clean" and summary["steps"] == 40
+    assert (
+        summary["test_states_drawn"] == 0 == summary["test_transitions_trained"]
+        and summary["train_seconds"] > 0
+    )
+    records = read_metrics(run)
+    assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40]
+    assert any("mine_pool" in r and "mine_violations" in r for r in records)
+    params, meta = load_export(run / "final")
+    assert (
+        meta["backend"] == backend and meta["lookahead"] == 4 and params["layers.0.weight"].shape == (16, 10)
+    )
+    assert load_config(CollatzConfig, run / "config.yaml").model.widths == [16, 16]
+
+    out = evaluate(run, eval_set, extra_orbits=[97])
+    names = [r["name"] for r in out["results"]]
+    assert names == ["model", "V_4 closed form", "V = ln n"]
+    assert all(r["trajectory"]["steps"] == 429 and r["n"] == 300 for r in out["results"])
+    assert out["results"][2]["growth"] == 0.0  # ln n rises on every growth step
+    assert out["faithful_leak"]["transitions"] > 0 and "extra_orbits" in out["results"][0]
+    line = headline(out, summary)
+    for key in ("backend", "protocol", "L", "violations", "violations_by_seed", "pass", "weighted", "growth",
+                "growth_weighted", "growth_margin_min", "closed_form_violations", "closed_form_pass",
+                "faithful_leaked_transitions", "train_seconds"):  # fmt: skip
+        assert key in line, key
+    assert (run / "eval" / "report.html").read_text().count("<img") == 3
+
+
+def test_faithful_run_trains_on_test_orbits(tmp_path: Path) -> None:
+    """The notebook's protocol draws test-orbit states (54 → 27, the fallback seed); the summary says how many."""
+    assert torch_recipe.main(args(tmp_path, "f", "protocol=faithful", "train.steps=20")) == 0
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["protocol"] == "faithful" and summary["seeds_kept"] == 49 and not summary["seeds_dropped"]
+    assert summary["test_states_drawn"] > 0 and summary["test_transitions_trained"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_then_resume_matches_uninterrupted(backend: str, tmp_path: Path) -> None:
+    straight = subprocess.run(
+        trainer(backend, tmp_path, "straight"), cwd=ROOT, capture_output=True, timeout=240
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = subprocess.Popen(
+        trainer(backend, tmp_path, "killed"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("checkpoint saved:") and line.rstrip().endswith(("step-000020", "/20")):
+            proc.send_signal(signal.SIGKILL)  # mid-run, right after its second checkpoint
+            break
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "killed" / "final").exists()
+    resumed = subprocess.run(
+        [*trainer(backend, tmp_path, "killed"), "resume=true"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    a, _ = load_export(tmp_path / "straight" / "final")
+    b, _ = load_export(tmp_path / "killed" / "final")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    loss = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight") if "loss" in r}
+    assert {r["step"]: r["loss"] for r in read_metrics(tmp_path / "killed") if "loss" in r} == loss
+    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["resumed_from_step"] >= 20
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unknown_config_key_exits_2(backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, last = main_exit(RECIPES[backend].main, [f"output_dir={tmp_path}", "model.depth=3"], capsys)
+    assert code == 2 and last.startswith("error: unknown key 'model.depth'")
+    assert not (tmp_path / "collatz-cpu").exists()
+
+
+def test_bad_values_exit_2(tmp_path: Path, eval_set: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, last = main_exit(torch_recipe.main, [f"output_dir={tmp_path}", "task.seeds=[27,-5]"], capsys)
+    assert code == 2 and "task.seeds: -5 is not a positive integer" in last
+    for bad in ("27,54", "-7", "0", "x"):
+        code, last = main_exit(collatz_eval.main, ["--run", str(tmp_path), "--orbits", bad], capsys)
+        assert code == 2 and last.startswith("error: --orbits: "), last
+    code, last = main_exit(
+        collatz_eval.main, ["--run", str(tmp_path / "nothing"), "--set", str(eval_set)], capsys
+    )
+    assert code == 2 and "no config.yaml" in last
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_checkpoint_exits_2(backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main = RECIPES[backend].main
+    assert main(args(tmp_path, "r", "train.steps=10")) == 0
+    ckpts = tmp_path / "r" / "checkpoints"
+    files = [p for p in sorted(ckpts.rglob("*")) if p.is_file() and p.stat().st_size > 64]
+    weights = [p for p in files if "trainable" in p.name or "params" in p.parts]
+    assert weights
+    for path in weights:
+        path.write_bytes(b"\x00garbage" * 8)
+    capsys.readouterr()
+    # resume must read the damaged step-10 checkpoint before anything else
+    code, last = main_exit(main, args(tmp_path, "r", "train.steps=10", "resume=true"), capsys)
+    assert code == 2 and last.startswith("error: ") and "unreadable checkpoint" in last, last
+
+
+def test_existing_run_and_other_config_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert torch_recipe.main(args(tmp_path, "r", "train.steps=10")) == 0
+    capsys.readouterr()
+    code, last = main_exit(torch_recipe.main, args(tmp_path, "r", "train.steps=10"), capsys)
+    assert code == 2 and "already holds a run" in last
+    code, last = main_exit(
+        torch_recipe.main, args(tmp_path, "r", "train.steps=10", "resume=true", "loss.margin=0.1"), capsys
+    )
+    assert code == 2 and "made with another config" in last
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("collatz_*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(CollatzConfig, path)
+    assert cfg.task.lookahead >= 1 and cfg.train.steps >= 1
