@@ -320,8 +320,8 @@ def _load_orbax(ref: ModelRef, backend: str, dtype: str, device: str) -> Any:
     from trainers_torch.model import attention_for, default_device, torch_dtype
 
     tensors = hf_state_dict(model, cfg.lora.alpha if cfg.train.method == "lora" else None)
+    hf_cfg = hf_export_config(ref.weights_dir, model)
     del model
-    hf_cfg = hf_export_config(ref.weights_dir)
     config = AutoConfig.for_model(**hf_cfg)
     lm = AutoModelForCausalLM.from_config(
         config, dtype=torch.float32, attn_implementation=attention_for(hf_cfg)

@@ -28,6 +28,14 @@ def tiny_gemma2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random Llama shaped like SmolLM2 (GQA, RoPE theta 100000, tied embedding), ChatML tokenizer."""
+    from tests.tiny import build_llama
+
+    return build_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
 def real_model() -> Path:
     if not (REAL_MODEL / ".complete").exists():
         pytest.fail(f"{REAL_MODEL} is not materialised; run `make model` (make test does it first)")
