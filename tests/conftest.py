@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MODEL = Path(os.environ.get("SHOWWORK_MODEL", ROOT / "models" / "gemma-3-270m"))
+REAL_SMOLLM2 = ROOT / "models" / "smollm2-135m"
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,15 @@ def real_model() -> Path:
     if not (REAL_MODEL / ".complete").exists():
         pytest.fail(f"{REAL_MODEL} is not materialised; run `make model` (make test does it first)")
     return REAL_MODEL
+
+
+@pytest.fixture(scope="session")
+def real_smollm2() -> Path:
+    if not (REAL_SMOLLM2 / ".complete").exists():
+        pytest.fail(
+            f"{REAL_SMOLLM2} is not materialised; run `make model MODEL=smollm2-135m` (make test does it first)"
+        )
+    return REAL_SMOLLM2
 
 
 @pytest.fixture

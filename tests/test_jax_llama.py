@@ -42,11 +42,37 @@ def hf_logits(path: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.logits.numpy()
 
 
+# Llama 3.1+'s RoPE: with head_dim 16 and theta 1e5 the wavelengths run from 6 to 149k
+# positions, so these bounds (512 and 2048) keep, blend and stretch some of them each.
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 100_000.0, "factor": 32.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 2048}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def tiny_llama_untied(tmp_path_factory) -> Path:
     from tests.tiny import build_llama
 
     return build_llama(tmp_path_factory.mktemp("llama-untied"), tied=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama3_rope(tmp_path_factory) -> Path:
+    from tests.tiny import build_llama
+
+    return build_llama(tmp_path_factory.mktemp("llama3-rope"), rope_parameters=LLAMA3_ROPE)
+
+
+def test_llama3_rope_scaling_matches_transformers(tiny_llama3_rope, tiny_llama):
+    from trainers_jax.model import forward_logits, load_model
+
+    model, _ = load_model(tiny_llama3_rope)
+    assert model.config.rope_scaling == (32.0, 1.0, 4.0, 2048.0)
+    ids, mask = prompt_batch(tiny_llama3_rope)
+    want = hf_logits(tiny_llama3_rope, ids, mask)
+    got = np.asarray(forward_logits(model, ids, mask))
+    assert np.abs(got - want)[mask].max() < 1e-5, np.abs(got - want)[mask].max()
+    unscaled = hf_logits(tiny_llama, ids, mask)  # the same weights (seed 0) without the scaling
+    assert np.abs(unscaled - want)[mask].max() > 1e-3
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied"])
@@ -90,7 +116,7 @@ def test_tunix_config_maps_hf_fields(tiny_llama, tiny_llama_untied):
         ({"attention_bias": True}, "attention_bias"),
         ({"mlp_bias": True}, "mlp_bias"),
         ({"attention_dropout": 0.1}, "attention_dropout"),
-        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}}, "llama3"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0}}, "yarn"),
         ({"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
         ({"num_key_value_heads": 3}, "num_key_value_heads"),
         ({"model_type": "qwen2"}, "qwen2"),

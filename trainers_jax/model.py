@@ -10,7 +10,8 @@ finds it for a loaded model. What Tunix cannot represent is refused naming the c
 - ``gemma3_text``/``gemma3``: ``tunix.models.gemma3``.
 - ``gemma2``: ``tunix.models.gemma`` (Gemma v1/v2).
 - ``llama``: ``tunix.models.llama3`` through ``trainers_jax/llama.py``, which applies RoPE at
-  the config's theta (Tunix 0.1.7 ignores it) and sows hidden states for the SFT loss.
+  the config's theta (Tunix 0.1.7 ignores it) with Llama 3.1+'s ``llama3`` frequency scaling
+  (Tunix has none), and sows hidden states for the SFT loss.
 - Qwen (``qwen2``, ``qwen3``) is refused: Tunix has the model code, but no mapping, export or
   test here yet.
 
@@ -177,13 +178,14 @@ def gemma2_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
 
 
 def llama_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
-    """Tunix Llama 3 ``ModelConfig`` equivalent to an HF ``llama`` config.
+    """Tunix Llama 3 ``ModelConfig`` (``trainers_jax.llama.LlamaConfig``) equivalent to an HF
+    ``llama`` config.
 
     Tunix's Llama hard-codes what HF makes configurable: SiLU-gated MLP, no biases, no
-    attention dropout, RoPE without scaling (Llama 3.1+'s ``llama3`` frequency scaling
-    included), queries scaled by ``head_dim ** -0.5``. Anything else is refused, naming the field.
+    attention dropout, queries scaled by ``head_dim ** -0.5``; RoPE is ``trainers_jax.llama``'s,
+    plain or with Llama 3.1+'s ``llama3`` frequency scaling. Anything else is refused, naming the field.
     """
-    from tunix.models.llama3 import model as llama3
+    from trainers_jax.llama import LlamaConfig
 
     def refuse(field: str, why: str) -> InputError:
         return InputError(f"config.json: {field}={hf.get(field)!r} {why}")
@@ -197,16 +199,19 @@ def llama_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
         raise refuse("attention_dropout", "is not supported: Tunix's Llama has no attention dropout")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        field = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    field = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    scaling = None
+    if rope_type == "llama3":
+        original = rope.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
+        scaling = (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]), float(original))  # fmt: skip
+    elif rope_type != "default":
         raise InputError(
-            f"config.json: {field} rope_type={rope_type!r} is not supported: Tunix's Llama applies RoPE "
-            "without frequency scaling"
+            f"config.json: {field} rope_type={rope_type!r} is not supported (only default and llama3 RoPE)"
         )
     heads, kv_heads, hidden = hf["num_attention_heads"], hf["num_key_value_heads"], hf["hidden_size"]
     if heads % kv_heads:
         raise refuse("num_key_value_heads", f"must divide num_attention_heads={heads}")
-    return llama3.ModelConfig(
+    return LlamaConfig(
         num_layers=hf["num_hidden_layers"],
         vocab_size=hf["vocab_size"],
         embed_dim=hidden,
@@ -217,6 +222,7 @@ def llama_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         weight_tying=bool(hf.get("tie_word_embeddings", False)),
+        rope_scaling=scaling,
     )
 
 
@@ -269,7 +275,7 @@ FAMILIES = (
            load_gemma3, gemma_lora_module),
     Family("gemma2", ("gemma2",), "tunix.models.gemma.model:ModelConfig", gemma2_config, load_gemma2,
            gemma_lora_module),
-    Family("llama", ("llama",), "tunix.models.llama3.model:ModelConfig", llama_config, load_llama,
+    Family("llama", ("llama",), "trainers_jax.llama:LlamaConfig", llama_config, load_llama,
            lambda model, name: name),  # Tunix's Llama keeps HF's module names
 )  # fmt: skip
 UNSUPPORTED = {
