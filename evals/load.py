@@ -145,7 +145,7 @@ def resolve_model(path: str, base: str | None = None, prefer: str = "merged") ->
     or an Orbax checkpoint (a step dir, a ``checkpoints/`` dir, or a JAX run dir without exports)."""
     p = Path(path)
     if not p.exists():
-        hint = " (run `make model` for the default model)" if "gemma-3-270m" in str(p) else ""
+        hint = f" (run `make model MODEL={p.name}`)" if p.parent.name == "models" else ""
         raise InputError(f"model.path {p}: no such directory{hint}")
     if not p.is_dir():
         raise InputError(f"model.path {p}: not a directory")
