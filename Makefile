@@ -141,5 +141,5 @@ kaggle-notebook-test: $(STAMP) ## Execute the notebook end to end on CPU (ci_tin
 SWEEP_CONFIG ?= configs/sweeps/sft_gemma3_270m_cpu.yaml
 SWEEP_ARGS ?=
 
-sweep: $(STAMP) $(MODEL) data ## Ray Tune sweep (ASHA) of a trainer's config -> runs/sweeps/<name>/, configs/promoted/<name>.yaml; SWEEP_CONFIG=, SWEEP_ARGS= override
+sweep: $(STAMP) models/$(call model_in,$(shell sed -n 's/^base_config:[[:space:]]*//p' $(SWEEP_CONFIG) | head -n 1))/.complete data ## Ray Tune sweep (ASHA) of a trainer's config -> runs/sweeps/<name>/, configs/promoted/<name>.yaml; SWEEP_CONFIG=, SWEEP_ARGS= override
 	$(PY) -m scripts.sweep --config $(SWEEP_CONFIG) $(SWEEP_ARGS)
