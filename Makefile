@@ -6,9 +6,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-MODEL_DIR := models/gemma-3-270m
-MODEL  := $(MODEL_DIR)/.complete
 PYTEST_ARGS ?=
+# The models `make model MODEL=<name>` materialises (scripts/materialize_model.py): gemma-3-270m (the
+# default) or smollm2-135m. Training and eval targets materialise the one their config or run names.
+model_in = $(or $(shell sed -n 's|^[[:space:]]*path:[[:space:]]*models/\([^/[:space:]]*\).*|\1|p' $(1) 2>/dev/null | head -n 1),gemma-3-270m)
 
 .PHONY: help setup model parity test test-fast bench lint format clean
 
@@ -23,21 +24,25 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP) ## Create .venv and install the pinned torch + JAX/Tunix stacks
 	@echo "environment ready: $(VENV)"
 
-$(MODEL): $(STAMP) scripts/materialize_model.py
-	$(PY) -m scripts.materialize_model --out $(MODEL_DIR)
+models/%/.complete: | $(STAMP)
+	$(PY) -m scripts.materialize_model --model $* --out models/$*
 
-model: $(MODEL) ## Materialise Gemma 3 270M into models/gemma-3-270m (HF safetensors, float32)
+MODEL ?= gemma-3-270m
+model: models/$(MODEL)/.complete ## Materialise a model into models/<MODEL> (HF safetensors, float32); MODEL=gemma-3-270m (default) | smollm2-135m
 
-parity: $(MODEL) ## Max |logit difference| torch vs JAX on the real model (exit 1 above 1e-3)
-	$(PY) -m scripts.parity --model $(MODEL_DIR)
+parity: models/$(MODEL)/.complete ## Max |logit difference| torch vs JAX on models/<MODEL> (exit 1 above 1e-3)
+	$(PY) -m scripts.parity --model models/$(MODEL)
 
-test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the real default model)
+# The real_model tests use both real models (Gemma 3 270M and SmolLM2-135M-Instruct).
+REAL_MODELS := models/gemma-3-270m/.complete models/smollm2-135m/.complete
+
+test: $(STAMP) $(REAL_MODELS) chromium ## Run the whole test suite (tiny models + the two real models)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) chromium ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
 
-bench: $(STAMP) $(MODEL) ## pytest-benchmark suite of the hot paths, each beside a peer
+bench: $(STAMP) models/gemma-3-270m/.complete ## pytest-benchmark suite of the hot paths, each beside a peer
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no recipe importing a recipe)
@@ -69,12 +74,12 @@ TRAIN_ARGS ?=
 BACKEND ?= torch
 CURRICULUM_CONFIG ?= configs/curriculum/sft_gsm8k_steps_cpu.yaml
 
-train: $(STAMP) $(MODEL) data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; BACKEND=torch|jax, CONFIG=, RUN=, TRAIN_ARGS= override
+train: $(STAMP) models/$(call model_in,$(CONFIG))/.complete data ## SFT (default: LoRA on Gemma 3 270M, CPU) into runs/<RUN>/; BACKEND=torch|jax, CONFIG=, RUN=, TRAIN_ARGS= override
 	$(PY) -m trainers_$(BACKEND).sft --config $(CONFIG) run_name=$(RUN) $(TRAIN_ARGS)
 	@echo "results in runs/$(RUN)/: metrics.jsonl, plots/, eval/, summary.json, final/ (LoRA adapter), merged/ (HF safetensors)"
 
 # The stage files live beside data/built/gsm8k, not in it: `make data` rebuilds that folder whole.
-curriculum: $(STAMP) $(MODEL) data ## Curriculum SFT A→B→C on GSM8K stage files (CURRICULUM_CONFIG=, TRAIN_ARGS= override)
+curriculum: $(STAMP) models/gemma-3-270m/.complete data ## Curriculum SFT A→B→C on GSM8K stage files (CURRICULUM_CONFIG=, TRAIN_ARGS= override)
 	$(PY) -m scripts.dataset curriculum data/built/gsm8k/train.jsonl --config configs/curriculum/gsm8k_steps.yaml --out data/built/gsm8k-curriculum
 	$(PY) -m scripts.run_curriculum --config $(CURRICULUM_CONFIG) $(TRAIN_ARGS)
 
@@ -90,7 +95,7 @@ GRPO_ARGS ?=
 GRPO_SFT_FILE := $(if $(filter jax,$(BACKEND)),merged/config.json,final/adapter_model.safetensors)
 GRPO_NEEDS := $(if $(wildcard $(SFT_RUN)/$(GRPO_SFT_FILE)),,grpo-missing-sft)
 
-train-grpo: $(GRPO_NEEDS) $(STAMP) $(MODEL) data ## GRPO from the SFT run (SFT_RUN=runs/sft-gemma3-270m-cpu) into runs/<GRPO_RUN>/; BACKEND=torch|jax, GRPO_CONFIG=, GRPO_ARGS= override
+train-grpo: $(GRPO_NEEDS) $(STAMP) models/$(call model_in,$(GRPO_CONFIG))/.complete data ## GRPO from the SFT run (SFT_RUN=runs/sft-gemma3-270m-cpu) into runs/<GRPO_RUN>/; BACKEND=torch|jax, GRPO_CONFIG=, GRPO_ARGS= override
 	$(PY) -m trainers_$(BACKEND).grpo --config $(GRPO_CONFIG) run_name=$(GRPO_RUN) init.sft_run=$(SFT_RUN) $(GRPO_ARGS)
 	@echo "results in runs/$(GRPO_RUN)/: metrics.jsonl (reward, eval_reward at step 0 and the end), samples.jsonl, plots/, eval/, $(if $(filter jax,$(BACKEND)),,final/, )merged/"
 
@@ -106,7 +111,7 @@ EVAL_DATA := data/built/gsm8k/test.jsonl
 $(EVAL_DATA): | $(STAMP)
 	$(MAKE) data
 
-eval: $(STAMP) $(MODEL) $(EVAL_DATA) ## Base vs runs/<RUN> (default: the SFT default run) on the same held-out items -> runs/<RUN>/eval/
+eval: $(STAMP) models/$(call model_in,runs/$(RUN)/config.yaml)/.complete $(EVAL_DATA) ## Base vs runs/<RUN> (default: the SFT default run) on the same held-out items -> runs/<RUN>/eval/
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run name> [EVAL_CONFIG=$(EVAL_CONFIG)]" >&2; exit 2; }
 	$(PY) -m evals.run_eval --run runs/$(RUN) --config $(EVAL_CONFIG)
 
@@ -125,6 +130,7 @@ kaggle-check: $(STAMP) ## Validate the Kaggle notebook and every config it names
 	$(PY) -m submission.kaggle check --configs-only --config $(KAGGLE_CONFIG)
 	$(PY) -m submission.kaggle check --configs-only --config configs/kaggle/ci_tiny.yaml
 	$(PY) -m submission.kaggle check --configs-only --config configs/kaggle/notebook_gemma2.yaml
+	$(PY) -m submission.kaggle check --configs-only --config configs/kaggle/notebook_llama32.yaml
 	$(PY) -m pytest -q tests/test_kaggle_notebook.py -m "not slow" $(PYTEST_ARGS)
 
 kaggle-notebook-test: $(STAMP) ## Execute the notebook end to end on CPU (ci_tiny.yaml, tiny model, minutes)
@@ -135,7 +141,7 @@ kaggle-notebook-test: $(STAMP) ## Execute the notebook end to end on CPU (ci_tin
 SWEEP_CONFIG ?= configs/sweeps/sft_gemma3_270m_cpu.yaml
 SWEEP_ARGS ?=
 
-sweep: $(STAMP) $(MODEL) data ## Ray Tune sweep (ASHA) of a trainer's config -> runs/sweeps/<name>/, configs/promoted/<name>.yaml; SWEEP_CONFIG=, SWEEP_ARGS= override
+sweep: $(STAMP) models/$(call model_in,$(shell sed -n 's/^base_config:[[:space:]]*//p' $(SWEEP_CONFIG) | head -n 1))/.complete data ## Ray Tune sweep (ASHA) of a trainer's config -> runs/sweeps/<name>/, configs/promoted/<name>.yaml; SWEEP_CONFIG=, SWEEP_ARGS= override
 	$(PY) -m scripts.sweep --config $(SWEEP_CONFIG) $(SWEEP_ARGS)
 
 # --- collatz: the learned ranking function of lab notebook 003 --------------------------------

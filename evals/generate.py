@@ -30,7 +30,7 @@ from typing import Any, Literal
 from common.config import load_config, split_cli, to_dict
 from common.errors import InputError, cli
 from common.jsonl import JsonlAppender, iter_jsonl
-from common.prompts import END_OF_TURN, end_of_turn, format_prompt, load_tokenizer
+from common.prompts import chat_prompt, end_of_turn, format_prompt, load_tokenizer
 from common.runs import library_versions, now_iso, seed_everything, sha256_file
 from evals.load import load_for_eval, model_provenance, resolve_model, tokenizer_dir
 
@@ -136,8 +136,6 @@ def _finish(
             reason, end = stops[tok], i
             break
     text = tokenizer.decode(generated[:end], skip_special_tokens=True)
-    if text.endswith(END_OF_TURN):  # a tokenizer that does not mark it special
-        text = text[: -len(END_OF_TURN)]
     n = end + (reason != "max_new_tokens")  # the stop token counts
     out = {"completion": text, "prompt_tokens": prompt_tokens, "completion_tokens": n, "stop_reason": reason}
     if return_ids:
@@ -407,12 +405,9 @@ def sample_items(items: list[dict], n: int, seed: int) -> list[dict]:
 
 
 def build_prompt(tokenizer: Any, question: str, style: str) -> str:
+    """The model's chat prompt for a question: with the trace instruction (``text``, ``yaml``) or bare (``plain``)."""
     if style == "plain":
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question.strip()}], tokenize=False, add_generation_prompt=True
-        )
-        bos = getattr(tokenizer, "bos_token", None)
-        return text[len(bos) :] if bos and text.startswith(bos) else text
+        return chat_prompt(tokenizer, question.strip())
     return format_prompt(tokenizer, question, style)
 
 

@@ -145,7 +145,7 @@ def resolve_model(path: str, base: str | None = None, prefer: str = "merged") ->
     or an Orbax checkpoint (a step dir, a ``checkpoints/`` dir, or a JAX run dir without exports)."""
     p = Path(path)
     if not p.exists():
-        hint = " (run `make model` for the default model)" if "gemma-3-270m" in str(p) else ""
+        hint = f" (run `make model MODEL={p.name}`)" if p.parent.name == "models" else ""
         raise InputError(f"model.path {p}: no such directory{hint}")
     if not p.is_dir():
         raise InputError(f"model.path {p}: not a directory")
@@ -320,8 +320,8 @@ def _load_orbax(ref: ModelRef, backend: str, dtype: str, device: str) -> Any:
     from trainers_torch.model import attention_for, default_device, torch_dtype
 
     tensors = hf_state_dict(model, cfg.lora.alpha if cfg.train.method == "lora" else None)
+    hf_cfg = hf_export_config(ref.weights_dir, model)
     del model
-    hf_cfg = hf_export_config(ref.weights_dir)
     config = AutoConfig.for_model(**hf_cfg)
     lm = AutoModelForCausalLM.from_config(
         config, dtype=torch.float32, attn_implementation=attention_for(hf_cfg)

@@ -177,11 +177,12 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: invalid JSON: {err}") from None
 
 
-def load_run(run: Path) -> dict[str, Any]:
-    """What a run's report needs: eval summary, comparison, predictions, dataset items, metrics."""
+def load_run(run: Path, eval_dir: str = "eval") -> dict[str, Any]:
+    """What a run's report needs: eval summary, comparison, predictions (from ``run/eval_dir``),
+    dataset items, metrics."""
     if not run.is_dir():
         raise InputError(f"--run {run}: no such run directory")
-    ev = run / "eval"
+    ev = run / eval_dir
     summary = _read_json(ev / "eval_summary.json")
     compare = _read_json(ev / "compare.json") if (ev / "compare.json").is_file() else None
     preds = {}
@@ -526,18 +527,18 @@ def run_markdown(data: dict[str, Any], warnings: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_run_report(run: str | Path) -> Path:
-    """Write ``eval/report.html``, ``eval/report.md`` and ``plots/*.png`` for a run; returns the HTML path."""
+def write_run_report(run: str | Path, eval_dir: str = "eval") -> Path:
+    """Write ``<eval_dir>/report.html``, ``<eval_dir>/report.md`` and ``plots/*.png`` for a run; returns the HTML path."""
     run = Path(run)
-    data = load_run(run)
+    data = load_run(run, eval_dir)
     html_text, md, pngs = run_report(data)
     (run / "plots").mkdir(parents=True, exist_ok=True)
     for name, png in pngs.items():
         with atomic_open(run / "plots" / name, "wb") as fh:
             fh.write(png)
-    with atomic_open(run / "eval" / "report.md") as fh:
+    with atomic_open(run / eval_dir / "report.md") as fh:
         fh.write(md)
-    out = run / "eval" / "report.html"
+    out = run / eval_dir / "report.html"
     with atomic_open(out) as fh:
         fh.write(html_text)
     return out

@@ -2,7 +2,8 @@
 
     python -m evals.run_eval --run runs/<name> --config configs/eval/gsm8k_cpu.yaml [key=value ...]
 
-Writes ``runs/<name>/eval/``: ``predictions_base.jsonl``, ``predictions_trained.jsonl``,
+Writes ``runs/<name>/eval/`` (``--eval-dir`` names another folder of the run, e.g.
+``eval-multidomain`` for a second suite): ``predictions_base.jsonl``, ``predictions_trained.jsonl``,
 ``eval_summary.json`` (``base`` and ``trained``: the scorer's fields plus model, decoding and
 generation provenance), ``compare.json`` (paired deltas, McNemar, flips, small-n warnings),
 ``report.html`` and ``report.md``.
@@ -92,8 +93,9 @@ def evaluate_run(
     progress: bool = True,
     report: bool = True,
     cache_dir: Path = CACHE_DIR,
+    eval_name: str = "eval",
 ) -> dict[str, Any]:
-    """Generate, score, compare and report one run; returns the eval summary."""
+    """Generate, score, compare and report one run into ``run/eval_name``; returns the eval summary."""
     from evals.compare import compare_files, print_comparison
     from evals.suites import suite_metrics, suite_name, summarize
 
@@ -105,7 +107,9 @@ def evaluate_run(
     if base_ref.kind != "hf":
         raise InputError(f"base model {base_path}: expected an HF model directory, got a {base_ref.kind}")
 
-    eval_dir = run / "eval"
+    if not eval_name or Path(eval_name).name != eval_name:
+        raise InputError(f"--eval-dir {eval_name!r}: a directory name inside the run, e.g. eval-multidomain")
+    eval_dir = run / eval_name
     eval_dir.mkdir(parents=True, exist_ok=True)
     items = gen.sample_items(gen.load_items(cfg.data.path), cfg.data.n, cfg.seed)
     ids = [str(it["id"]) for it in items]
@@ -163,7 +167,7 @@ def evaluate_run(
     if report:
         from evals.report import write_run_report
 
-        html_path = write_run_report(run)
+        html_path = write_run_report(run, eval_name)
         print(f"report: {html_path}")
     return summary
 
@@ -177,11 +181,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--base", help="base model dir (default: the one the run was trained from)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--no-report", action="store_true", help="skip report.html / report.md")
+    parser.add_argument(
+        "--eval-dir", default="eval", help="where in the run to write (default eval; e.g. eval-multidomain)"
+    )
     args = parser.parse_args(flags)
     cfg = load_config(gen.GenerateConfig, args.config, overrides)
     return evaluate_run(
-        Path(args.run), cfg, args.base, progress=not args.no_progress, report=not args.no_report
-    )
+        Path(args.run), cfg, args.base, progress=not args.no_progress, report=not args.no_report,
+        eval_name=args.eval_dir,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -310,6 +310,11 @@ def check(cfg: NotebookConfig, configs_only: bool = False) -> Plan:
             raise InputError(f"model_dir: {model} is not an HF model directory (no config.json)")
         if not any(model.glob("*.safetensors")):
             raise InputError(f"model_dir: {model} holds no *.safetensors weights")
+        from trainers_jax.model import tunix_config
+
+        tunix_config(
+            model
+        )  # a family the JAX trainers load (Gemma 3, Gemma 2, Llama), or the field they refuse
     plan, loaded = make_plan(cfg, "check")
     print(f"notebook config ok; project {ROOT}")
     print(f"  model      {project_path(cfg.model_dir)}")

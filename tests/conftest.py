@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MODEL = Path(os.environ.get("SHOWWORK_MODEL", ROOT / "models" / "gemma-3-270m"))
+REAL_SMOLLM2 = ROOT / "models" / "smollm2-135m"
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +29,27 @@ def tiny_gemma2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random Llama shaped like SmolLM2 (GQA, RoPE theta 100000, tied embedding), ChatML tokenizer."""
+    from tests.tiny import build_llama
+
+    return build_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
 def real_model() -> Path:
     if not (REAL_MODEL / ".complete").exists():
         pytest.fail(f"{REAL_MODEL} is not materialised; run `make model` (make test does it first)")
     return REAL_MODEL
+
+
+@pytest.fixture(scope="session")
+def real_smollm2() -> Path:
+    if not (REAL_SMOLLM2 / ".complete").exists():
+        pytest.fail(
+            f"{REAL_SMOLLM2} is not materialised; run `make model MODEL=smollm2-135m` (make test does it first)"
+        )
+    return REAL_SMOLLM2
 
 
 @pytest.fixture

@@ -299,7 +299,8 @@ def test_contamination_default_report_beside_train(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A whitespace word-level tokenizer (every word one token, plus BOS) saved as an HF folder."""
+    """A whitespace word-level tokenizer (every word one token, plus BOS) with a bare chat
+    template (the turn's text and nothing else), saved as an HF folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -307,9 +308,11 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     out = tmp_path_factory.mktemp("tok")
-    PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    ).save_pretrained(out)
+    )
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    fast.save_pretrained(out)
     return out
 
 

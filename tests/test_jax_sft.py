@@ -1,6 +1,7 @@
 """JAX SFT (trainers_jax.sft) against the torch recipe: same weights + same rows → same loss,
-before and after one AdamW step (Gemma 3, and Gemma 2 with its final-logit soft-cap and a
-sliding window shorter than the packed rows); the fsdp=2 path; Orbax resume; the merged HF export."""
+before and after one AdamW step (Gemma 3, Gemma 2 with its final-logit soft-cap and a sliding
+window shorter than the packed rows, and Llama with a ChatML template); the fsdp=2 path; Orbax
+resume; the merged HF export."""
 
 from __future__ import annotations
 
@@ -32,16 +33,21 @@ def tiny6(tmp_path_factory):
     return build_gemma3(tmp_path_factory.mktemp("tiny6"), layers=6)
 
 
-@pytest.fixture(scope="module")
-def rows(tiny6, tmp_path_factory):
-    tok = load_tokenizer(tiny6)
-    path = write_records(tmp_path_factory.mktemp("data") / "train.jsonl", arithmetic_records(12))
+def packed_rows(model_dir: Path, path: Path) -> tuple[list[sft_data.Example], list[list[int]]]:
+    """The records at ``path`` tokenized for ``model_dir`` (its chat template), the first two packed rows."""
+    tok = load_tokenizer(model_dir)
     examples, _, _ = sft_data.tokenize_records(path, tok, DataConfig(max_len=400, pack_tokens=1024))
     packed = sft_data.pack_rows([len(e) for e in examples], list(range(len(examples))), 1024)
-    return examples, packed[:2], path
+    return examples, packed[:2]
 
 
-@pytest.mark.parametrize("model_fixture", ["tiny6", "tiny_gemma2"])
+@pytest.fixture(scope="module")
+def rows(tiny6, tmp_path_factory):
+    path = write_records(tmp_path_factory.mktemp("data") / "train.jsonl", arithmetic_records(12))
+    return (*packed_rows(tiny6, path), path)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny6", "tiny_gemma2", "tiny_llama"])
 def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
     from transformers import AutoModelForCausalLM
 
@@ -56,8 +62,8 @@ def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
     from trainers_torch.optim import build_optimizer as torch_optimizer
 
     torch.set_num_threads(1)
-    path = request.getfixturevalue(model_fixture)  # both use the same tokenizer as `rows`
-    examples, packed, _ = rows
+    path = request.getfixturevalue(model_fixture)
+    examples, packed = packed_rows(path, rows[2])  # through this model's tokenizer and chat template
     overrides = [f"model.path={path}", "train.method=full", "optim.warmup_steps=0", "optim.weight_decay=0.01",
                  "optim.max_grad_norm=1.0", f"train.loss_chunk_tokens={CHUNK}"]  # fmt: skip
     cfg = load_sft_config(None, overrides)

@@ -80,6 +80,26 @@ def test_gemma2_notebook_config_validates_its_recipes(capsys):
     )
 
 
+def test_llama_notebook_config_validates_its_recipes_and_maps_a_llama_dir(tiny_llama, tmp_path, capsys):
+    """notebook_llama32.yaml names a Llama-architecture dir; `check` maps its config.json onto
+    Tunix's Llama, and refuses a Qwen dir naming its model_type."""
+    import shutil
+
+    from common.errors import InputError
+
+    cfg = kaggle.load_notebook_config("configs/kaggle/notebook_llama32.yaml")
+    kaggle.check(cfg, configs_only=True)
+    out = capsys.readouterr().out
+    assert "llama-3.2" in cfg.model_dir
+    assert "sft_llama32_1b_tpu.yaml ok sft-llama32-1b-tpu" in out and "grpo_llama32_1b_tpu.yaml ok" in out
+    kaggle.check(kaggle.dataclasses.replace(cfg, model_dir=str(tiny_llama)))  # the model dir too
+    qwen = shutil.copytree(tiny_llama, tmp_path / "qwen")
+    hf = json.loads((qwen / "config.json").read_text())
+    (qwen / "config.json").write_text(json.dumps({**hf, "model_type": "qwen2"}))
+    with pytest.raises(InputError, match="model_type 'qwen2'"):
+        kaggle.check(kaggle.dataclasses.replace(cfg, model_dir=str(qwen)))
+
+
 def test_cells_hold_no_settings_and_call_every_stage_in_order():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert settings_in_cells(nb) == []

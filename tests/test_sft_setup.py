@@ -172,3 +172,19 @@ def test_default_configs_load():
     cpu = load_sft_config(ROOT / "configs" / "sft_gemma3_270m_cpu.yaml", [])
     assert cpu.run_name == "sft-gemma3-270m-cpu" and cpu.model.dtype == "float32"
     json.dumps(cpu.__dict__, default=str)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*smollm2*.yaml")))
+def test_smollm2_configs_load_on_both_backends(name):
+    from trainers_jax.config import load_grpo_config as jax_grpo
+    from trainers_jax.config import load_sft_config as jax_sft
+
+    path = ROOT / "configs" / name
+    if name.startswith("grpo_"):
+        from common.grpo_config import load_grpo_config
+
+        cfgs = [load_grpo_config(path, []), jax_grpo(path, [])]
+    else:
+        cfgs = [load_sft_config(path, []), jax_sft(path, [])]
+    for cfg in cfgs:
+        assert cfg.model.path == "models/smollm2-135m" and cfg.run_name == path.stem.replace("_", "-")

@@ -12,7 +12,7 @@ from flax import nnx
 
 from common.prompts import end_of_turn
 from common.runs import write_dir
-from trainers_jax.model import is_gemma2
+from trainers_jax.model import family_of, is_gemma2
 
 
 def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray]:
@@ -22,6 +22,10 @@ def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray
         "kv_einsum": "dr,rckh->ckdh",
         "qkv_einsum": "dr,rcnh->cndh",
         "attn_vec_einsum": "nhr,rd->nhd",
+        "q_proj": "dr,rnh->dnh",  # Llama: [D, heads, H]
+        "k_proj": "dr,rnh->dnh",
+        "v_proj": "dr,rnh->dnh",
+        "o_proj": "nhr,rd->nhd",
     }
 
     def flat(kind: Any) -> dict[str, np.ndarray]:
@@ -42,9 +46,9 @@ def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray
     return weights
 
 
-def hf_state_dict(model: Any, lora_alpha: float | None = None) -> dict[str, np.ndarray]:
+def gemma_state_dict(model: Any, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """HF ``Gemma3ForCausalLM`` / ``Gemma2ForCausalLM`` tensors (``model.*`` names, tied head)
-    from the Tunix model.
+    from a Tunix Gemma's merged weights ``w``.
 
     The inverse of ``tunix.models.gemma3`` / ``tunix.models.gemma`` ``params_safetensors``'s key
     mapping (the two differ only in Gemma 3's q/k norms and the post-attention norm's name); Tunix's own
@@ -52,7 +56,6 @@ def hf_state_dict(model: Any, lora_alpha: float | None = None) -> dict[str, np.n
     the same few transposes written out.
     """
     c = model.config
-    w = merged_weights(model, lora_alpha)
     out = {
         "model.embed_tokens.weight": w["embedder.input_embedding"],
         "model.norm.weight": w["final_norm.scale"],
@@ -83,19 +86,57 @@ def hf_state_dict(model: Any, lora_alpha: float | None = None) -> dict[str, np.n
         out[f"{q}.post_attention_layernorm.weight"] = w[f"{p}.{post_attn}.scale"]
         out[f"{q}.pre_feedforward_layernorm.weight"] = w[f"{p}.pre_ffw_norm.scale"]
         out[f"{q}.post_feedforward_layernorm.weight"] = w[f"{p}.post_ffw_norm.scale"]
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    return out
 
 
-def hf_export_config(source_dir: str | Path) -> dict[str, Any]:
-    """The HF ``config.json`` of a merged export of a model trained from ``source_dir``."""
+def llama_state_dict(model: Any, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """HF ``LlamaForCausalLM`` tensors from a Tunix Llama's merged weights ``w``: the inverse of
+    ``tunix.models.llama3.params``'s key mapping (projections ``[D, heads, H]`` / ``[heads, H, D]``
+    back to HF's ``[out, in]``)."""
+    out = {
+        "model.embed_tokens.weight": w["embedder.input_embedding"],
+        "model.norm.weight": w["final_norm.w"],
+    }
+    if "lm_head.w" in w:  # untied
+        out["lm_head.weight"] = w["lm_head.w"].T
+    for i in range(model.config.num_layers):
+        p, q = f"layers.{i}", f"model.layers.{i}"
+        for name in ("q_proj", "k_proj", "v_proj"):
+            x = w[f"{p}.attn.{name}.w"]
+            out[f"{q}.self_attn.{name}.weight"] = x.reshape(x.shape[0], -1).T
+        o = w[f"{p}.attn.o_proj.w"]
+        out[f"{q}.self_attn.o_proj.weight"] = o.reshape(-1, o.shape[-1]).T
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            out[f"{q}.mlp.{name}.weight"] = w[f"{p}.mlp.{name}.kernel"].T
+        out[f"{q}.input_layernorm.weight"] = w[f"{p}.input_layernorm.w"]
+        out[f"{q}.post_attention_layernorm.weight"] = w[f"{p}.post_attention_layernorm.w"]
+    return out
+
+
+STATE_DICTS = {"gemma3": gemma_state_dict, "gemma2": gemma_state_dict, "llama": llama_state_dict}
+ARCHITECTURES = {  # family → (HF architectures entry, model_type)
+    "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
+    "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+    "llama": ("LlamaForCausalLM", "llama"),
+}
+
+
+def hf_state_dict(model: Any, lora_alpha: float | None = None) -> dict[str, np.ndarray]:
+    """The HF state dict of the Tunix model, LoRA merged in."""
+    tensors = STATE_DICTS[family_of(model).name](model, merged_weights(model, lora_alpha))
+    return {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+
+
+def hf_export_config(source_dir: str | Path, model: Any) -> dict[str, Any]:
+    """The HF ``config.json`` of a merged export of ``model``, trained from ``source_dir``."""
     hf_cfg = json.loads((Path(source_dir) / "config.json").read_text())
     cfg = dict(hf_cfg.get("text_config", hf_cfg)) if hf_cfg.get("model_type") == "gemma3" else dict(hf_cfg)
-    gemma2 = cfg.get("model_type") == "gemma2"
+    architecture, model_type = ARCHITECTURES[family_of(model).name]
     cfg.update(
         {
-            "architectures": ["Gemma2ForCausalLM" if gemma2 else "Gemma3ForCausalLM"],
-            "model_type": "gemma2" if gemma2 else "gemma3_text",
-            "tie_word_embeddings": True,
+            "architectures": [architecture],
+            "model_type": model_type,
+            "tie_word_embeddings": getattr(model.config, "weight_tying", True),
             "use_cache": True,
         }
     )
@@ -112,7 +153,7 @@ def export_merged(
     from safetensors.numpy import save_file
 
     src = Path(source_dir)
-    cfg = hf_export_config(src)
+    cfg = hf_export_config(src, model)
     tensors = hf_state_dict(model, lora_alpha)
     eot_id = tok.convert_tokens_to_ids(end_of_turn(tok))
 

@@ -1,9 +1,10 @@
 """Tunix models made trainable: qwix LoRA on the chosen projections and layers, or full
 fine-tuning of all or the last N layers, as the nnx filter of what trains.
 
-LoRA targets use the torch (HF) names; Tunix fuses k and v (``kv_einsum``, or q/k/v in
-``qkv_einsum`` when there are as many kv heads as heads), so ``k_proj``/``v_proj`` pick the
-fused module.
+LoRA targets use the torch (HF) names; each family maps them onto its Tunix modules
+(``trainers_jax.model.Family.lora_module``): Tunix's Gemma fuses k and v (``kv_einsum``, or
+q/k/v in ``qkv_einsum`` when there are as many kv heads as heads), so ``k_proj``/``v_proj`` pick
+the fused module there; Tunix's Llama keeps the HF names.
 """
 
 from __future__ import annotations
@@ -16,18 +17,10 @@ from flax import nnx
 
 from common.errors import InputError
 from common.sft_config import LoraConfig, SFTConfig, TrainConfig
-from trainers_jax.model import load_model
+from trainers_jax.model import family_of, load_model
 
-# torch (HF) linear layer → the Tunix module that holds it
-TUNIX_MODULE = {
-    "q_proj": "q_einsum",
-    "k_proj": "kv_einsum",
-    "v_proj": "kv_einsum",
-    "o_proj": "attn_vec_einsum",
-    "gate_proj": "gate_proj",
-    "up_proj": "up_proj",
-    "down_proj": "down_proj",
-}
+# the decoder's linear layers, by their torch (HF) names
+LINEAR_LAYERS = ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj")
 
 
 def trainable_layer_ids(n_layers: int, trainable_layers: int | None) -> list[int]:
@@ -38,16 +31,13 @@ def trainable_layer_ids(n_layers: int, trainable_layers: int | None) -> list[int
 
 def lora_module_path(model: Any, lora: LoraConfig, trainable_layers: int | None) -> str:
     """The qwix ``module_path`` regex for ``lora.target_modules`` in the trainable layers."""
-    targets = lora.target_modules or sorted(TUNIX_MODULE)
-    unknown = sorted(set(targets) - set(TUNIX_MODULE))
+    targets = lora.target_modules or list(LINEAR_LAYERS)
+    unknown = sorted(set(targets) - set(LINEAR_LAYERS))
     if unknown:
         raise InputError(
-            f"lora.target_modules: {unknown} not linear layers of the decoder; available: {sorted(TUNIX_MODULE)}"
+            f"lora.target_modules: {unknown} not linear layers of the decoder; available: {list(LINEAR_LAYERS)}"
         )
-    fused = model.config.num_heads == model.config.num_kv_heads
-    modules = {
-        ("qkv_einsum" if fused and t in ("q_proj", "k_proj", "v_proj") else TUNIX_MODULE[t]) for t in targets
-    }
+    modules = {family_of(model).lora_module(model, t) for t in targets}
     layers = "|".join(str(i) for i in trainable_layer_ids(model.config.num_layers, trainable_layers))
     return rf"layers/({layers})/(attn|mlp)/({'|'.join(sorted(modules))})"
 
@@ -78,7 +68,7 @@ def trainable_filter(train: TrainConfig, n_layers: int) -> Any:
         head = path[0]
         if head == "layers":
             return int(path[1]) in layers
-        return head == "final_norm" or (head == "embedder" and train.train_lm_head)
+        return head == "final_norm" or (head in ("embedder", "lm_head") and train.train_lm_head)
 
     return chosen
 

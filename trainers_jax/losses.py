@@ -1,5 +1,5 @@
 """The SFT loss on Tunix models: decoder body with a block-diagonal causal mask from the
-packed segment ids, then the tied LM head in chunks on completion positions only."""
+packed segment ids, then the LM head in chunks on completion positions only."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flax import nnx
 
 from common import sft_data
 from common.sft_data import IGNORE
-from trainers_jax.model import model_positions
+from trainers_jax.model import head_weights, model_positions
 
 
 def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -25,7 +25,7 @@ def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 def hidden_states(model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """Final-norm hidden states [B, L, D] of Tunix's Gemma 3 or 2 (``output_hidden_states`` sows them).
+    """Final-norm hidden states [B, L, D] of a Tunix model (``output_hidden_states`` sows them).
 
     The model is called as a whole (qwix's LoRA intercepts the model's ``__call__``, so the
     submodules cannot be run one by one); the [B, L, V] logits it also returns are unused,
@@ -75,7 +75,7 @@ def completion_loss_sum(model: Any, arrays: dict[str, jax.Array], chunk: int) ->
     softcap = getattr(model.config, "final_logit_softcap", None)  # Gemma 2's; Gemma 3 has none
     return head_loss_sum(
         picked,
-        model.embedder.input_embedding[...],
+        head_weights(model),
         arrays["target_ids"],
         arrays["target_valid"],
         chunk,

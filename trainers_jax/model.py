@@ -1,10 +1,19 @@
 """Load an HF safetensors directory into a Tunix (Flax NNX) model on a device mesh.
 
 The HF ``config.json`` is mapped onto Tunix's ``ModelConfig`` field by field, so the same
-directory that transformers loads (the default Gemma 3 270M, a Kaggle Gemma 3 1B or Gemma 2
-2B, or a tiny random test model) loads here too. Weights go through Tunix's own safetensors
-loader: ``tunix.models.gemma3`` for ``gemma3_text``/``gemma3``, ``tunix.models.gemma`` (Gemma
-v1/v2) for ``gemma2``. What Tunix cannot represent is refused naming the config.json field.
+directory that transformers loads (the default Gemma 3 270M, SmolLM2-135M-Instruct, a Kaggle
+Gemma 3 1B, Gemma 2 2B or Llama 3.2, or a tiny random test model) loads here too. Each model
+family Tunix has code for is one ``Family`` in ``FAMILIES``: its HF ``model_type`` values, the
+config mapping, the loader, and the Tunix names of the layers LoRA targets; ``family_of``
+finds it for a loaded model. What Tunix cannot represent is refused naming the config.json field.
+
+- ``gemma3_text``/``gemma3``: ``tunix.models.gemma3``.
+- ``gemma2``: ``tunix.models.gemma`` (Gemma v1/v2).
+- ``llama``: ``tunix.models.llama3`` through ``trainers_jax/llama.py``, which applies RoPE at
+  the config's theta (Tunix 0.1.7 ignores it) with Llama 3.1+'s ``llama3`` frequency scaling
+  (Tunix has none), and sows hidden states for the SFT loss.
+- Qwen (``qwen2``, ``qwen3``) is refused: Tunix has the model code, but no mapping, export or
+  test here yet.
 
 Gemma 2 is verified on tiny random models only (tests/test_jax_gemma2.py: logits equal to
 transformers' ``Gemma2ForCausalLM`` with both soft-caps active and a sequence longer than
@@ -20,6 +29,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +41,6 @@ from common.errors import InputError
 from common.prompts import load_tokenizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-SUPPORTED = ("gemma3_text", "gemma3", "gemma2")
 
 
 def jax_dtype(name: str) -> Any:
@@ -167,24 +177,140 @@ def gemma2_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
     )
 
 
+def llama_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
+    """Tunix Llama 3 ``ModelConfig`` (``trainers_jax.llama.LlamaConfig``) equivalent to an HF
+    ``llama`` config.
+
+    Tunix's Llama hard-codes what HF makes configurable: SiLU-gated MLP, no biases, no
+    attention dropout, queries scaled by ``head_dim ** -0.5``; RoPE is ``trainers_jax.llama``'s,
+    plain or with Llama 3.1+'s ``llama3`` frequency scaling. Anything else is refused, naming the field.
+    """
+    from trainers_jax.llama import LlamaConfig
+
+    def refuse(field: str, why: str) -> InputError:
+        return InputError(f"config.json: {field}={hf.get(field)!r} {why}")
+
+    if hf.get("hidden_act", "silu") != "silu":
+        raise refuse("hidden_act", "is not Tunix Llama's SiLU")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag):
+            raise refuse(flag, "is not supported: Tunix's Llama has no biases")
+    if float(hf.get("attention_dropout") or 0.0) != 0.0:
+        raise refuse("attention_dropout", "is not supported: Tunix's Llama has no attention dropout")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    field = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    scaling = None
+    if rope_type == "llama3":
+        original = rope.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
+        scaling = (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]), float(original))  # fmt: skip
+    elif rope_type != "default":
+        raise InputError(
+            f"config.json: {field} rope_type={rope_type!r} is not supported (only default and llama3 RoPE)"
+        )
+    heads, kv_heads, hidden = hf["num_attention_heads"], hf["num_key_value_heads"], hf["hidden_size"]
+    if heads % kv_heads:
+        raise refuse("num_key_value_heads", f"must divide num_attention_heads={heads}")
+    return LlamaConfig(
+        num_layers=hf["num_hidden_layers"],
+        vocab_size=hf["vocab_size"],
+        embed_dim=hidden,
+        hidden_dim=hf["intermediate_size"],
+        num_heads=heads,
+        head_dim=hf.get("head_dim") or hidden // heads,
+        num_kv_heads=kv_heads,
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        weight_tying=bool(hf.get("tie_word_embeddings", False)),
+        rope_scaling=scaling,
+    )
+
+
+def load_gemma3(path: str, cfg: Any, mesh: jax.sharding.Mesh, dtype: Any) -> Any:
+    from tunix.models.gemma3 import params_safetensors
+
+    return params_safetensors.create_model_from_safe_tensors(path, cfg, mesh=mesh, dtype=dtype)
+
+
+def load_gemma2(path: str, cfg: Any, mesh: jax.sharding.Mesh, dtype: Any) -> Any:
+    from tunix.models.gemma import params_safetensors
+
+    return params_safetensors.create_model_from_safe_tensors(path, cfg, mesh=mesh, dtype=dtype)
+
+
+def load_llama(path: str, cfg: Any, mesh: jax.sharding.Mesh, dtype: Any) -> Any:
+    from trainers_jax.llama import create_model_from_safe_tensors
+
+    return create_model_from_safe_tensors(path, cfg, mesh=mesh, dtype=dtype)
+
+
+def gemma_lora_module(model: Any, name: str) -> str:
+    """Tunix Gemma fuses k and v (``kv_einsum``), or q/k/v (``qkv_einsum``) when there are as
+    many kv heads as heads."""
+    fused = model.config.num_heads == model.config.num_kv_heads
+    if fused and name in ("q_proj", "k_proj", "v_proj"):
+        return "qkv_einsum"
+    return {
+        "q_proj": "q_einsum",
+        "k_proj": "kv_einsum",
+        "v_proj": "kv_einsum",
+        "o_proj": "attn_vec_einsum",
+    }.get(name, name)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family Tunix has code for: how an HF config maps onto it and how it loads."""
+
+    name: str
+    model_types: tuple[str, ...]  # HF config.json model_type values
+    config_class: str  # the Tunix ModelConfig ("module:Class"): what identifies a loaded model
+    config: Callable[[dict[str, Any], str], Any]  # HF config → Tunix ModelConfig
+    load: Callable[[str, Any, jax.sharding.Mesh, Any], Any]  # (dir, config, mesh, dtype) → model
+    lora_module: Callable[[Any, str], str]  # (model, HF linear layer name) → the Tunix module holding it
+
+
+FAMILIES = (
+    Family("gemma3", ("gemma3_text", "gemma3"), "tunix.models.gemma3.model:ModelConfig", gemma3_config,
+           load_gemma3, gemma_lora_module),
+    Family("gemma2", ("gemma2",), "tunix.models.gemma.model:ModelConfig", gemma2_config, load_gemma2,
+           gemma_lora_module),
+    Family("llama", ("llama",), "trainers_jax.llama:LlamaConfig", llama_config, load_llama,
+           lambda model, name: name),  # Tunix's Llama keeps HF's module names
+)  # fmt: skip
+UNSUPPORTED = {
+    "qwen2": "Tunix has Qwen2 model code (tunix.models.qwen2), but this project has no mapping, export or test for it yet",
+    "qwen3": "Tunix has Qwen3 model code (tunix.models.qwen3), but this project has no mapping, export or test for it yet",
+}
+
+
+def family_for_type(model_type: str | None, where: str) -> Family:
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    supported = ", ".join(t for fam in FAMILIES for t in fam.model_types)
+    why = UNSUPPORTED.get(str(model_type), "has no JAX loader")
+    raise InputError(f"{where}: model_type '{model_type}' {why}; supported: {supported}")
+
+
+def family_of(model_or_config: Any) -> Family:
+    """The family of a loaded Tunix model (or its ``ModelConfig``)."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    name = f"{type(cfg).__module__}:{type(cfg).__name__}"
+    for fam in FAMILIES:
+        if fam.config_class == name:
+            return fam
+    raise TypeError(f"{name} is not the config of a model family this project loads")
+
+
 def tunix_config(path: str | Path, dtype: str = "float32") -> Any:
     hf = read_hf_config(path)
-    model_type = hf.get("model_type")
-    if model_type in ("gemma3_text", "gemma3"):
-        return gemma3_config(hf, dtype)
-    if model_type == "gemma2":
-        return gemma2_config(hf, dtype)
-    raise InputError(
-        f"{path}/config.json: model_type '{model_type}' has no JAX loader; supported: {', '.join(SUPPORTED)}"
-    )
+    return family_for_type(hf.get("model_type"), f"{path}/config.json").config(hf, dtype)
 
 
 def is_gemma2(model_or_config: Any) -> bool:
     """True for a Tunix Gemma (v1/v2) model or config (``tunix.models.gemma``)."""
-    from tunix.models.gemma import model as gemma
-
-    cfg = getattr(model_or_config, "config", model_or_config)
-    return isinstance(cfg, gemma.ModelConfig)
+    return family_of(model_or_config).name == "gemma2"
 
 
 def load_model(
@@ -192,16 +318,17 @@ def load_model(
 ) -> tuple[Any, Any]:
     """``(nnx_model, hf_tokenizer)`` from a local HF safetensors directory."""
     cfg = tunix_config(path, dtype)
-    if is_gemma2(cfg):
-        from tunix.models.gemma import params_safetensors
-    else:
-        from tunix.models.gemma3 import params_safetensors
     mesh = mesh if mesh is not None else make_mesh(1, 1)
     with mesh:
-        model = params_safetensors.create_model_from_safe_tensors(
-            str(path), cfg, mesh=mesh, dtype=jax_dtype(dtype)
-        )
+        model = family_of(cfg).load(str(path), cfg, mesh, jax_dtype(dtype))
     return model, load_tokenizer(path)
+
+
+def head_weights(model: Any) -> jax.Array:
+    """The LM head as ``[V, D]``: the embedding when tied (Gemma, SmolLM2), else Llama's ``lm_head``."""
+    if getattr(model.config, "weight_tying", True):
+        return model.embedder.input_embedding[...]
+    return model.lm_head.w[...].T
 
 
 def model_positions(model: Any, positions: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ def check_model_dir(path: str | Path) -> Path:
     """A local HF model dir with config.json and weights, or an ``InputError`` saying what is missing."""
     p = Path(path)
     if not (p / "config.json").is_file():
-        hint = " (run `make model` for the default model)" if "gemma-3-270m" in str(p) else ""
+        hint = f" (run `make model MODEL={p.name}`)" if p.parent.name == "models" else ""
         raise InputError(f"{p}: not a model directory, config.json missing{hint}")
     if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise InputError(f"{p}: no *.safetensors weights")

@@ -29,7 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.jsonl import read_jsonl, write_jsonl
-from common.prompts import END_OF_TURN, format_prompt
+from common.prompts import end_of_turn, format_prompt
 
 N_QUESTIONS = 24
 STRIDE = 55  # question indices 0, 55, 110, ...: a spread over the 1,319 test questions
@@ -68,7 +68,7 @@ STOP_AT_ANSWER = {
 
 def generate(model, tokenizer, prompts: list[str], setting: dict, seed: int) -> list[str]:
     """Continue each prompt; returns the generated text including the stop marker if any."""
-    stop_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id]
+    stop_ids = [tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer)), tokenizer.eos_token_id]
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
     kwargs = {"do_sample": setting["do_sample"]}
     if setting["do_sample"]:
