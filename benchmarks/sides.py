@@ -374,7 +374,7 @@ def sft_lora_tunix(s: Settings) -> dict[str, Any]:
     )
     with mesh:
         trainer = peft_trainer.PeftTrainer(model, tx, config).with_gen_model_input_fn(model_input)
-        trainer = trainer.with_training_hooks(Clock())
+        trainer.with_training_hooks(Clock())
         trainer.train(batches)
     return timer.result(s.warmup, notes={"batch": f"{per_batch} x {cfg.data.max_len} padded"})
 
@@ -393,7 +393,6 @@ def hash_reward(prompts: Any, completions: list[str], **_: Any) -> list[float]:
 def grpo_cfg(s: Settings, jax_side: bool = False) -> Any:
     from common.config import load_config
     from common.grpo_config import GRPOConfig
-    from trainers_jax.config import JaxGRPOConfig
 
     overrides = [
         f"model.path={s.model}", f"model.dtype={s.dtype}", "init.sft_run=null",
@@ -401,11 +400,16 @@ def grpo_cfg(s: Settings, jax_side: bool = False) -> Any:
         f"generation.num_generations={s.grpo_generations}", f"generation.max_new_tokens={s.grpo_max_new_tokens}",
         f"train.max_steps={s.warmup + s.steps}", "eval.n=0",
     ]  # fmt: skip
-    if not jax_side:
+    cls: Any = GRPOConfig
+    if jax_side:
+        from trainers_jax.config import JaxGRPOConfig
+
+        cls = JaxGRPOConfig
+    else:
         overrides.append(f"model.device={s.device}")
-    return load_config(
-        JaxGRPOConfig if jax_side else GRPOConfig, "configs/grpo_gemma3_270m_cpu.yaml", overrides
-    )
+    cfg = load_config(cls, "configs/grpo_gemma3_270m_cpu.yaml", overrides)
+    cfg.rewards.weights = [1.0]  # the one reward: hash_reward
+    return cfg
 
 
 def grpo_prompts(s: Settings, cfg: Any, tok: Any) -> list[Any]:
