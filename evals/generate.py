@@ -165,75 +165,48 @@ def _pick_tokens(logits: Any, settings: DecodeSettings, generator: Any) -> Any:
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _left_pad(x: Any, length: int) -> Any:
-    """``x`` [B, H, T, D] (or a mask [B, T]) with zeros prepended along T up to ``length``, or
-    cut to its last ``length`` positions."""
+def _left_pad(mask: Any, length: int) -> Any:
+    """An attention mask [B, T] cut to its last ``length`` columns or padded with zeros on the left."""
     import torch
 
-    t = x.shape[-2] if x.dim() == 4 else x.shape[-1]
+    t = mask.shape[1]
     if t >= length:
-        return x[..., -length:, :] if x.dim() == 4 else x[:, t - length :]
-    shape = (*x.shape[:-2], length - t, x.shape[-1]) if x.dim() == 4 else (x.shape[0], length - t)
-    return torch.cat([x.new_zeros(shape), x], dim=-2 if x.dim() == 4 else -1)
-
-
-def _fit_layers(cache: Any, length: int) -> None:
-    """Make every layer of a right-aligned cache hold ``length`` positions (a sliding layer its
-    last ``window - 1`` of them, as transformers keeps it), padding on the left or cutting."""
-    for layer in cache.layers:
-        if not layer.is_initialized:
-            continue
-        keep = min(length, layer.sliding_window - 1) if layer.is_sliding else length
-        layer.keys, layer.values = _left_pad(layer.keys, keep), _left_pad(layer.values, keep)
-        if layer.is_sliding:
-            layer.cumulative_length = length
-
-
-def _can_refill(cache: Any) -> bool:
-    """Rows can join a running batch when every cache layer is transformers' plain or
-    sliding-window dynamic layer (the ones ``_fit_layers`` knows how to align)."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers)
+        return mask[:, t - length :]
+    return torch.cat([mask.new_zeros((mask.shape[0], length - t)), mask], dim=1)
 
 
 class _Batch:
-    """The running rows of the decode loop: their KV cache (right-aligned: every row's newest
-    position is the last column, left padding masked), attention mask, the next token to feed
-    and its position, and which prompt each row decodes."""
+    """The running rows of the decode loop: their KV cache (``evals.kv_cache``: right-aligned,
+    left padding masked), attention mask, the next token to feed and its position, and which
+    prompt each row decodes."""
 
     def __init__(self, cache: Any, mask: Any, tokens: Any, positions: Any, rows: list[int]) -> None:
         self.cache, self.mask, self.tokens, self.positions, self.rows = cache, mask, tokens, positions, rows
 
     def keep(self, keep: Any) -> None:
         """Only the rows at ``keep``; then the columns no row uses any more are dropped."""
+        from evals import kv_cache
+
         self.cache.batch_select_indices(keep)
         self.mask, self.tokens, self.positions = self.mask[keep], self.tokens[keep], self.positions[keep]
         self.rows = [self.rows[k] for k in keep.tolist()]
-        used = self.mask.any(dim=0)
-        first = int(used.int().argmax()) if bool(used.any()) else self.mask.shape[1]
-        if first > 0:
+        first = int(self.mask.any(dim=0).int().argmax())  # the first column a row still uses
+        if first > 0 and isinstance(self.cache.layers[0], kv_cache.GrowingLayer):
             self.mask = self.mask[:, first:]
-            _fit_layers(self.cache, self.mask.shape[1])
+            kv_cache.fit(self.cache, self.mask.shape[1])
 
     def join(self, other: _Batch) -> None:
         """Append ``other``'s rows, both caches left-padded to the longer one."""
+        import torch
+
+        from evals import kv_cache
+
         length = max(self.mask.shape[1], other.mask.shape[1])
-        _fit_layers(self.cache, length)
-        _fit_layers(other.cache, length)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch_cat([mine.keys, theirs.keys])
-            mine.values = torch_cat([mine.values, theirs.values])
-        self.mask = torch_cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
-        self.tokens = torch_cat([self.tokens, other.tokens])
-        self.positions = torch_cat([self.positions, other.positions])
+        kv_cache.join(self.cache, other.cache)
+        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
+        self.tokens = torch.cat([self.tokens, other.tokens])
+        self.positions = torch.cat([self.positions, other.positions])
         self.rows += other.rows
-
-
-def torch_cat(tensors: list[Any]) -> Any:
-    import torch
-
-    return torch.cat(tensors, dim=0)
 
 
 def _torch_decode(
@@ -258,6 +231,8 @@ def _torch_decode(
     """
     import torch
     from transformers import DynamicCache
+
+    from evals.kv_cache import growing_cache
 
     waiting = list(reversed(queue))
     out: dict[int, list[int]] = {}
@@ -301,11 +276,12 @@ def _torch_decode(
             if stop_ids is None:
                 stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=input_ids.device)
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            new = _Batch(DynamicCache(config=model.config), mask, None, positions[:, -1], take)
+            cache = growing_cache(model.config)
+            refill = refill and cache is not None  # other cache layers: rows only leave
+            new = _Batch(cache or DynamicCache(config=model.config), mask, None, positions[:, -1], take)
             for r in take:
                 out[r] = []
             done = finish(new, step(new, input_ids, positions))
-            refill = refill and _can_refill(new.cache)
             if new.rows:
                 if batch is None or not batch.rows:
                     batch = new
