@@ -370,7 +370,9 @@ def test_greedy_decode_equals_transformers_generate_while_rows_leave(torch_tiny,
     calls: list[int] = []
     real_join = gen._Batch.join
     monkeypatch.setattr(gen._Batch, "join", lambda b, other: calls.append(len(b.rows)) or real_join(b, other))
-    refilled = generate_completions(model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True)
+    refilled = generate_completions(
+        model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True
+    )
     assert calls, "no row joined a running batch"
     assert refilled == reference
 
