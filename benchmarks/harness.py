@@ -337,6 +337,16 @@ def entry_info(
     return info
 
 
+def enter(
+    benchmark: Any, results: dict[str, Any], side: str, peer: str | None, peak: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """One entry of the suite: ``entry_info`` plus ``extra``, recorded on ``benchmark``."""
+    info = entry_info(side, results, peer, peak) | extra
+    record(benchmark, results, side, info)
+    assert info["tokens_per_s"] > 0 and info["samples_per_s"] > 0, info
+    return info
+
+
 def record(benchmark: Any, results: dict[str, Any], side: str, info: dict[str, Any]) -> None:
     """Put a side's kept step times into the benchmark's stats (so ``pytest-benchmark compare``
     compares step times) and ``info`` into its ``extra_info``; prints the entry's line."""

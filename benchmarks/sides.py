@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -116,16 +117,6 @@ def _sft_ours(s: Settings, method: str) -> dict[str, Any]:
     return timer.result(s.warmup, notes={"rows_per_step": len(steps[0]), "pack_tokens": cfg.data.pack_tokens})
 
 
-@side
-def sft_lora_ours(s: Settings) -> dict[str, Any]:
-    return _sft_ours(s, "lora")
-
-
-@side
-def sft_full_ours(s: Settings) -> dict[str, Any]:
-    return _sft_ours(s, "full")
-
-
 def _hf_model(s: Settings, cfg: Any, lora: bool) -> Any:
     """The model as a transformers user loads it (PEFT LoRA on all linear layers, or all trainable)."""
     from transformers import AutoModelForCausalLM
@@ -191,14 +182,9 @@ def _sft_hf(s: Settings, method: str) -> dict[str, Any]:
     )
 
 
-@side
-def sft_lora_hf(s: Settings) -> dict[str, Any]:
-    return _sft_hf(s, "lora")
-
-
-@side
-def sft_full_hf(s: Settings) -> dict[str, Any]:
-    return _sft_hf(s, "full")
+for _method in ("lora", "full"):  # sft_lora_ours, sft_full_ours, sft_lora_hf, sft_full_hf
+    SIDES[f"sft_{_method}_ours"] = functools.partial(_sft_ours, method=_method)
+    SIDES[f"sft_{_method}_hf"] = functools.partial(_sft_hf, method=_method)
 
 
 @side
