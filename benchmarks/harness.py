@@ -55,7 +55,7 @@ class Settings:
     device: str = "cpu"
     threads: int = 2
     warmup: int = 1  # steps timed but dropped (first allocations, JAX compilation)
-    steps: int = 3  # steps kept; the figure is their median
+    steps: int = 2  # steps kept; the figure is their median
     sft_config: str = "configs/sft_gemma3_270m_cpu.yaml"
     sft_overrides: list[str] = field(default_factory=list)  # key=value on the SFT config
     # GRPO: P prompts x G samples of exactly max_new_tokens (the base model never stops early)
@@ -67,7 +67,7 @@ class Settings:
     decode_model: str = "runs/sft-gemma3-270m-cpu"
     decode_config: str = "configs/eval/gsm8k_cpu.yaml"
     decode_data: str | None = None  # another item file than the eval config's
-    decode_items: int = 128
+    decode_items: int = 100
     decode_batch: int = 32
     decode_max_new_tokens: int = 256
     decode_check_items: int = 32  # the first (longest) items also through transformers' generate
@@ -81,7 +81,7 @@ def default_settings() -> Settings:
         dtype="bfloat16" if device == "cuda" else "float32",
         device=device,
         threads=int(os.environ.get("BENCH_THREADS", len(os.sched_getaffinity(0)))),
-        steps=int(os.environ.get("BENCH_STEPS", 3)),
+        steps=int(os.environ.get("BENCH_STEPS", 2)),
     )
 
 
