@@ -3,9 +3,10 @@
     python -m evals.generate --config configs/eval/gsm8k_cpu.yaml key=value ...
 
 Loads the model ``model.path`` names (``evals/load.py``: a base HF model, an adapter, a run dir
-or an Orbax checkpoint) and decodes on torch (our KV-cache decode loop: left padding, finished
-rows leave the batch) or JAX (Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
-shared chat format, and appends one record per item as soon as its batch finishes:
+or an Orbax checkpoint) and decodes on torch (our KV-cache decode loop with continuous batching:
+finished rows leave the batch and waiting prompts take their places; ``evals/kv_cache.py``) or
+JAX (Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
+shared chat format, and appends one record per item as soon as it finishes (JAX: its batch):
 ``{id, prompt, completion, prompt_tokens, completion_tokens, stop_reason, model, decoding}``.
 A crashed run resumes without redoing finished ids. A model that does not load, or whose
 completions are all empty, is an error (exit 2): nothing downstream may score that.
