@@ -3,7 +3,8 @@ comparison of the step times with the previous saved run (``pytest-benchmark com
 
     python -m benchmarks.report --json runs/bench/latest.json --storage runs/bench --out runs/bench/report
 
-Writes ``<out>.md`` and ``<out>.png``. Every row is one entry's ``extra_info`` (tokens/s of
+Writes ``<out>.md`` and ``<out>.png``; several ``--json`` files (runs of parts of the suite, e.g.
+``-k sft`` and ``-k "not sft"``) are reported together. Every row is one entry's ``extra_info`` (tokens/s of
 real tokens or samples/s, step time, MFU, peak memory, its peer and the ratio to it).
 """
 
@@ -46,10 +47,10 @@ def _fmt(value: Any, pattern: str) -> str:
     return "" if value is None else pattern.format(value)
 
 
-def markdown(machine: dict[str, Any], rows: list[dict[str, Any]], source: Path) -> str:
+def markdown(machine: dict[str, Any], rows: list[dict[str, Any]], sources: list[Path]) -> str:
     first = rows[0]["info"]
     lines = [
-        f"# Benchmarks ({source})",
+        f"# Benchmarks ({', '.join(map(str, sources))})",
         "",
         f"{machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}, {first.get('threads')} threads, "
         f"{first.get('device')} {first.get('dtype')}; matmul peak {first.get('matmul_peak_gflops')} GFLOP/s "
@@ -118,11 +119,14 @@ def compare(storage: Path) -> str:
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, default=Path("runs/bench/latest.json"))
+    parser.add_argument("--json", type=Path, nargs="+", default=[Path("runs/bench/latest.json")])
     parser.add_argument("--storage", type=Path, default=Path("runs/bench"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench/report"))
     args = parser.parse_args(argv)
-    machine, rows = load_entries(args.json)
+    machine, rows = {}, []
+    for path in args.json:
+        machine, more = load_entries(path)
+        rows += more
     text = markdown(machine, rows, args.json)
     text += "\n## Step times against the previous saved run\n\n```\n" + compare(args.storage) + "```\n"
     md, png = args.out.with_suffix(".md"), args.out.with_suffix(".png")

@@ -111,3 +111,34 @@ def test_flops_count_body_head_and_attention() -> None:
     assert full == 6 * shape.n_body * 3 + 6 * shape.n_head * 2 + 3 * 4 * 2 * 4 * 11
     lora = harness.train_flops(shape, [3], 2, "lora", lora_rank=0)
     assert lora == 4 * shape.n_body * 3 + 4 * shape.n_head * 2 + 3 * 4 * 2 * 4 * 11
+
+
+def test_report_table_chart_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import report
+
+    def entry(side: str, rate: float, peer: str, ratio: float) -> dict:
+        info = {"side": side, "tokens_per_s": rate, "samples_per_s": rate / 100, "peer": peer,
+                "ratio_to_peer": ratio, "mfu": 0.4, "peak_rss_mb": 900.0, "step_time_s": 2.0,
+                "threads": 1, "device": "cpu", "dtype": "float32", "matmul_peak_gflops": 50.0, "load": "test"}  # fmt: skip
+        return {
+            "group": "sft lora",
+            "name": f"test_sft_lora[{side}]",
+            "extra_info": info,
+            "stats": {"median": 2.0},
+        }
+
+    data = {"machine_info": {}, "benchmarks": [entry("sft_lora_ours", 90.0, "sft_lora_trl", 3.0),
+                                               entry("sft_lora_trl", 30.0, "sft_lora_ours", 0.333)]}  # fmt: skip
+    (tmp_path / "latest.json").write_text(json.dumps(data))
+    out = tmp_path / "report"
+    assert (
+        report.main(["--json", str(tmp_path / "latest.json"), "--storage", str(tmp_path), "--out", str(out)])
+        == 0
+    )
+    md = out.with_suffix(".md").read_text()
+    assert "| sft lora | sft_lora_ours | 90.0 |" in md and "3.00x" in md and "no earlier run" in md
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--json", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r2")])
+    assert exit_info.value.code == 2 and "not a pytest-benchmark JSON" in capsys.readouterr().err
