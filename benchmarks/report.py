@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", type=Path, default=Path("runs/bench"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench/report"))
     args = parser.parse_args(argv)
-    machine, rows = {}, []
+    machine: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
     for path in args.json:
         machine, more = load_entries(path)
         rows += more
