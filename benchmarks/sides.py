@@ -123,9 +123,10 @@ def _hf_model(s: Settings, cfg: Any, lora: bool) -> Any:
 
     from trainers_torch.model import torch_dtype
 
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         cfg.model.path, dtype=torch_dtype(s.dtype), attn_implementation=cfg.model.attn_implementation
-    ).to(s.device)
+    )
+    model.to(s.device)
     model.config.use_cache = False
     if lora:
         from peft import get_peft_model
@@ -506,7 +507,8 @@ def grpo_trl(s: Settings) -> dict[str, Any]:
         )  # fmt: skip
         lora = peft_lora(cfg)
         lora.lora_dropout = cfg.lora.dropout
-        trainer = Timed(model=model, reward_funcs=[hash_reward], args=args, train_dataset=ds,
+        rewards: list[Any] = [hash_reward]
+        trainer = Timed(model=model, reward_funcs=rewards, args=args, train_dataset=ds,
                         processing_class=tok, peft_config=lora, callbacks=[Clock()])  # fmt: skip
         trainer.train()
     return timer.result(s.warmup, gen_s=gen_s[s.warmup :])

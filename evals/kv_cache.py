@@ -132,15 +132,24 @@ def growing_cache(config: Any) -> DynamicCache | None:
     kinds = (DynamicLayer, DynamicSlidingWindowLayer)
     if not cache.layers or any(type(layer) not in kinds for layer in cache.layers):
         return None
-    cache.layers = [
-        GrowingLayer(layer.sliding_window if layer.is_sliding else None) for layer in cache.layers
+    windows = [
+        getattr(layer, "sliding_window", None) if getattr(layer, "is_sliding", False) else None
+        for layer in cache.layers
     ]
+    cache.layers = [GrowingLayer(w) for w in windows]
     return cache
+
+
+def _layers(cache: DynamicCache) -> list[GrowingLayer]:
+    layers = [layer for layer in cache.layers if isinstance(layer, GrowingLayer)]
+    if len(layers) != len(cache.layers):
+        raise TypeError("not a growing cache (evals.kv_cache.growing_cache)")
+    return layers
 
 
 def fit(cache: DynamicCache, length: int) -> None:
     """Every layer of a growing cache to ``length`` columns (see ``GrowingLayer.fit``)."""
-    for layer in cache.layers:
+    for layer in _layers(cache):
         layer.fit(length)
 
 
@@ -149,5 +158,5 @@ def join(cache: DynamicCache, other: DynamicCache) -> None:
     length = max(cache.get_seq_length(), other.get_seq_length())
     fit(cache, length)
     fit(other, length)
-    for mine, theirs in zip(cache.layers, other.layers, strict=True):
+    for mine, theirs in zip(_layers(cache), _layers(other), strict=True):
         mine.join(theirs)
