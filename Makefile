@@ -11,14 +11,14 @@ PYTEST_ARGS ?=
 # default) or smollm2-135m. Training and eval targets materialise the one their config or run names.
 model_in = $(or $(shell sed -n 's|^[[:space:]]*path:[[:space:]]*models/\([^/[:space:]]*\).*|\1|p' $(1) 2>/dev/null | head -n 1),gemma-3-270m)
 
-.PHONY: help setup model parity test test-fast bench lint format clean
+.PHONY: help setup model parity test test-fast bench bench-report lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[torch,jax,model,sweep,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[torch,jax,model,sweep,bench,dev]'
 	touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned torch + JAX/Tunix stacks
@@ -42,8 +42,16 @@ test: $(STAMP) $(REAL_MODELS) chromium ## Run the whole test suite (tiny models 
 test-fast: $(STAMP) chromium ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
 
-bench: $(STAMP) models/gemma-3-270m/.complete ## pytest-benchmark suite of the hot paths, each beside a peer
-	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
+# Every run is saved under runs/bench/ (pytest-benchmark storage, for `compare`) and as runs/bench/latest.json.
+# BENCH_THREADS (default: the cores this process may use), BENCH_STEPS, BENCH_ROUNDS, BENCH_DEVICE=cuda
+# (bfloat16) and BENCH_LOAD (the machine's load, stated in every entry) tune it.
+bench: $(STAMP) models/gemma-3-270m/.complete data ## The benchmark suite: each hot step beside its peers (TRL, transformers, Tunix) -> runs/bench/
+	@mkdir -p runs/bench
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=median,min,max,rounds \
+		--benchmark-storage=file://runs/bench --benchmark-autosave --benchmark-json=runs/bench/latest.json -s $(PYTEST_ARGS)
+
+bench-report: $(STAMP) ## Markdown table + PNG chart of runs/bench/latest.json, compared with the previous saved run
+	$(PY) -m benchmarks.report --json runs/bench/latest.json --storage runs/bench --out runs/bench/report
 
 lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no recipe importing a recipe)
 	$(VENV)/bin/ruff check .

@@ -3,9 +3,10 @@
     python -m evals.generate --config configs/eval/gsm8k_cpu.yaml key=value ...
 
 Loads the model ``model.path`` names (``evals/load.py``: a base HF model, an adapter, a run dir
-or an Orbax checkpoint) and decodes on torch (our KV-cache decode loop: left padding, finished
-rows leave the batch) or JAX (Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
-shared chat format, and appends one record per item as soon as its batch finishes:
+or an Orbax checkpoint) and decodes on torch (our KV-cache decode loop with continuous batching:
+finished rows leave the batch and waiting prompts take their places; ``evals/kv_cache.py``) or
+JAX (Tunix ``Sampler``). Samples ``data.n`` items with ``seed``, builds each prompt with the
+shared chat format, and appends one record per item as soon as it finishes (JAX: its batch):
 ``{id, prompt, completion, prompt_tokens, completion_tokens, stop_reason, model, decoding}``.
 A crashed run resumes without redoing finished ids. A model that does not load, or whose
 completions are all empty, is an error (exit 2): nothing downstream may score that.
@@ -163,51 +164,139 @@ def _pick_tokens(logits: Any, settings: DecodeSettings, generator: Any) -> Any:
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _torch_decode(
-    model: Any, input_ids: Any, attention_mask: Any, settings: DecodeSettings, stops: set[int], generator: Any
-) -> list[list[int]]:
-    """Decode a left-padded batch with a KV cache; each row's tokens up to and including its stop.
+def _left_pad(mask: Any, length: int) -> Any:
+    """An attention mask [B, T] cut to its last ``length`` columns or padded with zeros on the left."""
+    import torch
 
-    A row that stops leaves the batch (its cache rows are dropped), so a batch costs the sum of
-    its completions, not its size times its longest one: trained models stop at very different
-    lengths, and one completion that loops to ``max_new_tokens`` no longer holds 31 others.
-    Positions follow the attention mask, as transformers' ``generate`` does for left padding.
+    t = mask.shape[1]
+    if t >= length:
+        return mask[:, t - length :]
+    return torch.cat([mask.new_zeros((mask.shape[0], length - t)), mask], dim=1)
+
+
+class _Batch:
+    """The running rows of the decode loop: their KV cache (``evals.kv_cache``: right-aligned,
+    left padding masked), attention mask, the next token to feed and its position, and which
+    prompt each row decodes."""
+
+    def __init__(self, cache: Any, mask: Any, tokens: Any, positions: Any, rows: list[int]) -> None:
+        self.cache, self.mask, self.tokens, self.positions, self.rows = cache, mask, tokens, positions, rows
+
+    def keep(self, keep: Any) -> None:
+        """Only the rows at ``keep``; then the columns no row uses any more are dropped."""
+        from evals import kv_cache
+
+        self.cache.batch_select_indices(keep)
+        self.mask, self.tokens, self.positions = self.mask[keep], self.tokens[keep], self.positions[keep]
+        self.rows = [self.rows[k] for k in keep.tolist()]
+        first = int(self.mask.any(dim=0).int().argmax())  # the first column a row still uses
+        if first > 0 and isinstance(self.cache.layers[0], kv_cache.GrowingLayer):
+            self.mask = self.mask[:, first:]
+            kv_cache.fit(self.cache, self.mask.shape[1])
+
+    def join(self, other: _Batch) -> None:
+        """Append ``other``'s rows, both caches left-padded to the longer one."""
+        import torch
+
+        from evals import kv_cache
+
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        kv_cache.join(self.cache, other.cache)
+        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
+        self.tokens = torch.cat([self.tokens, other.tokens])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.rows += other.rows
+
+
+def _torch_decode(
+    model: Any,
+    encode: Any,
+    queue: list[int],
+    settings: DecodeSettings,
+    batch_size: int,
+    stops: set[int],
+    generator: Any,
+) -> Iterator[list[tuple[int, list[int]]]]:
+    """Decode the prompts ``queue`` names with a KV cache, at most ``batch_size`` rows at a time;
+    yield ``[(prompt, its tokens up to and including its stop), ...]`` as rows finish.
+
+    Continuous batching: a row that stops leaves the batch (its cache rows dropped) and the
+    next waiting prompts take the freed places (prefilled on their own, then their cache
+    joined to the batch's, left-padded to a common length), so the batch stays full until the
+    queue runs dry: a run costs about the sum of its completions / ``batch_size`` steps, not
+    each batch's longest one. Positions follow each row's own tokens (as transformers'
+    ``generate`` does for left padding), so greedy tokens do not depend on the company a row keeps.
+    ``encode(prompt indices)`` gives their left-padded ``input_ids`` and ``attention_mask``.
     """
     import torch
     from transformers import DynamicCache
 
-    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    device = input_ids.device  # every index tensor lives beside the batch (a GPU run included)
-    rows = torch.arange(input_ids.shape[0], device=device)  # the batch row each active row came from
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=device)
-    step_ids, step_positions = input_ids, positions
-    for step in range(settings.max_new_tokens):
+    from evals.kv_cache import growing_cache
+
+    waiting = list(reversed(queue))
+    out: dict[int, list[int]] = {}
+    batch: _Batch | None = None
+    stop_ids: Any = None
+    refill = True
+
+    def step(b: _Batch, input_ids: Any, positions: Any) -> Any:
         logits = model(
-            input_ids=step_ids,
-            attention_mask=attention_mask,
-            position_ids=step_positions,
-            past_key_values=cache,
+            input_ids=input_ids,
+            attention_mask=b.mask,
+            position_ids=positions,
+            past_key_values=b.cache,
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-        tokens = _pick_tokens(logits, settings, generator)
-        for r, t in zip(rows.tolist(), tokens.tolist(), strict=True):
+        return _pick_tokens(logits, settings, generator)
+
+    def finish(b: _Batch, tokens: Any) -> list[tuple[int, list[int]]]:
+        """Record each row's new token; drop the rows that are done; return them."""
+        for r, t in zip(b.rows, tokens.tolist(), strict=True):
             out[r].append(t)
-        if step + 1 == settings.max_new_tokens:
-            break
-        going = ~torch.isin(tokens, stop_ids)
-        if not bool(going.all()):
-            if not bool(going.any()):
-                break
-            keep = going.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows, tokens, attention_mask = rows[keep], tokens[keep], attention_mask[keep]
-            step_positions = step_positions[keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
-        step_ids, step_positions = tokens[:, None], step_positions[:, -1:] + 1
-    return out
+        going = ~torch.isin(tokens, stop_ids) & torch.tensor(
+            [len(out[r]) < settings.max_new_tokens for r in b.rows], device=tokens.device
+        )
+        done = [(r, out.pop(r)) for r, g in zip(b.rows, going.tolist(), strict=True) if not g]
+        b.tokens = tokens
+        if done and bool(going.any()):
+            b.keep(going.nonzero().squeeze(1))
+        elif done:
+            b.rows = []
+        return done
+
+    def advance() -> list[tuple[int, list[int]]]:
+        """Refill the free places when prompts wait, else one decode step of the batch."""
+        nonlocal batch, stop_ids, refill
+        free = batch_size - (len(batch.rows) if batch is not None else 0)
+        if waiting and free > 0 and (refill or batch is None or not batch.rows):
+            take = [waiting.pop() for _ in range(min(free, len(waiting)))]
+            input_ids, mask = encode(take)
+            if stop_ids is None:
+                stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=input_ids.device)
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            cache = growing_cache(model.config)
+            refill = refill and cache is not None  # other cache layers: rows only leave
+            new = _Batch(cache or DynamicCache(config=model.config), mask, None, positions[:, -1], take)
+            for r in take:
+                out[r] = []
+            done = finish(new, step(new, input_ids, positions))
+            if new.rows:
+                if batch is None or not batch.rows:
+                    batch = new
+                else:
+                    batch.join(new)
+            return done
+        assert batch is not None
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+        batch.positions = batch.positions + 1
+        return finish(batch, step(batch, batch.tokens[:, None], batch.positions[:, None]))
+
+    while waiting or (batch is not None and batch.rows):
+        with torch.inference_mode():  # not held while the caller runs between yields
+            done = advance()
+        if done:
+            yield done
 
 
 def _torch_batches(
@@ -224,22 +313,20 @@ def _torch_batches(
     device = next(model.parameters()).device
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # little padding per batch
-    for b, start in enumerate(range(0, len(order), batch_size)):
-        idx = order[start : start + batch_size]
+
+    def encode(idx: list[int]) -> tuple[Any, Any]:
         side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the caller's setting is restored
         try:
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
         finally:
             tokenizer.padding_side = side
-        generator = None
-        if not settings.greedy:
-            generator = torch.Generator(device=device).manual_seed(settings.seed * 1_000_003 + b)
-        with torch.inference_mode():
-            new = _torch_decode(model, enc.input_ids, enc.attention_mask, settings, set(stops), generator)
-        n_prompt = enc.attention_mask.sum(dim=1).tolist()
-        yield [
-            (i, _finish(tokenizer, new[k], stops, int(n_prompt[k]), return_ids)) for k, i in enumerate(idx)
-        ]
+        return enc.input_ids, enc.attention_mask
+
+    generator = None
+    if not settings.greedy:
+        generator = torch.Generator(device=device).manual_seed(settings.seed * 1_000_003)
+    for done in _torch_decode(model, encode, order, settings, batch_size, set(stops), generator):
+        yield [(i, _finish(tokenizer, new, stops, lengths[i], return_ids)) for i, new in done]
 
 
 def _next_pow2(n: int) -> int:

@@ -363,7 +363,18 @@ def test_greedy_decode_equals_transformers_generate_while_rows_leave(torch_tiny,
     ours = generate_completions(model, tok, prompts, settings, batch_size=8, progress=False, return_ids=True)
     lengths = sorted(r["completion_tokens"] for r in ours)
     assert len(set(lengths)) >= 3 and lengths[-1] > 16, lengths  # rows left at different steps; window 16
-    assert ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
+    reference = transformers_generate(model, tok, prompts, settings, return_ids=True)
+    assert ours == reference
+    # continuous batching: 3 places for 8 prompts, freed places refilled mid-run (caches joined
+    # at other lengths, past the sliding window); every row still gets generate's tokens
+    calls: list[int] = []
+    real_join = gen._Batch.join
+    monkeypatch.setattr(gen._Batch, "join", lambda b, other: calls.append(len(b.rows)) or real_join(b, other))
+    refilled = generate_completions(
+        model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True
+    )
+    assert calls, "no row joined a running batch"
+    assert refilled == reference
 
 
 def test_sampling_draws_from_the_filtered_distribution(torch_tiny):

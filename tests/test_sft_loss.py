@@ -19,6 +19,9 @@ def load_tiny(path, attn="sdpa", softcap=None):
     """The tiny Gemma 3 with one sliding-window layer and one full-attention layer."""
     from transformers import AutoModelForCausalLM
 
+    from trainers_torch.model import register_packed_sdpa
+
+    register_packed_sdpa()
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=torch.float32,
@@ -94,7 +97,7 @@ def test_head_loss_without_grad_matches(tiny_gemma3):
     assert abs(got.item() - want.item()) < 1e-4
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "packed_sdpa"])
 def test_packed_loss_equals_unpacked(tiny_gemma3, examples, attn):
     tok, ex, _ = examples
     model = load_tiny(tiny_gemma3, attn=attn)

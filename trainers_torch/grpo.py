@@ -387,6 +387,7 @@ def grpo_step(
             "question": records[k]["question"],
             "completion": completions[k],
             "stop_reason": outs[k]["stop_reason"],
+            "completion_tokens": lengths[k],
             "reward": totals[k],
             "rewards": {name: per[name][k] for name in per},
             "advantage": float(adv[k]),

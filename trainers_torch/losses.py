@@ -10,6 +10,7 @@ the (tied) embedding chunk by chunk, with the gradient computed in the same pass
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -190,6 +191,15 @@ def lm_head_logprobs(
     return out
 
 
+def packed_lengths(position_ids: torch.Tensor) -> list[list[int]]:
+    """Each row's example lengths, from positions that restart at 0 for every example."""
+    out = []
+    for row in position_ids.tolist():
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
+        out.append([b - a for a, b in itertools.pairwise(starts)])
+    return out
+
+
 def completion_states(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Any, float | None]:
     """``(hidden, targets, lm_head, softcap)`` at the positions of a packed batch that predict a
     completion token, in row order (each row's examples in packing order, tokens in order)."""
@@ -200,6 +210,7 @@ def completion_states(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Ten
         position_ids=batch.position_ids.to(device),
         attention_mask=None,  # packed: the block-diagonal mask comes from the position ids
         use_cache=False,
+        packed_lengths=packed_lengths(batch.position_ids),  # read by model.packed_sdpa (others ignore it)
     ).last_hidden_state
     targets = batch.targets.to(device)
     keep = targets != IGNORE

@@ -47,6 +47,60 @@ def attention_for(hf_config: dict[str, Any], requested: str | None = None) -> st
     return "eager" if text.get("attn_logit_softcapping") else requested
 
 
+PACKED_SDPA = "packed_sdpa"  # the attention trained models run with (``packed_sdpa``); sdpa otherwise
+
+
+def packed_sdpa(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    packed_lengths: list[list[int]] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention, except for packed rows (``packed_lengths``: each row's
+    example lengths, in order): there each example attends only to itself, causally, one
+    ``scaled_dot_product_attention`` call per example, so a row costs the sum of its
+    examples' squares instead of its own square (block-diagonal mask, computed in full)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if packed_lengths is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+            sliding_window=sliding_window, **kwargs,
+        )  # fmt: skip
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for b, lengths in enumerate(packed_lengths):
+        parts, s = [], 0
+        for n in lengths:
+            q, k, v = (t[b : b + 1, :, s : s + n] for t in (query, key, value))
+            band = None
+            if sliding_window and n > sliding_window:  # key j is seen from i when i - window < j <= i
+                i = torch.arange(n, device=query.device)
+                band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - sliding_window)
+            parts.append(torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=band, dropout_p=dropout, is_causal=band is None, scale=scaling, enable_gqa=gqa,
+            ))  # fmt: skip
+            s += n
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def register_packed_sdpa() -> None:
+    """Make ``packed_sdpa`` an attention implementation transformers can load a model with
+    (its masks are sdpa's, for calls without ``packed_lengths``: generation, padded batches)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+
+
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a local HF directory, in eval mode, on ``device``."""
     from transformers import AutoModelForCausalLM
@@ -160,6 +214,9 @@ def build_model(model_cfg: ModelConfig, lora: LoraConfig, train: Tuning) -> Any:
 
     path = check_model_dir(model_cfg.path)
     attention = attention_for(json.loads((path / "config.json").read_text()), model_cfg.attn_implementation)
+    if attention == "sdpa":  # the same attention; packed rows (losses.completion_states) example by example
+        register_packed_sdpa()
+        attention = PACKED_SDPA
     lm = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype(model_cfg.dtype), attn_implementation=attention
     )

@@ -22,7 +22,12 @@ def build_optimizer(model: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "adamw":
         if len(cfg.betas) != 2:
             raise InputError(f"optim.betas: expected two numbers, got {cfg.betas}")
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]))
+        # fused: one kernel per parameter for the whole update (full fine-tuning of the 270M model
+        # spent ~8% of its step in the per-op update); the same AdamW arithmetic
+        fused = all(
+            p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params
+        )
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), fused=fused)
     return torch.optim.Adafactor(groups, lr=cfg.lr)
 
 

@@ -1,0 +1,144 @@
+"""The benchmark suite's harness on a tiny random Gemma 3: every side runs in its subprocess,
+reports steps, real tokens, FLOPs and peak memory, and the entries carry the extra_info schema.
+
+No speed is asserted (that is what ``make bench`` measures on the real model); this checks that
+each side does the work it claims, so ``make bench`` does not fail (or mislead) after an hour.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import harness
+from benchmarks.harness import Settings, Shape
+
+pytestmark = pytest.mark.slow
+
+
+def _records(path: Path, n: int) -> Path:
+    rows = []
+    for i in range(n):
+        why = f"{i} + {i + 1} = {2 * i + 1}."
+        rows.append({
+            "id": f"r{i}", "question": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1), "reasoning": why,
+            "steps": [{"i": 1, "type": "compute", "content": why}],
+            "meta": {"source": "tiny", "category": "additive", "difficulty": 1},
+        })  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_gemma3: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data = _records(tmp_path_factory.mktemp("bench") / "records.jsonl", 24)
+    return Settings(
+        model=str(tiny_gemma3),
+        threads=1,
+        warmup=1,
+        steps=1,
+        sft_overrides=[
+            f"data.train={data}",
+            "data.train_limit=null",
+            "data.max_len=600",
+            "data.pack_tokens=1200",
+            "train.loss_chunk_tokens=64",
+        ],
+        grpo_prompt_file=str(data),
+        grpo_max_new_tokens=6,
+        decode_model=str(tiny_gemma3),
+        decode_data=str(data),
+        decode_items=6,
+        decode_batch=4,
+        decode_max_new_tokens=8,
+        decode_check_items=6,
+    )
+
+
+@pytest.fixture(scope="module")
+def peak(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return harness.run_side("matmul", settings, tmp_path_factory.mktemp("peak"))
+
+
+def _check(result: dict, settings: Settings) -> None:
+    assert len(result["step_s"]) == settings.steps and all(t > 0 for t in result["step_s"])
+    assert all(n > 0 for n in result["tokens"]) and all(f > 0 for f in result["flops"])
+    assert result["peak_rss_mb"] > 100
+
+
+SFT = [("sft_lora_ours", "sft_lora_trl"), ("sft_lora_hf", "sft_lora_ours"), ("sft_full_ours", "sft_full_hf"),
+       ("sft_lora_jax", "sft_lora_tunix")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("ours", "peer"), SFT, ids=[f"{a}-vs-{b}" for a, b in SFT])
+def test_sft_sides_train_the_same_examples(
+    ours: str, peer: str, settings: Settings, peak: dict, tmp_path: Path
+) -> None:
+    results = harness.run_interleaved([ours, peer], settings, tmp_path)
+    for side in (ours, peer):
+        _check(results[side], settings)
+    info = harness.entry_info(ours, results, peer, peak)
+    assert set(harness.INFO_KEYS) <= set(info) and info["ratio_to_peer"] > 0 and info["mfu"] > 0
+
+
+def test_grpo_sides_generate_and_update(settings: Settings, peak: dict, tmp_path: Path) -> None:
+    results = harness.run_interleaved(["grpo_ours", "grpo_trl", "grpo_jax"], settings, tmp_path)
+    n = settings.grpo_prompts * settings.grpo_generations
+    for side, res in results.items():
+        _check(res, settings)
+        assert res["samples"] == [n] * settings.steps, side
+        assert 0 < res["gen_s"][0] < res["step_s"][0], side  # generation is part of the step
+
+
+def test_decode_sides_give_the_same_tokens(settings: Settings, peak: dict, tmp_path: Path) -> None:
+    results = harness.run_interleaved(["decode_ours", "decode_transformers"], settings, tmp_path)
+    ours, theirs = results["decode_ours"], results["decode_transformers"]
+    assert ours["completion_ids"] == theirs["completion_ids"]
+    info = harness.entry_info("decode_ours", results, "decode_transformers", peak)
+    assert info["samples_per_s"] > 0 and info["ratio_to_peer"] > 0
+
+
+def test_flops_count_body_head_and_attention() -> None:
+    shape = Shape(
+        layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=32, windows=[2, None]
+    )
+    assert shape.n_body == 2 * (2 * 8 * 8 + 2 * 8 * 4 + 3 * 8 * 16)
+    # one example of 3 tokens: sliding layer pairs 1 + 2 + 2, global 1 + 2 + 3
+    assert shape.attention_pairs([3]) == 5 + 6
+    full = harness.train_flops(shape, [3], 2, "full")
+    assert full == 6 * shape.n_body * 3 + 6 * shape.n_head * 2 + 3 * 4 * 2 * 4 * 11
+    lora = harness.train_flops(shape, [3], 2, "lora", lora_rank=0)
+    assert lora == 4 * shape.n_body * 3 + 4 * shape.n_head * 2 + 3 * 4 * 2 * 4 * 11
+
+
+def test_report_table_chart_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import report
+
+    def entry(side: str, rate: float, peer: str, ratio: float) -> dict:
+        info = {"side": side, "tokens_per_s": rate, "samples_per_s": rate / 100, "peer": peer,
+                "ratio_to_peer": ratio, "mfu": 0.4, "peak_rss_mb": 900.0, "step_time_s": 2.0,
+                "threads": 1, "device": "cpu", "dtype": "float32", "matmul_peak_gflops": 50.0, "load": "test"}  # fmt: skip
+        return {
+            "group": "sft lora",
+            "name": f"test_sft_lora[{side}]",
+            "extra_info": info,
+            "stats": {"median": 2.0},
+        }
+
+    data = {"machine_info": {}, "benchmarks": [entry("sft_lora_ours", 90.0, "sft_lora_trl", 3.0),
+                                               entry("sft_lora_trl", 30.0, "sft_lora_ours", 0.333)]}  # fmt: skip
+    (tmp_path / "latest.json").write_text(json.dumps(data))
+    out = tmp_path / "report"
+    assert (
+        report.main(["--json", str(tmp_path / "latest.json"), "--storage", str(tmp_path), "--out", str(out)])
+        == 0
+    )
+    md = out.with_suffix(".md").read_text()
+    assert "| sft lora | sft_lora_ours | 90.0 |" in md and "3.00x" in md and "no earlier run" in md
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--json", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r2")])
+    assert exit_info.value.code == 2 and "not a pytest-benchmark JSON" in capsys.readouterr().err
