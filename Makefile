@@ -129,3 +129,16 @@ kaggle-check: $(STAMP) ## Validate the Kaggle notebook and every config it names
 
 kaggle-notebook-test: $(STAMP) ## Execute the notebook end to end on CPU (ci_tiny.yaml, tiny model, minutes)
 	$(PY) -m pytest -q tests/test_kaggle_notebook.py $(PYTEST_ARGS)
+
+# --- package: the submission zip and its check ------------------------------------------------
+.PHONY: package verify
+SWEEP ?=
+WITH_MODEL ?=
+
+package: $(STAMP) ## The submission zip of runs/<RUN> -> dist/showwork_<run>_<date>_<commit7>.zip; SWEEP=<sweep dir>, WITH_MODEL=1
+	@test -n "$(RUN)" || { echo "usage: make package RUN=<run name> [SWEEP=<sweep dir>] [WITH_MODEL=1]" >&2; exit 2; }
+	$(PY) -m submission.package --run runs/$(RUN) $(if $(SWEEP),--sweep $(SWEEP)) $(if $(filter 1,$(WITH_MODEL)),--with-model)
+
+verify: $(STAMP) ## Check a package: hashes, evidence schemas, README/WRITEUP figures (ZIP=dist/<name>.zip)
+	@test -n "$(ZIP)" || { echo "usage: make verify ZIP=dist/<package>.zip" >&2; exit 2; }
+	$(PY) -m submission.verify $(ZIP)

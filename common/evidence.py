@@ -28,7 +28,7 @@ def _validator(name: str) -> Any:
     for path in sorted(SCHEMA_DIR.glob("*.json")):
         schema = json.loads(path.read_text(encoding="utf-8"))
         Draft202012Validator.check_schema(schema)
-        resources.append((schema["$id"], Resource.from_contents(schema)))
+        resources.append((schema.get("$id", SCHEMA_BASE + path.name), Resource.from_contents(schema)))
     registry = Registry().with_resources(resources)
     schema = registry[SCHEMA_BASE + f"{name}.json"].contents
     return Draft202012Validator(schema, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER)

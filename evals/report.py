@@ -266,17 +266,19 @@ def headline_table(compare: dict[str, Any] | None, summary: dict[str, Any]) -> s
     )
 
 
+def category_pairs(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(category, base's summary, trained's summary)`` for every category either side has."""
+    base, trained = summary["base"].get("categories") or {}, summary["trained"].get("categories") or {}
+    return [(c, base.get(c, {}), trained.get(c, {})) for c in sorted(set(base) | set(trained))]
+
+
 def category_table(summary: dict[str, Any], metric: str) -> str:
     key = summary_key(metric)
-    cats = sorted(
-        set(summary["base"].get("categories") or {}) | set(summary["trained"].get("categories") or {})
-    )
-    if not cats:
+    pairs = category_pairs(summary)
+    if not pairs:
         return '<p class="muted">The items carry no categories.</p>'
     rows = []
-    for c in cats:
-        b = (summary["base"].get("categories") or {}).get(c, {})
-        t = (summary["trained"].get("categories") or {}).get(c, {})
+    for c, b, t in pairs:
         rows.append(
             f"<tr><td>{esc(c)}</td><td class='num'>{esc(b.get('n'))}</td>"
             f"<td class='num'>{pct(b.get(key))} {ci(b.get(key + '_ci95'))}</td>"

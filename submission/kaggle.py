@@ -234,6 +234,12 @@ def check(cfg: NotebookConfig, configs_only: bool = False) -> Plan:
             raise InputError(f"model_dir: {model} is not an HF model directory (no config.json)")
         if not any(model.glob("*.safetensors")):
             raise InputError(f"model_dir: {model} holds no *.safetensors weights")
+        model_type = json.loads((model / "config.json").read_text()).get("model_type")
+        if cfg.evidence.include_model and model_type == "gemma2":
+            raise InputError(
+                "evidence.include_model: the Orbax export (submission/checkpoint.py) covers Gemma 3 only; "
+                f"{model} is Gemma 2: set include_model: false"
+            )
     plan, loaded = make_plan(cfg, "check")
     print(f"notebook config ok; project {ROOT}")
     print(f"  model      {project_path(cfg.model_dir)}")

@@ -51,7 +51,7 @@ class EvalStage:
 @dataclass
 class EvidenceConfig:
     dir: str = "evidence"  # under output_dir
-    include_model: bool = False  # also copy the GRPO run's merged/ export (HF safetensors) to output_dir
+    include_model: bool = False  # the packaged run's final weights, Orbax (Tunix's Gemma 3 layout): in the zip and <output_dir>/model
 
 
 @dataclass

@@ -35,12 +35,13 @@ import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from common.errors import InputError, cli
 from common.evidence import validate
+from common.runs import sha256_file
 from submission import contents
 from submission.contents import MANIFEST, MODEL, Evidence, schema_for
 from submission.notebook_config import DEFAULT_CONFIG, ROOT, config_files
@@ -110,14 +111,7 @@ def _size(src: Source) -> int:
 
 
 def _sha256(src: Source) -> str:
-    h = hashlib.sha256()
-    if isinstance(src, bytes):
-        h.update(src)
-    else:
-        with src.open("rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()
+    return hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else sha256_file(src)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,9 +158,11 @@ def write_zip(path: Path, members: dict[str, Source], epoch: int) -> None:
 
 def _end_epoch(run: Path) -> int | None:
     """The run's end time in seconds (a package's time when there is neither SOURCE_DATE_EPOCH nor git)."""
-    manifest = run / "run_manifest.json"
-    end = json.loads(manifest.read_text()).get("end_time") if manifest.is_file() else None
-    return int(dt.datetime.fromisoformat(end).timestamp()) if isinstance(end, str) else None
+    try:
+        end = json.loads((run / "run_manifest.json").read_text()).get("end_time")
+        return int(dt.datetime.fromisoformat(end).timestamp())
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None  # the manifest's own checks say what is wrong with it
 
 
 def _refuse(problems: Sequence[tuple[str, str]] | Sequence[Any], what: str) -> None:
@@ -202,7 +198,7 @@ def build_package(
     notebook_log: dict[str, Any] | None = None,
     with_model: bool = False,
     out_dir: str | Path = "dist",
-    say: Any = print,
+    say: Callable[[str], object] = print,
 ) -> Path:
     """Build the package of ``run`` (plus the evidence of the runs in ``also``); returns the zip's path."""
     run = Path(run)

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from common.errors import InputError
-from evals.report import ci, pct, signed
+from evals.report import category_pairs, ci, pct, signed
 from evals.score import PRIMARY_SCORE_DEFINITION, describe_primary_score
 from submission.checkpoint import CHECKPOINT
 from submission.contents import (
@@ -225,25 +225,19 @@ def render_readme(ev: Evidence) -> str:
 
 
 def sweep_lines(best: dict[str, Any]) -> list[str]:
-    t = best["trials"]
     lines = [
-        f"`{BEST_PARAMS}` from sweep `{best['sweep_dir']}` (`{best['sweep_config']}`, trainer `{best['trainer']}`): "
-        f"{best['mode']} {best['metric']} = {_num(best['best']['value'])} in trial `{best['best']['trial_id']}`; "
-        f"{t['total']} trials, {t['completed']} completed"
-        + (f", {t['stopped_early']} stopped early" if t.get("stopped_early") is not None else "")
-        + ".",
+        f"`{BEST_PARAMS}` from sweep `{best['sweep']}` (`{best['source']}`, trainer `{best['trainer']}`, "
+        f"scheduler {best['scheduler']['name']}): {best['mode']} {best['metric']} = {_num(best['best_value'])} "
+        f"in trial `{best['best_trial_id']}`; {best['n_trials']} trials, {best['n_completed']} completed, "
+        f"{best['n_stopped_early']} stopped early, {best['n_errors']} failed. Promoted config: "
+        f"`{best['promoted_config']}`.",
         "",
         "| key | best value | searched |",
         "| --- | --- | --- |",
     ]
     for key in sorted(best["params"]):
-        dom = best["search_space"].get(key, {})
-        space = (
-            f"{dom['type']} {dom['values']}"
-            if dom.get("type") == "choice"
-            else f"{dom.get('type')} [{dom.get('low')}, {dom.get('high')}]"
-        )
-        lines.append(f"| `{key}` | {best['params'][key]} | {space} |")
+        (kind, values), *_ = best["search_space"].get(key, {"?": []}).items()
+        lines.append(f"| `{key}` | {best['params'][key]} | {kind} {values} |")
     return lines
 
 
@@ -340,14 +334,11 @@ def generation_lines(run: dict[str, Any]) -> list[str]:
 
 
 def category_lines(run: dict[str, Any]) -> list[str]:
-    s = run["eval"]
-    cats = sorted(set(s["trained"].get("categories") or {}) | set(s["base"].get("categories") or {}))
-    if not cats:
+    pairs = category_pairs(run["eval"])
+    if not pairs:
         return []
     lines = ["| category | n | base strict | trained strict |", "| --- | --- | --- | --- |"]
-    for c in cats:
-        b = (s["base"].get("categories") or {}).get(c, {})
-        t = (s["trained"].get("categories") or {}).get(c, {})
+    for c, b, t in pairs:
         lines.append(
             f"| {c} | {t.get('n', b.get('n'))} | {pct(b.get('strict_accuracy'))} {ci(b.get('strict_accuracy_ci95'))} "
             f"| {pct(t.get('strict_accuracy'))} {ci(t.get('strict_accuracy_ci95'))} |"

@@ -21,15 +21,15 @@ from evals.suites import summarize
 
 ANSWERS = [18, 3, 70, 5, 12, 1080, 42, 9]
 BEST_PARAMS = {
-    "sweep_dir": "runs/sweeps/sft-lr", "sweep_config": "configs/sweeps/sft_lr.yaml", "trainer": "trainers_torch.sft",
-    "base_config": "configs/sft_gemma3_270m_cpu.yaml", "metric": "valid_loss", "mode": "min",
-    "best": {"trial_id": "t2", "value": 0.97, "step": 50, "run_dir": "runs/sweeps/sft-lr/t2"},
+    "source": "runs/sweeps/sft-lr", "sweep": "sft-lr", "trainer": "trainers_torch.sft",
+    "base_config": "configs/sft_gemma3_270m_cpu.yaml", "promoted_config": "configs/promoted/sft-lr.yaml",
     "params": {"optim.lr": 0.0005, "lora.rank": 8},
-    "search_space": {"optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
-                     "lora.rank": {"type": "choice", "values": [8, 16]}},
-    "scheduler": {"name": "asha"}, "search_seed": 0,
-    "trials": {"total": 3, "completed": 2, "stopped_early": 1, "errored": 0, "ids": ["t1", "t2", "t3"]},
-    "primary_score": None, "promoted_config": "configs/promoted/sft-lr.yaml", "created": "2026-01-01T00:00:00+00:00",
+    "search_space": {"optim.lr": {"loguniform": [1e-5, 1e-3]}, "lora.rank": {"choice": [8, 16]}},
+    "metric": "valid_loss", "mode": "min", "best_value": 0.97, "best_trial_id": "t2",
+    "best_run_dir": "runs/sweeps/sft-lr/t2", "n_trials": 3, "n_completed": 2, "n_stopped_early": 1, "n_errors": 0,
+    "scheduler": {"name": "asha", "max_t": 100, "grace_period": 20, "reduction_factor": 2}, "seed": 0,
+    "created_by": "python -m scripts.sweep --config configs/sweeps/sft_lr.yaml", "created_at": "2026-01-01T00:00:00+00:00",
+    "ray_version": "2.60.0",
 }  # fmt: skip
 NOTEBOOK_LOG = {
     "notebook_config": "configs/kaggle/notebook.yaml",

@@ -200,7 +200,7 @@ def test_a_sweeps_best_params_go_in_and_are_checked(run, tmp_path, capsys):
     with zipfile.ZipFile(path) as zf:
         assert json.loads(zf.read("evidence/best_params.json")) == BEST_PARAMS
         readme = zf.read(README).decode()
-    assert "| `optim.lr` | 0.0005 | loguniform [1e-05, 0.001] |" in readme
+    assert "| `optim.lr` | 0.0005 | loguniform [1e-05, 0.001] |" in readme and "in trial `t2`" in readme
     assert verify.main([str(path)]) == 0
     (sweep / "best_params.json").write_text(json.dumps({**BEST_PARAMS, "params": {"optim.lrr": 0.1}}))
     err = refused(run, tmp_path / "dist2", capsys, "--sweep", str(sweep))
@@ -277,3 +277,47 @@ def test_verify_refuses_a_path_that_is_not_a_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         verify.main([str(tmp_path / "nope.zip")])
     assert exit_info.value.code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# WITH_MODEL: the final checkpoint in the Orbax layout Tunix's Gemma 3 code loads
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_packaged_checkpoint_loads_with_tunix_gemma3_code(tiny_gemma3, tmp_path):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from submission.checkpoint import CHECKPOINT, load_exported
+    from trainers_jax.model import forward_logits, load_model
+
+    run_dir = build_run(tmp_path, model_dir=tiny_gemma3)
+    shutil.copytree(tiny_gemma3, run_dir / "merged")  # stands for the run's merged HF export
+    first = build(run_dir, tmp_path / "a", "--with-model")
+    second = build(run_dir, tmp_path / "b", "--with-model")
+    assert first.read_bytes() == second.read_bytes()  # the Orbax files are reproducible too
+    assert verify.main([str(first)]) == 0
+    with zipfile.ZipFile(first) as zf:
+        names = zf.namelist()
+        assert not any(n.endswith((".safetensors", "commit_success.txt")) for n in names)
+        assert f"model/{CHECKPOINT}/_METADATA" in names and "model/config.json" in names
+        zf.extractall(tmp_path / "unzipped", [n for n in names if n.startswith("model/")])
+
+    packaged = load_exported(
+        tmp_path / "unzipped" / "model"
+    )  # tunix.models.gemma3.params.create_model_from_checkpoint
+    reference, _ = load_model(tiny_gemma3)
+    tokens = jnp.array([[2, 40, 41, 42, 43, 44, 45, 46]])
+    mask = jnp.ones_like(tokens, dtype=bool)
+    np.testing.assert_array_equal(
+        np.asarray(forward_logits(packaged, tokens, mask)),
+        np.asarray(forward_logits(reference, tokens, mask)),
+    )
+
+
+def test_a_gemma2_model_is_refused_for_the_orbax_export(tiny_gemma2, tmp_path, capsys):
+    run_dir = build_run(tmp_path, model_dir=tiny_gemma2)
+    shutil.copytree(tiny_gemma2, run_dir / "merged")
+    err = refused(run_dir, tmp_path / "dist", capsys, "--with-model")
+    assert "a Gemma 2 model; the Orbax export covers Gemma 3" in err
