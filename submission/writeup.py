@@ -43,11 +43,10 @@ def word_count(text: str) -> int:
 
 
 def check_word_limit(text: str) -> None:
-    limit = WORD_LIMIT
     words = word_count(text)
-    if words > limit:
+    if words > WORD_LIMIT:
         raise InputError(
-            f"{WRITEUP}: {words} words, over the {limit}-word limit of the competition's writeup"
+            f"{WRITEUP}: {words} words, over the {WORD_LIMIT}-word limit of the competition's writeup"
         )
 
 
@@ -79,14 +78,9 @@ def base_model(run: dict[str, Any]) -> str:
     return (run["manifest"].get("model") or {}).get("path") or _dotted(run["config"], "model.path") or "?"
 
 
-def _last(metrics: list[dict[str, Any]], key: str) -> tuple[int, float] | None:
-    rows = [(r["step"], r[key]) for r in metrics if isinstance(r.get(key), int | float) and "step" in r]
-    return rows[-1] if rows else None
-
-
-def _first(metrics: list[dict[str, Any]], key: str) -> tuple[int, float] | None:
-    rows = [(r["step"], r[key]) for r in metrics if isinstance(r.get(key), int | float) and "step" in r]
-    return rows[0] if rows else None
+def _series(metrics: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every metrics.jsonl record that logged ``key``."""
+    return [(r["step"], r[key]) for r in metrics if isinstance(r.get(key), int | float) and "step" in r]
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,11 +117,11 @@ def paired_lines(run: dict[str, Any]) -> list[str]:
 
 
 def eval_set_line(run: dict[str, Any]) -> str:
-    s = run["eval"]
+    s, c = run["eval"], run["compare"]
     d = s["dataset"]
     return (
         f"Eval set `{d['path']}` (sha256 `{d['sha256'][:12]}`): {d['n_sampled']} items sampled with seed "
-        f"{d['seed']}, the same items for both models; decoding `{json.dumps(s['trained']['decoding'], sort_keys=True)}`; "
+        f"{d['seed']}, {c['n_paired']} of them paired by id across the two models' predictions; decoding `{json.dumps(s['trained']['decoding'], sort_keys=True)}`; "
         f"scorer `{s['trained']['scorer']}`."
     )
 
@@ -143,15 +137,14 @@ def training_line(run: dict[str, Any]) -> str:
     steps = [r["step"] for r in metrics if "step" in r]
     if steps:
         parts.append(f"{max(steps)} steps logged")
-    first, last = _first(metrics, "loss"), _last(metrics, "loss")
-    if first and last:
-        parts.append(f"train loss {_num(first[1])} (step {first[0]}) → {_num(last[1])} (step {last[0]})")
-    valid = _last(metrics, "valid_loss")
-    if valid:
-        parts.append(f"held-out loss {_num(valid[1])} (step {valid[0]})")
-    reward = _last(metrics, "reward")
-    if reward:
-        parts.append(f"reward {_num(reward[1])} (step {reward[0]})")
+    loss = _series(metrics, "loss")
+    if loss:
+        parts.append(
+            f"train loss {_num(loss[0][1])} (step {loss[0][0]}) → {_num(loss[-1][1])} (step {loss[-1][0]})"
+        )
+    for key, label in (("valid_loss", "held-out loss"), ("reward", "reward")):
+        if series := _series(metrics, key):
+            parts.append(f"{label} {_num(series[-1][1])} (step {series[-1][0]})")
     parts.append(f"{m.get('start_time')} → {m.get('end_time')} on {m.get('device')}")
     return "; ".join(parts)
 

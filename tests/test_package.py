@@ -273,6 +273,13 @@ def test_verify_fails_evidence_that_breaks_its_schema(built, tmp_path, capsys):
     assert err.startswith(f"FAIL {name}: $: 'primary_score' is a required property")
 
 
+def test_verify_fails_a_writeup_over_the_word_limit(built, capsys, monkeypatch):
+    with zipfile.ZipFile(built) as zf:
+        words = writeup.word_count(zf.read(WRITEUP).decode())
+    monkeypatch.setattr(verify, "WORD_LIMIT", words - 1)
+    assert fails(built, capsys) == f"FAIL {WRITEUP}: {words} words, over the {words - 1}-word limit"
+
+
 def test_verify_refuses_a_path_that_is_not_a_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         verify.main([str(tmp_path / "nope.zip")])
