@@ -165,11 +165,11 @@ def _end_epoch(run: Path) -> int | None:
         return None  # the manifest's own checks say what is wrong with it
 
 
-def _refuse(problems: Sequence[tuple[str, str]] | Sequence[Any], what: str) -> None:
+def _refuse(problems: Sequence[Any], what: str, shown: int = 3) -> None:
+    """Raise one ``InputError`` line naming the first few problems (``(member, why)`` pairs or hits)."""
     if problems:
-        first = problems[0]
-        text = f"{first[0]}: {first[1]}" if isinstance(first, tuple) else str(first)
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        text = "; ".join(f"{p[0]}: {p[1]}" if isinstance(p, tuple) else str(p) for p in problems[:shown])
+        more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""
         raise InputError(f"{what}: {text}{more}; no package written")
 
 
