@@ -319,6 +319,8 @@ def collect(cfg: NotebookConfig, config_path: str) -> Path:
             if (run / name).is_dir():
                 shutil.copytree(run / name, dest / name)
         runs[stage] = {"run": run.name, "eval": _headline(run / "eval" / "eval_summary.json")}
+    if not cfg.eval.runs:
+        raise InputError("eval.runs: empty; the package is of an evaluated run")
     missing = [s for s in cfg.eval.runs if runs[s]["eval"] is None]
     if missing:
         raise InputError(f"no eval_summary.json for the {', '.join(missing)} run; did the eval stage run?")
@@ -364,7 +366,7 @@ def _headline(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     s = json.loads(path.read_text())
-    return {"primary_score": PRIMARY_SCORE_DEFINITION, "base": s["base"]["primary_score"],
+    return {"definition": PRIMARY_SCORE_DEFINITION, "base": s["base"]["primary_score"],
             "trained": s["trained"]["primary_score"], "n": s["trained"]["n"]}  # fmt: skip
 
 
