@@ -19,8 +19,7 @@ from pathlib import Path, PurePosixPath
 # File names that are credentials whatever they hold (matched against the base name, lower-cased).
 REFUSED_NAMES = (
     ("kaggle.json", "Kaggle API credentials file"),
-    (".env", "environment file"),
-    (".env.*", "environment file"),
+    (".env*", "environment file"),
     ("*.pem", "PEM key or certificate"),
     ("id_rsa*", "SSH private key"),
     ("id_dsa*", "SSH private key"),
