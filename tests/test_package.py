@@ -145,6 +145,17 @@ def test_credential_file_names_are_refused(run_copy, tmp_path, capsys, name):
     assert f"evidence/runs/{run_copy.name}/eval/{name}: " in err and f"file name {name}" in err
 
 
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [(".aws/credentials", "AWS credentials file"), (".ray/session_token", "Ray session file")],
+)
+def test_credential_paths_are_refused(run_copy, tmp_path, capsys, path, kind):
+    (run_copy / "plots" / path).parent.mkdir(parents=True)
+    (run_copy / "plots" / path).write_text("harmless\n")
+    err = refused(run_copy, tmp_path / "dist", capsys)
+    assert f"evidence/runs/{run_copy.name}/plots/{path}: {kind} (path {path})" in err
+
+
 def test_home_paths_are_rewritten_and_listed(run_copy, tmp_path):
     (run_copy / "eval" / "report.md").write_text("model at /home/alice/models/x and /Users/bob/data\n")
     path = build(run_copy, tmp_path / "dist")
