@@ -169,3 +169,16 @@ collatz: $(STAMP) $(COLLATZ_SET) ## Train the Collatz ranking MLP (CPU default; 
 	$(PY) -m trainers_$(BACKEND).collatz --config $(COLLATZ_CONFIG) run_name=$(COLLATZ_RUN) resume=true $(COLLATZ_ARGS)
 	$(PY) -m evals.collatz --run runs/$(COLLATZ_RUN) --set $(COLLATZ_SET)
 	@$(PY) -m evals.collatz --headline runs/$(COLLATZ_RUN)
+
+# --- package: the submission zip and its check ------------------------------------------------
+.PHONY: package verify
+SWEEP ?=
+WITH_MODEL ?=
+
+package: $(STAMP) ## The submission zip of runs/<RUN> -> dist/showwork_<run>_<date>_<commit7>.zip; SWEEP=<sweep dir>, WITH_MODEL=1
+	@test -n "$(RUN)" || { echo "usage: make package RUN=<run name> [SWEEP=<sweep dir>] [WITH_MODEL=1]" >&2; exit 2; }
+	$(PY) -m submission.package --run runs/$(RUN) $(if $(SWEEP),--sweep $(SWEEP)) $(if $(filter 1,$(WITH_MODEL)),--with-model)
+
+verify: $(STAMP) ## Check a package: hashes, evidence schemas, README/WRITEUP figures (ZIP=dist/<name>.zip)
+	@test -n "$(ZIP)" || { echo "usage: make verify ZIP=dist/<package>.zip" >&2; exit 2; }
+	$(PY) -m submission.verify $(ZIP)

@@ -26,6 +26,7 @@ from typing import Any
 
 from common.config import config_hash, dump_yaml
 from common.errors import InputError
+from common.evidence import write_evidence
 from common.jsonl import atomic_open, dumps, write_json
 
 LIBRARIES = (
@@ -122,7 +123,7 @@ def seed_everything(seed: int) -> None:
 
 
 class RunDir:
-    """One run's directory and manifest."""
+    """One run's directory and manifest (checked against ``submission/schemas/run_manifest.json`` on every write)."""
 
     def __init__(self, root: str | Path):
         self.path = Path(root)
@@ -171,7 +172,7 @@ class RunDir:
                 *previous.get("previous_attempts", []),
                 {k: previous.get(k) for k in ("start_time", "end_time", "status", "command")},
             ]
-        write_json(run.manifest_path, manifest)
+        write_evidence(run.manifest_path, "run_manifest", manifest)
         return run
 
     def read_manifest(self) -> dict[str, Any]:
@@ -182,7 +183,7 @@ class RunDir:
     def update_manifest(self, **fields: Any) -> None:
         manifest = self.read_manifest()
         manifest.update(fields)
-        write_json(self.manifest_path, manifest)
+        write_evidence(self.manifest_path, "run_manifest", manifest)
 
     def finish(self, status: str = "completed", **fields: Any) -> None:
         self.update_manifest(end_time=now_iso(), status=status, **fields)

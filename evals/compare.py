@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import InputError, cli
-from common.jsonl import iter_jsonl, write_json
+from common.evidence import write_evidence
+from common.jsonl import iter_jsonl
 from common.runs import sha256_file
+from evals.score import PRIMARY_SCORE_DEFINITION, describe_primary_score, primary_score
 from evals.stats import mcnemar_exact
 from evals.suites import SUITES
 
@@ -218,22 +220,46 @@ def consistency_notes(a: list[dict], b: list[dict]) -> list[str]:
     return notes
 
 
+def primary_scores(
+    verdicts: dict[str, dict[str, dict[str, Any]]], eval_ids: list[str], suite: str
+) -> dict[str, Any]:
+    """``{side: evals.score.primary_score}`` over every eval item (a missing prediction counts 0).
+
+    None per side for a prompt suite, whose items have no gold answer.
+    """
+    out: dict[str, Any] = {"definition": PRIMARY_SCORE_DEFINITION}
+    for side, v in verdicts.items():
+        scored = [v[i] for i in eval_ids if i in v]
+        out[side] = (
+            None
+            if suite == "prompts"
+            else primary_score(
+                sum(x["strict"] for x in scored), sum(x["format"] for x in scored), len(eval_ids)
+            )
+        )
+    return out
+
+
 def compare_files(
     a_path: str | Path,
     b_path: str | Path,
     dataset_path: str | Path,
     min_n: int = MIN_N,
     suite: str = "auto",
+    items: list[dict] | None = None,
 ) -> dict:
     """Score both prediction files against the dataset and compare them (the ``compare.json`` dict).
 
-    ``suite``: ``auto`` (from the items) or ``yaml_trace`` (``evals.suites``).
+    ``suite``: ``auto`` (from the items) or ``yaml_trace`` (``evals.suites``). ``items``: the eval
+    items when they are a sample of the dataset file (``evals.run_eval``); the primary scores
+    count over them, every dataset item otherwise.
     """
     from evals.generate import load_items
     from evals.suites import item_verdicts, suite_metrics, suite_name
 
     a, b = _load(a_path), _load(b_path)
     dataset = load_items(dataset_path)
+    eval_ids = [str(r["id"]) for r in (dataset if items is None else items)]
     by_id = {str(r["id"]): r for r in dataset}
     not_in_dataset = {
         "a": [r["id"] for r in a if str(r["id"]) not in by_id],
@@ -248,6 +274,7 @@ def compare_files(
         "dataset": {"path": str(dataset_path), "sha256": sha256_file(dataset_path), "n_items": len(dataset)},
         "suite": suite_name(dataset, suite),
         **compare_verdicts(va, vb, metrics, primary, min_n),
+        "primary_score": primary_scores({"a": va, "b": vb}, eval_ids, suite_name(dataset, suite)),
         "not_in_dataset": not_in_dataset,
     }
     if not_in_dataset["a"] or not_in_dataset["b"]:
@@ -262,6 +289,10 @@ def compare_files(
 def print_comparison(result: dict[str, Any]) -> None:
     primary = result["primary_metric"]
     print(f"paired n={result['n_paired']} (A={result['a']['path']}, B={result['b']['path']})")
+    scores = result.get("primary_score") or {}
+    if scores.get("a") or scores.get("b"):
+        print(f"  primary score  A {describe_primary_score(scores['a'])}")
+        print(f"                 B {describe_primary_score(scores['b'])}")
     for name, m in result["metrics"].items():
         if m["n"] == 0:
             continue
@@ -288,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
     result = compare_files(args.a, args.b, args.dataset, args.min_n, args.suite)
-    write_json(args.out, result)
+    write_evidence(args.out, "compare", result)
     print_comparison(result)
     return result
 

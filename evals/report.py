@@ -22,6 +22,7 @@ from typing import Any
 from common.errors import InputError, cli
 from common.jsonl import atomic_open, iter_jsonl
 from common.runs import now_iso, read_metrics
+from evals.score import PRIMARY_SCORE_DEFINITION, describe_primary_score
 from evals.suites import summary_key
 
 MAX_SAMPLES_PER_KIND = 8  # flipped items of each direction shown side by side
@@ -218,7 +219,26 @@ def warnings_html(warnings: list[str]) -> str:
     return f'<div class="warn"><strong>WARNING: read these numbers with care</strong><ul>{lis}</ul></div>'
 
 
+def primary_score_lines(summary: dict[str, Any]) -> list[str]:
+    """The headline: each side's primary score as ``evals.score.describe_primary_score`` prints it."""
+    if not (summary["base"].get("primary_score") or summary["trained"].get("primary_score")):
+        return []
+    return [
+        f"Primary score ({PRIMARY_SCORE_DEFINITION}):",
+        *(
+            f"{side}: {describe_primary_score(summary[side].get('primary_score'))}"
+            for side in ("base", "trained")
+        ),
+    ]
+
+
 def headline_table(compare: dict[str, Any] | None, summary: dict[str, Any]) -> str:
+    lines = primary_score_lines(summary)
+    head = (
+        f"<p><strong>{esc(lines[0])}</strong></p><ul>{''.join(f'<li>{esc(x)}</li>' for x in lines[1:])}</ul>"
+        if lines
+        else ""
+    )
     rows = []
     metrics = summary.get("metrics") or []
     for m in metrics:
@@ -239,7 +259,7 @@ def headline_table(compare: dict[str, Any] | None, summary: dict[str, Any]) -> s
             + "</tr>"
         )
     n = summary["base"].get("n")
-    return (
+    return head + (
         f"<p>n = {esc(n)} items, the same for both models; intervals are 95% (Wilson for accuracies, "
         "Newcombe paired for deltas); p is the exact McNemar test on the discordant pairs.</p>"
         "<table><tr><th>metric</th><th>base</th><th>trained</th><th>delta (trained − base)</th>"
@@ -247,17 +267,19 @@ def headline_table(compare: dict[str, Any] | None, summary: dict[str, Any]) -> s
     )
 
 
+def category_pairs(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(category, base's summary, trained's summary)`` for every category either side has."""
+    base, trained = summary["base"].get("categories") or {}, summary["trained"].get("categories") or {}
+    return [(c, base.get(c, {}), trained.get(c, {})) for c in sorted(set(base) | set(trained))]
+
+
 def category_table(summary: dict[str, Any], metric: str) -> str:
     key = summary_key(metric)
-    cats = sorted(
-        set(summary["base"].get("categories") or {}) | set(summary["trained"].get("categories") or {})
-    )
-    if not cats:
+    pairs = category_pairs(summary)
+    if not pairs:
         return '<p class="muted">The items carry no categories.</p>'
     rows = []
-    for c in cats:
-        b = (summary["base"].get("categories") or {}).get(c, {})
-        t = (summary["trained"].get("categories") or {}).get(c, {})
+    for c, b, t in pairs:
         rows.append(
             f"<tr><td>{esc(c)}</td><td class='num'>{esc(b.get('n'))}</td>"
             f"<td class='num'>{pct(b.get(key))} {ci(b.get(key + '_ci95'))}</td>"
@@ -503,6 +525,11 @@ def run_markdown(data: dict[str, Any], warnings: list[str]) -> str:
         f"Dataset `{d['path']}` (sha256 `{d['sha256'][:12]}`), n={d['n_sampled']} items, seed {d['seed']}; "
         f"base `{summary['base']['model']['path']}`, trained `{summary['trained']['model']['path']}`.",
         "",
+    ]
+    score = primary_score_lines(summary)
+    if score:
+        lines += [f"**{score[0]}**", "", *(f"- {x}" for x in score[1:]), ""]
+    lines += [
         "| metric | base | trained | delta (95% CI) | McNemar p |",
         "| --- | --- | --- | --- | --- |",
     ]

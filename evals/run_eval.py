@@ -4,9 +4,10 @@
 
 Writes ``runs/<name>/eval/`` (``--eval-dir`` names another folder of the run, e.g.
 ``eval-multidomain`` for a second suite): ``predictions_base.jsonl``, ``predictions_trained.jsonl``,
-``eval_summary.json`` (``base`` and ``trained``: the scorer's fields plus model, decoding and
-generation provenance), ``compare.json`` (paired deltas, McNemar, flips, small-n warnings),
-``report.html`` and ``report.md``.
+``eval_summary.json`` (``base`` and ``trained``: the scorer's fields, the primary score among
+them, plus model, decoding and generation provenance), ``compare.json`` (paired deltas, McNemar,
+flips, small-n warnings, both primary scores), ``report.html`` and ``report.md``. The two JSON
+files are checked against their schemas (``submission/schemas/``) before they are written.
 
 The trained model comes from the run dir: ``merged/`` (an HF export), ``final/`` (a PEFT
 adapter, or a full HF model), or else the newest Orbax checkpoint of a ``trainers_jax.sft``
@@ -30,7 +31,8 @@ from typing import Any
 
 from common.config import load_config, split_cli, to_dict
 from common.errors import InputError, cli
-from common.jsonl import iter_jsonl, write_json
+from common.evidence import write_evidence
+from common.jsonl import iter_jsonl
 from common.runs import git_commit, now_iso, sha256_file
 from evals import generate as gen
 from evals import load
@@ -152,16 +154,17 @@ def evaluate_run(
             "generation": {k: v for k, v in gen_summary.items() if k not in ("model", "decoding")},
             "predictions": str(path),
         }
-    write_json(eval_dir / "eval_summary.json", summary)
+    write_evidence(eval_dir / "eval_summary.json", "eval_summary", summary)
 
     comparison = compare_files(
         eval_dir / "predictions_base.jsonl",
         eval_dir / "predictions_trained.jsonl",
         cfg.data.path,
         suite=cfg.suite,
+        items=items,
     )
     comparison["a"]["label"], comparison["b"]["label"] = "base", "trained"
-    write_json(eval_dir / "compare.json", comparison)
+    write_evidence(eval_dir / "compare.json", "compare", comparison)
     print_comparison(comparison)
 
     if report:

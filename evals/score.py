@@ -21,9 +21,14 @@ from common.answers import FAILURE_KINDS, gold_text, score_completion
 from common.errors import InputError, cli
 from common.jsonl import iter_jsonl, write_json, write_jsonl
 from common.records import category_of
-from evals.stats import proportion
+from evals.stats import proportion, wilson_interval
 
 SCORER = "showwork-scoring/1"  # bump when a rule changes, so old and new scores are not compared
+PRIMARY_SCORE = "showwork-primary/1"  # bump when the primary score's definition changes
+PRIMARY_SCORE_DEFINITION = (
+    "strict accuracy of the <answer> over all eval items (a missing prediction counts 0), "
+    "with its 95% Wilson interval and n; beside it the format rate (format_ok) over the same items"
+)
 METRICS = ("format", "strict", "flexible", "partial")
 RULES = {
     "format_accuracy": "format_ok: <reasoning>X</reasoning> <answer>Y</answer> and nothing else, "
@@ -34,6 +39,7 @@ RULES = {
     "completion) equals gold",
     "partial_accuracy": "the strict number is within 10% of gold (|x - gold| <= |gold| / 10)",
     "non_numeric_gold": "strict = flexible = partial = the stripped answer text equals the stripped gold",
+    "primary_score": PRIMARY_SCORE_DEFINITION,
 }
 EXTRACT_CHARS = 200  # per-item extracted text is cut to this length
 
@@ -85,6 +91,36 @@ def check_dataset(records: Sequence[Any], where: Sequence[str]) -> dict[str, int
             raise InputError(f"{where[i]}: id: duplicate id {rid!r} (first at {where[index[rid]]})")
         index[rid] = i
     return index
+
+
+def primary_score(strict_right: int, format_ok: int, n: int) -> dict[str, Any]:
+    """The headline every eval summary, comparison, report and package shows (``PRIMARY_SCORE_DEFINITION``).
+
+    ``strict_right`` and ``format_ok`` count the eval items, out of all ``n`` (a missing
+    prediction counts as neither), that are strictly right and well formed.
+    """
+    return {
+        "id": PRIMARY_SCORE,
+        "n": n,
+        "correct": strict_right,
+        "value": strict_right / n if n else None,
+        "ci95": list(wilson_interval(strict_right, n)),
+        "format_ok": format_ok,
+        "format_rate": format_ok / n if n else None,
+        "format_rate_ci95": list(wilson_interval(format_ok, n)),
+    }
+
+
+def describe_primary_score(score: dict[str, Any] | None) -> str:
+    """``1.6% [0.8, 3.1] (8/500), format 93.4% [90.9, 95.3]``: the one way every output prints it."""
+    if score is None or score["value"] is None:
+        return "n/a"
+    lo, hi = score["ci95"]
+    flo, fhi = score["format_rate_ci95"]
+    return (
+        f"{100 * score['value']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({score['correct']}/{score['n']}), "
+        f"format {100 * score['format_rate']:.1f}% [{100 * flo:.1f}, {100 * fhi:.1f}]"
+    )
 
 
 def _summary(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,6 +176,9 @@ def score_predictions(
         items.append(item)
 
     out: dict[str, Any] = {"scorer": SCORER, **_summary(items), "n_predictions": len(predictions)}
+    out["primary_score"] = primary_score(
+        sum(it["strict"] for it in items), sum(it["format_ok"] for it in items), len(items)
+    )
     out["rules"] = RULES
     if has_categories:
         names = sorted({it["category"] for it in items})
@@ -201,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"flexible={result['flexible_accuracy']:.3f} partial={result['partial_accuracy']:.3f} "
         f"format={result['format_accuracy']:.3f} -> {args.out}"
     )
+    print(f"primary score: {describe_primary_score(result['primary_score'])}")
     if yaml_suite:
         print(
             f"traces: parse={result['parse_rate']:.3f} valid={result['valid_rate']:.3f} "

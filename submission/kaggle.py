@@ -23,8 +23,8 @@ typo fails in seconds with exit status 2 instead of hours into a run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -32,18 +32,33 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
-from dataclasses import dataclass, field
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from common.config import config_from_mapping, load_config, merge_mappings, read_yaml
+from common.config import load_config
 from common.errors import InputError, cli
+from common.evidence import write_evidence
+from common.jsonl import iter_jsonl
+from common.runs import now_iso, sha256_file
 from evals.generate import GenerateConfig
+from evals.score import PRIMARY_SCORE_DEFINITION, describe_primary_score
 from scripts.dataset.build import BuildConfig
+from submission.contents import MODEL, RUN_DIRS, RUN_FILES
+from submission.notebook_config import (
+    DEFAULT_CONFIG,
+    ROOT,
+    NotebookConfig,
+    load_notebook_config,
+    project_path,
+)
+from submission.package import build_package
+from submission.source import git, source_fingerprint
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = "configs/kaggle/notebook.yaml"
 STAGES = ("check", "setup", "data", "sft", "grpo", "eval", "collect")
 # What each trainer stage runs, and the config dataclass (module, name) its command line is validated into.
 TRAINERS = {
@@ -62,90 +77,7 @@ NEEDED_MODULES = (
     "tunix",
     "orbax.checkpoint",
 )
-# Small files of a run dir that make up its evidence (the weights and checkpoints are not evidence).
-RUN_FILES = ("config.yaml", "run_manifest.json", "metrics.jsonl", "summary.json", "samples.jsonl")
-RUN_DIRS = ("plots", "eval")
-
-
-# --------------------------------------------------------------------------------------------
-# The notebook config
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SetupConfig:
-    install: Literal["auto", "always", "never"] = "auto"  # auto: only on Kaggle (KAGGLE_KERNEL_RUN_TYPE set)
-    extras: list[str] = field(default_factory=lambda: ["jax"])  # pyproject extras to install
-    packages: list[str] = field(default_factory=list)  # further pip requirements (e.g. jax's TPU extra)
-    pip_args: list[str] = field(default_factory=list)  # e.g. ["-f", "<wheel index>"]
-
-
-@dataclass
-class DataStage:
-    config: str = "configs/data/gsm8k.yaml"  # scripts.dataset build config
-    overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RecipeStage:
-    config: str = ""
-    overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class EvalStage:
-    config: str = "configs/kaggle/eval_gsm8k_tpu.yaml"
-    overrides: list[str] = field(default_factory=list)
-    runs: list[Literal["sft", "grpo"]] = field(default_factory=lambda: ["sft", "grpo"])  # runs to evaluate
-
-
-@dataclass
-class EvidenceConfig:
-    dir: str = "evidence"  # under output_dir
-    include_model: bool = False  # also copy the GRPO run's merged/ export (HF safetensors) to output_dir
-
-
-@dataclass
-class NotebookConfig:
-    model_dir: str  # the base model, an HF safetensors dir (on Kaggle: the attached model input)
-    workspace: str  # data/ and runs/ go here; every command runs in it
-    output_dir: str  # the evidence goes here (on Kaggle: /kaggle/working, kept after the session)
-    base: str | None = None  # another notebook config this one extends (relative to this file)
-    setup: SetupConfig = field(default_factory=SetupConfig)
-    data: DataStage = field(default_factory=DataStage)
-    sft: RecipeStage = field(default_factory=lambda: RecipeStage("configs/kaggle/sft_gemma3_1b_tpu.yaml"))
-    grpo: RecipeStage = field(default_factory=lambda: RecipeStage("configs/kaggle/grpo_gemma3_1b_tpu.yaml"))
-    eval: EvalStage = field(default_factory=EvalStage)
-    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
-
-
-def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A notebook config's mapping with its ``base:`` chain merged underneath."""
-    path = path.resolve()
-    if path in seen:
-        raise InputError(f"{path}: 'base' chain loops back to itself")
-    data = read_yaml(path)
-    base = data.get("base")
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise InputError(f"{path}: base: expected a file path, got {base!r}")
-    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
-    merged = merge_mappings(_read_chain(base_path, (*seen, path)), data)
-    merged["base"] = str(base_path)
-    return merged
-
-
-def load_notebook_config(path: str | Path) -> NotebookConfig:
-    """The notebook config, strictly validated (unknown keys and wrong types name the key)."""
-    p = Path(path) if Path(path).is_absolute() else ROOT / path
-    return config_from_mapping(NotebookConfig, _read_chain(p), p)
-
-
-def project_path(path: str) -> Path:
-    """A path from a config: absolute, or relative to the project root."""
-    p = Path(path)
-    return p if p.is_absolute() else ROOT / p
+LOG_NAME = "notebook_log.jsonl"  # in output_dir: one record per stage run (kept after a Kaggle session)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,19 +204,11 @@ def child_env() -> dict[str, str]:
     """The project importable from the workspace; git (for run manifests) pointed at the project's checkout."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    git_dir = _git(["rev-parse", "--absolute-git-dir"])
+    git_dir = git(["rev-parse", "--absolute-git-dir"])
     if git_dir:
         env.setdefault("GIT_DIR", git_dir)
         env.setdefault("GIT_WORK_TREE", str(ROOT))
     return env
-
-
-def _git(args: list[str]) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def run_commands(plan: Plan, commands: list[list[str]]) -> None:
@@ -315,6 +239,12 @@ def check(cfg: NotebookConfig, configs_only: bool = False) -> Plan:
         tunix_config(
             model
         )  # a family the JAX trainers load (Gemma 3, Gemma 2, Llama), or the field they refuse
+        model_type = json.loads((model / "config.json").read_text()).get("model_type")
+        if cfg.evidence.include_model and not str(model_type).startswith("gemma3"):
+            raise InputError(
+                "evidence.include_model: the Orbax export (submission/checkpoint.py) covers Gemma 3 only; "
+                f"{model} is {model_type}: set include_model: false"
+            )
     plan, loaded = make_plan(cfg, "check")
     print(f"notebook config ok; project {ROOT}")
     print(f"  model      {project_path(cfg.model_dir)}")
@@ -364,30 +294,13 @@ def setup(cfg: NotebookConfig) -> None:
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def source_fingerprint() -> dict[str, Any]:
-    """The code that ran: the git commit when the project is a checkout, and a hash of its source files."""
-    h = hashlib.sha256()
-    files = sorted(
-        p for top in ("common", "trainers_jax", "trainers_torch", "evals", "scripts", "submission", "configs")
-        for p in (ROOT / top).rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".ipynb")
-    )  # fmt: skip
-    for p in files:
-        h.update(str(p.relative_to(ROOT)).encode() + b"\0" + p.read_bytes())
-    return {"git_commit": _git(["rev-parse", "HEAD"]), "source_sha256": h.hexdigest(), "files": len(files)}
-
-
 def collect(cfg: NotebookConfig, config_path: str) -> Path:
-    """Copy the evidence of the runs into ``<output_dir>/<evidence.dir>`` with an index (sha256 per file)."""
+    """The evidence of the runs into ``<output_dir>/<evidence.dir>`` (with an index, sha256 per file), and
+    the package of the last evaluated run (``submission.package``, the other run's evidence in it too)
+    into ``<output_dir>``; its model (``evidence.include_model``) also unpacked into ``<output_dir>/model``."""
     plan, _ = make_plan(cfg, "collect")
-    out = project_path(cfg.output_dir) / cfg.evidence.dir
+    output = project_path(cfg.output_dir)
+    out = output / cfg.evidence.dir
     if out.exists():
         shutil.rmtree(out)
     (out / "configs").mkdir(parents=True)
@@ -411,16 +324,15 @@ def collect(cfg: NotebookConfig, config_path: str) -> Path:
             if (run / name).is_dir():
                 shutil.copytree(run / name, dest / name)
         runs[stage] = {"run": run.name, "eval": _headline(run / "eval" / "eval_summary.json")}
+    if not cfg.eval.runs:
+        raise InputError("eval.runs: empty; the package is of an evaluated run")
     missing = [s for s in cfg.eval.runs if runs[s]["eval"] is None]
     if missing:
         raise InputError(f"no eval_summary.json for the {', '.join(missing)} run; did the eval stage run?")
-    if cfg.evidence.include_model:
-        merged = plan.run_dir("grpo") / "merged"
-        if not merged.is_dir():
-            raise InputError(f"{merged}: no merged export to include (evidence.include_model=true)")
-        shutil.copytree(merged, project_path(cfg.output_dir) / "model", dirs_exist_ok=True)
+    log = notebook_log(cfg, config_path)
+    write_evidence(out / "notebook_log.json", "notebook_log", log)
     files = {
-        str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(out.rglob("*"))
         if p.is_file()
     }
@@ -430,20 +342,77 @@ def collect(cfg: NotebookConfig, config_path: str) -> Path:
     for stage, info in runs.items():
         if info["eval"]:
             e = info["eval"]
-            metric = e["primary_metric"]
+            print(f"  {stage} {info['run']}: primary score base {describe_primary_score(e['base'])}")
             print(
-                f"  {stage} {info['run']}: {metric} accuracy base {e['base']} -> trained {e['trained']} (n={e['n']})"
+                f"  {' ' * len(stage)} {' ' * len(info['run'])}  trained {describe_primary_score(e['trained'])}"
             )
-    return out
+    # the package: the last evaluated run, with the other run's evidence beside it
+    last = [s for s in ("sft", "grpo") if s in cfg.eval.runs][-1]
+    zip_path = build_package(
+        plan.run_dir(last),
+        also=[plan.run_dir(s) for s in ("sft", "grpo") if s != last],
+        notebook_config=config_path,
+        notebook_log=log,
+        with_model=cfg.evidence.include_model,
+        out_dir=output,
+    )
+    if cfg.evidence.include_model:
+        model = output / MODEL
+        shutil.rmtree(model, ignore_errors=True)
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(output, [n for n in zf.namelist() if n.startswith(f"{MODEL}/")])
+        print(f"model: {model} (Orbax, Tunix's Gemma 3 layout)")
+    print(f"package: {zip_path}")
+    return zip_path
 
 
 def _headline(path: Path) -> dict[str, Any] | None:
+    """A run's primary scores (base and trained) as its eval summary holds them; None if not evaluated."""
     if not path.is_file():
         return None
     s = json.loads(path.read_text())
-    key = f"{s['primary_metric']}_accuracy"
-    return {"primary_metric": s["primary_metric"], "base": s["base"].get(key), "trained": s["trained"].get(key),
-            "n": s["trained"].get("n")}  # fmt: skip
+    return {"definition": PRIMARY_SCORE_DEFINITION, "base": s["base"]["primary_score"],
+            "trained": s["trained"]["primary_score"], "n": s["trained"]["n"]}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook's run log: one record per stage, in <output_dir>/notebook_log.jsonl
+# --------------------------------------------------------------------------------------------
+
+
+def log_path(cfg: NotebookConfig) -> Path:
+    return project_path(cfg.output_dir) / LOG_NAME
+
+
+@contextlib.contextmanager
+def logged_stage(cfg: NotebookConfig, stage: str) -> Iterator[dict[str, Any]]:
+    """Append ``stage``'s record (commands, start, end, seconds, exit status) to the log, however it ends."""
+    record: dict[str, Any] = {"stage": stage, "commands": [], "started": now_iso()}
+    start, status = time.perf_counter(), 1
+    try:
+        yield record
+        status = 0
+    except InputError:
+        status = 2
+        raise
+    except SystemExit as err:
+        status = err.code if isinstance(err.code, int) else 1
+        raise
+    finally:
+        record.update(ended=now_iso(), seconds=round(time.perf_counter() - start, 3), exit_status=status)
+        path = log_path(cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def notebook_log(cfg: NotebookConfig, config_path: str) -> dict[str, Any]:
+    """The stages logged so far (``notebook_log.json``, checked against its schema when written)."""
+    path = log_path(cfg)
+    stages = [rec for _, rec in iter_jsonl(path)] if path.is_file() else []
+    if not stages:
+        raise InputError(f"{path}: no stage was logged; run the notebook's stages before collect")
+    return {"notebook_config": config_path, "stages": stages}
 
 
 @cli
@@ -454,15 +423,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs-only", action="store_true", help="check: skip the model dir (for CI)")
     args = ap.parse_args(argv)
     cfg = load_notebook_config(args.config)
-    if args.stage == "check":
-        check(cfg, args.configs_only)
-    elif args.stage == "setup":
-        setup(cfg)
-    elif args.stage == "collect":
-        collect(cfg, args.config)
-    else:
-        plan, _ = make_plan(cfg, args.stage)
-        run_commands(plan, stage_commands(plan, args.stage))
+    if args.configs_only:  # the CI check: nothing runs, nothing is logged
+        check(cfg, configs_only=True)
+        return 0
+    with logged_stage(cfg, args.stage) as record:
+        if args.stage == "check":
+            check(cfg)
+        elif args.stage == "setup":
+            setup(cfg)
+        elif args.stage == "collect":
+            collect(cfg, args.config)
+        else:
+            plan, _ = make_plan(cfg, args.stage)
+            record["commands"] = stage_commands(plan, args.stage)
+            run_commands(plan, record["commands"])
     return 0
 
 

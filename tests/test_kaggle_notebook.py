@@ -7,12 +7,14 @@ from __future__ import annotations
 import ast
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from submission import kaggle
+from evals.score import describe_primary_score
+from submission import kaggle, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "submission" / "kaggle_notebook.ipynb"
@@ -158,6 +160,8 @@ def test_check_refuses_a_missing_model_dir(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "model_dir" in err and "no config.json" in err
+    (record,) = [json.loads(line) for line in (tmp_path / "out" / kaggle.LOG_NAME).read_text().splitlines()]
+    assert record["stage"] == "check" and record["exit_status"] == 2 and record["seconds"] >= 0  # the run log
 
 
 def test_stage_commands_pass_absolute_paths_and_the_configs_overrides(tmp_path, tiny_gemma3):
@@ -204,8 +208,35 @@ def test_notebook_runs_end_to_end_on_cpu(tmp_path, tiny_gemma3, monkeypatch):
         assert (evidence / name).is_file() and name in index["files"], name
     assert not list(evidence.rglob("*.safetensors"))  # evidence, not weights (include_model is off)
 
+    # the package of the last evaluated run (GRPO), with the SFT run's evidence and the stage log
+    (package,) = (tmp_path / "out").glob("showwork_grpo-gemma3-1b-tpu_*.zip")
+    assert verify.main([str(package)]) == 0
+    with zipfile.ZipFile(package) as zf:
+        names = zf.namelist()
+        log = json.loads(zf.read("evidence/notebook_log.json"))
+        summary_in_zip = json.loads(zf.read("evidence/runs/grpo-gemma3-1b-tpu/eval/eval_summary.json"))
+        readme = zf.read("README_SUBMISSION.md").decode()
+    assert (
+        "evidence/runs/sft-gemma3-1b-tpu/metrics.jsonl" in names and "configs/external/notebook.yaml" in names
+    )
+    assert [s["stage"] for s in log["stages"]] == STAGE_ORDER[:-1] and {
+        s["exit_status"] for s in log["stages"]
+    } == {0}
+    assert summary_in_zip["trained"]["primary_score"] == summary["trained"]["primary_score"]
+    assert index["runs"]["grpo"]["eval"]["trained"] == summary["trained"]["primary_score"]
+    assert describe_primary_score(summary["trained"]["primary_score"]) in readme
+
     # each cell printed the command it ran
     text = "\n".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )
     assert "-m submission.kaggle sft --config" in text
+
+
+def test_check_refuses_a_model_export_the_package_cannot_write(tmp_path, tiny_gemma2, capsys):
+    """include_model packages an Orbax checkpoint in Tunix's Gemma 3 layout: a Gemma 2 model fails at check."""
+    config = write_notebook_config(tmp_path, tiny_gemma2, evidence="  include_model: true\n")
+    with pytest.raises(SystemExit) as exit_info:
+        kaggle.main(["check", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert "evidence.include_model: the Orbax export" in capsys.readouterr().err

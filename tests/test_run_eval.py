@@ -11,6 +11,7 @@ from common.config import load_config
 from common.jsonl import read_jsonl
 from evals import run_eval
 from evals.generate import GenerateConfig
+from evals.score import describe_primary_score
 
 
 def _dataset(path: Path) -> Path:
@@ -77,6 +78,16 @@ def test_eval_dir_has_every_file_with_provenance(evaluated, tiny_gemma3):
     cmp = json.loads((ev / "compare.json").read_text())
     assert cmp["n_paired"] == 4 and cmp["a"]["label"] == "base" and cmp["too_small_to_separate"]
     assert any("too few" in w or "cannot separate" in w for w in cmp["warnings"])
+    # one primary score: eval summary, comparison and report headline show the same one
+    assert (
+        cmp["primary_score"]["a"] == base["primary_score"]
+        and cmp["primary_score"]["b"] == trained["primary_score"]
+    )
+    assert (
+        trained["primary_score"]["n"] == 4 and trained["primary_score"]["value"] == trained["strict_accuracy"]
+    )
+    for name in ("report.html", "report.md"):
+        assert describe_primary_score(trained["primary_score"]) in (ev / name).read_text()
     assert (run / "plots" / "training_curves.png").is_file()
 
 

@@ -12,7 +12,8 @@ eval config asks for with ``suite: yaml_trace``: answer items whose completions 
 their ``<reasoning>`` trace executed (``evals.suites.yaml_trace``; primary metric ``solver``).
 
 A suite's summary has the scorer's shape: ``n``, ``<metric>_accuracy`` with ``_ci95``,
-``failures`` and ``categories``.
+``failures``, ``categories`` and ``primary_score`` (``evals.score.primary_score``; None for a
+prompt suite, whose items have no gold answer).
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def summarize(predictions: list[dict], dataset: list[dict], suite: str = "auto")
         **_summary(rows, metrics),
         "suite": "prompts",
         "primary_metric": primary,
+        "primary_score": None,  # strict accuracy of an <answer>: prompt-suite items have no gold answer
     }
     cats = sorted({r["category"] for r in rows if r.get("category") is not None})
     summary["categories"] = {c: _summary([r for r in rows if r.get("category") == c], metrics) for c in cats}
