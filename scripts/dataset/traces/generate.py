@@ -213,6 +213,17 @@ class PatternStats:
         }
 
 
+def check_rejects(pattern: Pattern, st: PatternStats, cfg: TraceGenConfig) -> None:
+    """Fail the build, naming the pattern, when it rejected more than ``max_reject_share`` of its samples."""
+    share = sum(st.rejected.values()) / st.samples if st.samples else 0.0
+    if share > cfg.max_reject_share:
+        reason, n = st.rejected.most_common(1)[0]
+        raise InputError(
+            f"{pattern.path}: pattern '{pattern.name}' rejected {share:.1%} of {st.samples} samples (limit "
+            f"{cfg.max_reject_share:.1%}); most often {reason} ({n}x): fix the pattern's constraints or trace"
+        )
+
+
 def template_sets(pattern: Pattern, cfg: TraceGenConfig) -> tuple[list[int], list[int]]:
     """``(training phrasings, held-out phrasings)`` of a pattern, by index."""
     n = len(pattern.templates)
@@ -247,6 +258,7 @@ def generate(
             budget = cfg.max_duplicate_factor * counts[p.name] + 10
             while kept < counts[p.name]:
                 if budget == 0:
+                    check_rejects(p, st, cfg)
                     raise InputError(
                         f"{p.path}: variables: too few distinct questions for split '{split}' "
                         f"({kept} of {counts[p.name]} after {st.duplicates} duplicates); widen the ranges"
@@ -290,15 +302,8 @@ def generate(
         for i, rec in enumerate(records):
             rec["id"] = f"yt-{split}-{i:05d}"
         splits[split] = records
-    for name, st in stats.items():
-        share = sum(st.rejected.values()) / st.samples if st.samples else 0.0
-        if share > cfg.max_reject_share:
-            path = next(p.path for p in patterns if p.name == name)
-            reason, n = st.rejected.most_common(1)[0]
-            raise InputError(
-                f"{path}: pattern '{name}' rejected {share:.1%} of {st.samples} samples (limit "
-                f"{cfg.max_reject_share:.1%}); most often {reason} ({n}x): fix the pattern's constraints or trace"
-            )
+    for p in patterns:
+        check_rejects(p, stats[p.name], cfg)
     report = {
         "patterns": {name: st.as_dict() for name, st in stats.items()},
         "n_patterns": len(patterns),
