@@ -61,6 +61,14 @@ data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into d
 	@for cfg in $(DATA_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
 	$(PY) -m scripts.dataset contamination data/built/rg_mix/train.jsonl data/built/gsm8k/test.jsonl
 
+# --- traces: the YAML-trace datasets (lab notebook 002) -----------------------------------------
+.PHONY: traces
+TRACE_CONFIGS := configs/data/yaml_traces.yaml configs/data/gsm8k_traces.yaml
+
+# The contamination gate of both builds reads data/built/gsm8k/test.jsonl (from `make data`).
+traces: $(STAMP) data/built/gsm8k/test.jsonl ## Build the synthetic and the converted-GSM8K YAML-trace datasets (offline); stats per expert and pattern
+	@for cfg in $(TRACE_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
+
 # --- train: SFT, curriculum and GRPO ---------------------------------------------------------------
 .PHONY: train curriculum
 CONFIG ?= configs/sft_gemma3_270m_cpu.yaml
