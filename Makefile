@@ -106,6 +106,18 @@ train-grpo: $(GRPO_NEEDS) $(STAMP) $(MODEL) data ## GRPO from the SFT run (SFT_R
 grpo-missing-sft:
 	@echo "error: $(SFT_RUN) holds no $(GRPO_SFT_FILE); run \`make train\` first (or pass SFT_RUN=runs/<sft run>)" >&2; exit 2
 
+# YAML traces: SFT on the trace datasets, then the trace evals (held-out seed / template, GSM8K
+# test with solver answers, paired with the free-text run); the last line printed is one line of JSON.
+.PHONY: train-traces
+TRACES_CONFIG ?= configs/sft_yaml_traces_270m_cpu.yaml
+TRACES_RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(TRACES_CONFIG) | head -n 1)
+TRACES_EVAL_CONFIG ?= configs/eval/yaml_traces_cpu.yaml
+EVAL_ARGS ?=
+
+train-traces: $(STAMP) $(MODEL) traces ## SFT on YAML traces (BACKEND=torch|jax), then its evals; prints one line of JSON (TRAIN_ARGS=, EVAL_ARGS= override)
+	$(PY) -m trainers_$(BACKEND).sft --config $(TRACES_CONFIG) run_name=$(TRACES_RUN) $(TRAIN_ARGS)
+	@$(PY) -m evals.traces --run runs/$(TRACES_RUN) --config $(TRACES_EVAL_CONFIG) $(EVAL_ARGS)
+
 # --- eval: base vs a trained run on the same held-out items ------------------------------------
 .PHONY: eval eval-report chromium
 EVAL_CONFIG ?= configs/eval/gsm8k_cpu.yaml
