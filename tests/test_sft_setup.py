@@ -175,8 +175,9 @@ def test_default_configs_load():
 
 
 def test_training_mix_samples_each_file(tiny_gemma3, tmp_path):
-    from common.sft_config import MixPart
-    from common.sft_data import tokenize_train, train_files
+    from common.sft_config import MixPart, SFTConfig
+    from common.sft_data import tokenize_train
+    from common.sft_records import data_files
 
     tok = load_tokenizer(tiny_gemma3)
     first = write_records(tmp_path / "a.jsonl", arithmetic_records(12, seed=1, prefix="a"))
@@ -190,7 +191,8 @@ def test_training_mix_samples_each_file(tiny_gemma3, tmp_path):
     assert report["file"] == f"{first} + {second}"
     again, _ = tokenize_train(cfg, tok, seed=0)
     assert [e.id for e in again] == [e.id for e in ex]  # seeded
-    assert train_files(cfg) == {"train": str(first), "mix1": str(second)}
+    files = data_files(SFTConfig(data=cfg))
+    assert files == {"train": str(first), "mix1": str(second), "valid": cfg.valid}
     alone, alone_report = tokenize_train(
         DataConfig(train=str(first), max_len=2000, pack_tokens=2000), tok, seed=0
     )
