@@ -74,6 +74,14 @@ data: $(STAMP) ## Build GSM8K train/valid/test and the reasoning-gym sets into d
 	@for cfg in $(DATA_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
 	$(PY) -m scripts.dataset contamination data/built/rg_mix/train.jsonl data/built/gsm8k/test.jsonl
 
+# --- traces: the YAML-trace datasets (lab notebook 002) -----------------------------------------
+.PHONY: traces
+TRACE_CONFIGS := configs/data/yaml_traces.yaml configs/data/gsm8k_traces.yaml
+
+# The contamination gate of both builds reads data/built/gsm8k/test.jsonl (from `make data`).
+traces: $(STAMP) data/built/gsm8k/test.jsonl ## Build the synthetic and the converted-GSM8K YAML-trace datasets (offline); stats per expert and pattern
+	@for cfg in $(TRACE_CONFIGS); do $(PY) -m scripts.dataset build --config $$cfg || exit $$?; done
+
 # --- train: SFT, curriculum and GRPO ---------------------------------------------------------------
 .PHONY: train curriculum
 CONFIG ?= configs/sft_gemma3_270m_cpu.yaml
@@ -110,6 +118,18 @@ train-grpo: $(GRPO_NEEDS) $(STAMP) models/$(call model_in,$(GRPO_CONFIG))/.compl
 .PHONY: grpo-missing-sft
 grpo-missing-sft:
 	@echo "error: $(SFT_RUN) holds no $(GRPO_SFT_FILE); run \`make train\` first (or pass SFT_RUN=runs/<sft run>)" >&2; exit 2
+
+# YAML traces: SFT on the trace datasets, then the trace evals (held-out seed / template, GSM8K
+# test with solver answers, paired with the free-text run); the last line printed is one line of JSON.
+.PHONY: train-traces
+TRACES_CONFIG ?= configs/sft_yaml_traces_270m_cpu.yaml
+TRACES_RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(TRACES_CONFIG) | head -n 1)
+TRACES_EVAL_CONFIG ?= configs/eval/yaml_traces_cpu.yaml
+EVAL_ARGS ?=
+
+train-traces: $(STAMP) $(MODEL) traces ## SFT on YAML traces (BACKEND=torch|jax), then its evals; prints one line of JSON (TRAIN_ARGS=, EVAL_ARGS= override)
+	$(PY) -m trainers_$(BACKEND).sft --config $(TRACES_CONFIG) run_name=$(TRACES_RUN) $(TRAIN_ARGS)
+	@$(PY) -m evals.traces --run runs/$(TRACES_RUN) --config $(TRACES_EVAL_CONFIG) $(EVAL_ARGS)
 
 # --- eval: base vs a trained run on the same held-out items ------------------------------------
 .PHONY: eval eval-report chromium

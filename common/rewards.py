@@ -58,13 +58,15 @@ class RewardConfig:
     number_match: float = 1.5  # the picked numeral in the answer equals gold
     number_pick: Literal["first", "last"] = "first"
     reasoning_gym: float = 1.0  # times the task's own score_answer (0..1)
-    # yaml_trace tiers, from lab notebook 002's shaped rewards: 1.0 when the executed trace
-    # gives gold, 0.7 for a valid trace with a wrong answer, 0.5 for its init-only rejection
-    # (here: any trace that parses but does not check or run; the notebook's solver failed
-    # both the same way) and 0.0 for a parse failure.
+    # yaml_trace tiers, lab notebook 002's shaped rewards (``common.traces`` decides the tier):
+    # 1.0 the executed trace gives gold; 0.7 executed, another value; 0.5 failed execution
+    # (short-circuit, op outside its expert, undefined variable, ...); 0.3 wrong expert, only
+    # where the item's gold experts are known (meta.experts); 0.0 no trace (no YAML, a YAML
+    # error, steps that fail typed validation).
     trace_correct: float = 1.0
     trace_wrong: float = 0.7
     trace_invalid: float = 0.5
+    trace_wrong_expert: float = 0.3
     trace_unparsed: float = 0.0
 
     def __post_init__(self) -> None:
@@ -197,27 +199,48 @@ def reasoning_gym_score(
     return scores
 
 
+def trace_reward(
+    completion: Any, gold: Any, cfg: RewardConfig, gold_experts: Sequence[str] | None = None
+) -> float:
+    """The yaml_trace tier value of one completion (bounded by the tier values; never raises)."""
+    result = parse_trace(as_text(completion))
+    tier = result.tier(parse_number(gold_text(gold)), gold_experts)
+    return {
+        "correct": cfg.trace_correct,
+        "wrong_answer": cfg.trace_wrong,
+        "failed": cfg.trace_invalid,
+        "wrong_expert": cfg.trace_wrong_expert,
+        "no_trace": cfg.trace_unparsed,
+    }[tier]
+
+
+def gold_experts(meta: Any) -> list[str] | None:
+    """An item's gold experts (``meta.experts``, a list of expert names), or None when unknown."""
+    experts = meta.get("experts") if isinstance(meta, dict) else None
+    if isinstance(experts, list) and experts and all(isinstance(e, str) for e in experts):
+        return experts
+    return None
+
+
 def yaml_trace(
-    prompts: Any, completions: Sequence[Any], cfg: RewardConfig, answer: Any = None, **_: Any
+    prompts: Any,
+    completions: Sequence[Any],
+    cfg: RewardConfig,
+    answer: Any = None,
+    meta: Any = None,
+    **_: Any,
 ) -> list[float]:
     """Shaped reward on the YAML trace in ``<reasoning>``, executed by ``common.traces``.
 
-    ``cfg.trace_correct`` when its value equals gold exactly, ``cfg.trace_wrong`` for another
-    value, ``cfg.trace_invalid`` when it parses but fails a check (short-circuit included),
-    ``cfg.trace_unparsed`` when no trace can be read. The ``<answer>`` text is not looked at.
+    The tiers of ``RewardConfig`` (correct, wrong answer, failed execution, wrong expert, no
+    trace); the wrong-expert tier applies only to items whose ``meta.experts`` is given. The
+    ``<answer>`` text is not looked at.
     """
     golds = _column("answer", answer, completions)
-    scores = []
-    for c, g in zip(completions, golds, strict=True):
-        result = parse_trace(as_text(c))
-        if not result.parsed:
-            scores.append(cfg.trace_unparsed)
-        elif not result.valid:
-            scores.append(cfg.trace_invalid)
-        else:
-            gold = parse_number(gold_text(g))
-            scores.append(cfg.trace_correct if result.value == gold else cfg.trace_wrong)
-    return scores
+    metas = [None] * len(completions) if meta is None else _column("meta", meta, completions)
+    return [
+        trace_reward(c, g, cfg, gold_experts(m)) for c, g, m in zip(completions, golds, metas, strict=True)
+    ]
 
 
 REWARDS: dict[str, RewardFn] = {

@@ -25,11 +25,28 @@ class ModelConfig:
 
 
 @dataclass
+class MixPart:
+    """One more training file, sampled (seeded) to ``n`` of its records that fit (None: all)."""
+
+    path: str
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"data.mix: n must be >= 1 (or null for all), got {self.n}")
+
+
+@dataclass
 class DataConfig:
     train: str = "data/built/gsm8k/train.jsonl"
     valid: str | None = "data/built/gsm8k/valid.jsonl"
     train_limit: int | None = None  # train on a seeded sample of this many records
+    # More training files added to `train`, each with its own sample size: e.g. synthetic YAML
+    # traces in `train` and converted GSM8K traces in the mix.
+    mix: list[MixPart] = field(default_factory=list)
     valid_limit: int = 200  # the first N valid records (loss + generation eval)
+    # text: reasoning in words; yaml: the prompt asks for a YAML trace (lab notebook 002) and the
+    # target is the record's trace in <reasoning> with the answer in <answer>.
     trace_format: Literal["text", "yaml"] = "text"
     max_len: int = 512  # prompt + target tokens; longer examples are dropped or fail
     on_overflow: Literal["drop", "fail"] = "fail"

@@ -100,6 +100,37 @@ def tokenize_records(
     return examples, records, report
 
 
+def tokenize_train(cfg: DataConfig, tok: Any, seed: int) -> tuple[list[Example], dict[str, Any]]:
+    """The training examples: ``train`` (sampled to ``train_limit``) plus each ``mix`` part
+    (sampled to its ``n``), in that order; and one report over all of them (``parts``: each file's)."""
+    examples, _, report = tokenize_records(cfg.train, tok, cfg, cfg.train_limit, seed)
+    if not cfg.mix:
+        return examples, report
+    parts = [report]
+    for part in cfg.mix:
+        more, _, part_report = tokenize_records(part.path, tok, cfg, part.n, seed)
+        examples = examples + more
+        parts.append(part_report)
+    longest = max(
+        (r["overflow_longest"] for r in parts if r["overflow_longest"]),
+        key=lambda x: x["tokens"],
+        default=None,
+    )
+    considered = sum(r["records"] - r["skipped_no_reasoning"] for r in parts)
+    combined = {
+        "file": " + ".join(r["file"] for r in parts),
+        "policy": cfg.on_overflow,
+        "max_len": cfg.max_len,
+        "overflow_longest": longest,
+        "overflow_ids": [i for r in parts for i in r["overflow_ids"]][:20],
+        "parts": parts,
+    }
+    for key in ("records", "skipped_no_reasoning", "overflow_count", "used", "tokens", "target_tokens"):
+        combined[key] = sum(r[key] for r in parts)
+    combined["overflow_share"] = round(combined["overflow_count"] / considered, 6) if considered else 0.0
+    return examples, combined
+
+
 def overflow_line(report: dict[str, Any]) -> str:
     n, share, longest = report["overflow_count"], report["overflow_share"], report["overflow_longest"]
     text = f"{report['file']}: {report['records']} records, {report['used']} used; over max_len={report['max_len']}: {n} ({share:.1%})"

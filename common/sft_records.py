@@ -9,7 +9,7 @@ from typing import Any
 
 from common.runs import MetricsLogger, RunDir, read_metrics, say
 from common.sft_config import SFTConfig
-from common.sft_data import DataPlan, Example, overflow_line, tokenize_records
+from common.sft_data import DataPlan, Example, overflow_line, tokenize_records, tokenize_train
 
 
 @dataclass
@@ -20,8 +20,9 @@ class SFTData:
 
 
 def load_sft_data(cfg: SFTConfig, tok: Any) -> SFTData:
-    """The train examples (a seeded sample of ``data.train_limit``) and the held-out ones."""
-    train, _, train_report = tokenize_records(cfg.data.train, tok, cfg.data, cfg.data.train_limit, cfg.seed)
+    """The train examples (a seeded sample of ``data.train_limit``, plus each ``data.mix`` file's
+    sample) and the held-out ones."""
+    train, train_report = tokenize_train(cfg.data, tok, cfg.seed)
     valid: list[Example] = []
     valid_report = None
     if cfg.data.valid:
@@ -30,8 +31,9 @@ def load_sft_data(cfg: SFTConfig, tok: Any) -> SFTData:
 
 
 def data_files(cfg: SFTConfig) -> dict[str, str]:
-    """The record files a run's manifest hashes."""
-    return {"train": cfg.data.train, **({"valid": cfg.data.valid} if cfg.data.valid else {})}
+    """The record files a run's manifest hashes (the mix files as ``mix1``, ``mix2``, ...)."""
+    mix = {f"mix{k + 1}": part.path for k, part in enumerate(cfg.data.mix)}
+    return {"train": cfg.data.train, **mix, **({"valid": cfg.data.valid} if cfg.data.valid else {})}
 
 
 def announce(

@@ -25,13 +25,22 @@ Ops (an argument is a variable name or a number literal; ``var`` names the outpu
 - ``query``: ``var``; exactly one, the last step of every (sub-)trace.
 
 A sub-trace that names an ``expert`` may only use that expert's ops (``EXPERT_OPS``);
-anything else is the notebook's cross-expert contamination and invalid.
+anything else is the notebook's cross-expert contamination and invalid (``op_outside_expert``).
 
 Anti-short-circuit rule: a query may not target a variable that only an ``init`` set (one
 that no compute or domain step produced or changed); such a trace is invalid with kind
 ``short_circuit``. Arithmetic is ``fractions.Fraction`` (a YAML ``0.1`` is exactly 1/10),
 never ``eval``; YAML is read with ``safe_load`` after size and nesting checks, and numbers
 are capped in size, so any completion is handled in bounded time.
+
+Outcomes and reward tiers (the notebook's verifier; ``TraceResult.outcome`` / ``tier``), in
+the order they are decided: no trace (``parse_failure``: nothing trace-shaped was read;
+``invalid_steps``: steps that fail typed validation — unknown op, missing or unknown field,
+a non-number value) → tier ``no_trace``; ``wrong_expert``: the sub-traces' experts differ from
+the gold experts, only where those are known (synthetic data) → ``wrong_expert``;
+``short_circuit`` and ``failed_execution`` (op outside its expert, undefined or redefined
+variable, unknown expert, division by zero, no query, a failing sub-trace) → ``failed``;
+``wrong_answer`` (executed, another value) and ``correct``. Only an executed trace is valid.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -81,7 +91,7 @@ INVALID_KINDS = (
     "schema",
     "unknown_op",
     "unknown_expert",
-    "wrong_expert",
+    "op_outside_expert",
     "undefined_var",
     "redefined_var",
     "bad_number",
@@ -89,7 +99,27 @@ INVALID_KINDS = (
     "no_query",
     "short_circuit",
 )
-OUTCOMES = ("parse_failure", "invalid_trace", "short_circuit", "wrong_answer", "correct")
+# Steps that fail typed validation: no usable trace (the notebook's 0.0 tier), like a parse failure.
+TYPED_KINDS = ("schema", "unknown_op", "bad_number")
+OUTCOMES = (
+    "parse_failure",
+    "invalid_steps",
+    "wrong_expert",
+    "short_circuit",
+    "failed_execution",
+    "wrong_answer",
+    "correct",
+)
+# Reward tier of each outcome (``common.rewards.RewardConfig`` holds the tier values).
+TIERS = {
+    "parse_failure": "no_trace",
+    "invalid_steps": "no_trace",
+    "wrong_expert": "wrong_expert",
+    "short_circuit": "failed",
+    "failed_execution": "failed",
+    "wrong_answer": "wrong_answer",
+    "correct": "correct",
+}
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
@@ -101,7 +131,8 @@ class TraceResult:
     ``parsed``: a trace-shaped YAML value was read; ``valid``: every step checked and the
     trace executed; ``value``: the queried value (only when valid); ``error`` / ``error_kind``:
     why not (a kind from ``PARSE_KINDS`` or ``INVALID_KINDS``); ``steps``: the steps read,
-    flattened over sub-traces (empty on a parse failure).
+    flattened over sub-traces (empty on a parse failure); ``experts``: each sub-trace's
+    ``expert`` as written (None where it names none or names a non-string).
     """
 
     parsed: bool
@@ -110,14 +141,24 @@ class TraceResult:
     error: str | None = None
     error_kind: str | None = None
     steps: tuple[dict[str, Any], ...] = ()
+    experts: tuple[str | None, ...] = ()
 
-    def outcome(self, gold: Fraction | None) -> str:
-        """One of ``OUTCOMES`` against a gold number (None: no numeric gold, never correct)."""
+    def outcome(self, gold: Fraction | None, gold_experts: Sequence[str] | None = None) -> str:
+        """One of ``OUTCOMES`` against a gold number (None: never correct) and, where known, the
+        gold experts of the sub-traces in order (``["percentage", "arithmetic"]``)."""
         if not self.parsed:
             return "parse_failure"
+        if self.error_kind in TYPED_KINDS:
+            return "invalid_steps"
+        if gold_experts and tuple(self.experts) != tuple(gold_experts):
+            return "wrong_expert"
         if not self.valid:
-            return "short_circuit" if self.error_kind == "short_circuit" else "invalid_trace"
+            return "short_circuit" if self.error_kind == "short_circuit" else "failed_execution"
         return "correct" if gold is not None and self.value == gold else "wrong_answer"
+
+    def tier(self, gold: Fraction | None, gold_experts: Sequence[str] | None = None) -> str:
+        """The reward tier (``no_trace``, ``wrong_expert``, ``failed``, ``wrong_answer``, ``correct``)."""
+        return TIERS[self.outcome(gold, gold_experts)]
 
 
 class TraceError(Exception):
@@ -406,7 +447,7 @@ def _check_steps(raw: Any, expert: Any, label: str) -> list[dict[str, Any]]:
             )
         if expert is not None and op not in EXPERT_OPS[expert]:
             raise TraceError(
-                "wrong_expert",
+                "op_outside_expert",
                 f"{where}: op {op} is not one of expert {expert}'s ops ({', '.join(EXPERT_OPS[expert])})",
             )
         steps.append(step)
@@ -421,6 +462,7 @@ def execute(doc: Any) -> TraceResult:
         return TraceResult(
             False, False, error=f"YAML is {kind}, not a trace (a list of steps)", error_kind="not_a_trace"
         )
+    experts = tuple(e if isinstance(e, str) else None for e, _ in subs)
     flat: list[dict[str, Any]] = []
     prev: Fraction | None = None
     try:
@@ -435,8 +477,10 @@ def execute(doc: Any) -> TraceResult:
         for steps, label in checked:
             prev = _run_sub_trace(steps, prev, label)
     except TraceError as err:
-        return TraceResult(True, False, error=str(err), error_kind=err.kind, steps=tuple(flat))
-    return TraceResult(True, True, value=prev, steps=tuple(flat))
+        return TraceResult(
+            True, False, error=str(err), error_kind=err.kind, steps=tuple(flat), experts=experts
+        )
+    return TraceResult(True, True, value=prev, steps=tuple(flat), experts=experts)
 
 
 def parse_trace(completion: Any) -> TraceResult:

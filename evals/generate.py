@@ -49,6 +49,9 @@ class DecodeSettings:
     top_p: float = 1.0
     seed: int = 0  # sampling RNG; greedy ignores it
     stop_at_end_of_turn: bool = True  # also stop on the chat end-of-turn token, not only on eos
+    # YAML traces: the answer after </reasoning> is the solver's value of the trace when it
+    # executes, else the model's own (evals/solver_answer.py); the model's text is kept too.
+    solver_answer: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -417,8 +420,17 @@ def iter_completions(
     ) as bar:
         if not prompts:
             return
+        if settings.solver_answer and return_ids:
+            raise ValueError(
+                "decode.solver_answer rewrites completions: not for sampled token ids (return_ids)"
+            )
         for results in batches(model, tokenizer, prompts, settings, batch_size, return_ids):
             bar.update(len(results))
+            if settings.solver_answer:
+                from evals.solver_answer import with_solver_answer
+
+                for _, res in results:
+                    res.update(with_solver_answer(res["completion"]))
             yield results
 
 

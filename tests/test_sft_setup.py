@@ -188,3 +188,58 @@ def test_smollm2_configs_load_on_both_backends(name):
         cfgs = [load_sft_config(path, []), jax_sft(path, [])]
     for cfg in cfgs:
         assert cfg.model.path == "models/smollm2-135m" and cfg.run_name == path.stem.replace("_", "-")
+
+
+def test_training_mix_samples_each_file(tiny_gemma3, tmp_path):
+    from common.sft_config import MixPart, SFTConfig
+    from common.sft_data import tokenize_train
+    from common.sft_records import data_files
+
+    tok = load_tokenizer(tiny_gemma3)
+    first = write_records(tmp_path / "a.jsonl", arithmetic_records(12, seed=1, prefix="a"))
+    second = write_records(tmp_path / "b.jsonl", arithmetic_records(9, seed=2, prefix="b"))
+    cfg = DataConfig(
+        train=str(first), train_limit=5, mix=[MixPart(str(second), n=3)], max_len=2000, pack_tokens=2000
+    )
+    ex, report = tokenize_train(cfg, tok, seed=0)
+    assert [e.id[0] for e in ex] == ["a"] * 5 + ["b"] * 3
+    assert (report["records"], report["used"], len(report["parts"])) == (21, 8, 2)
+    assert report["file"] == f"{first} + {second}"
+    again, _ = tokenize_train(cfg, tok, seed=0)
+    assert [e.id for e in again] == [e.id for e in ex]  # seeded
+    files = data_files(SFTConfig(data=cfg))
+    assert files == {"train": str(first), "mix1": str(second), "valid": cfg.valid}
+    alone, alone_report = tokenize_train(
+        DataConfig(train=str(first), max_len=2000, pack_tokens=2000), tok, seed=0
+    )
+    assert len(alone) == 12 and "parts" not in alone_report
+
+
+def test_yaml_trace_configs_load():
+    from common.config import load_config
+    from common.grpo_config import GRPOConfig
+
+    cfg = load_sft_config(ROOT / "configs" / "sft_yaml_traces_270m_cpu.yaml", [])
+    assert cfg.data.trace_format == "yaml" and cfg.data.mix and cfg.train.trainable_layers
+    grpo = load_config(GRPOConfig, ROOT / "configs" / "grpo_yaml_traces_270m_cpu.yaml")
+    assert grpo.rewards.names[0] == "yaml_trace" and grpo.init.sft_run == f"runs/{cfg.run_name}"
+    assert grpo.train.trainable_layers == cfg.train.trainable_layers and grpo.lora.rank == cfg.lora.rank
+
+
+def test_yaml_format_prompt_asks_for_the_trace_and_target_holds_it(tiny_gemma3, tmp_path):
+    from common.sft_data import tokenize_train
+    from scripts.dataset.traces.generate import TraceGenConfig, generate
+
+    splits, _, _ = generate(TraceGenConfig(sizes={"train": 6}), seed=0)
+    path = write_records(tmp_path / "yt.jsonl", splits["train"])
+    tok = load_tokenizer(tiny_gemma3)
+    (ex, *_), _ = tokenize_train(
+        DataConfig(train=str(path), trace_format="yaml", max_len=4000, pack_tokens=4000), tok, 0
+    )
+    rec = next(r for r in splits["train"] if r["id"] == ex.id)
+    prompt = tok.decode(ex.ids[: ex.n_prompt]).replace(" ", "")
+    target = tok.decode(ex.ids[ex.n_prompt :]).replace(" ", "")
+    assert "YAMLtrace" in prompt and "<reasoning>" in prompt
+    want = f"<reasoning>{rec['reasoning']}</reasoning><answer>{rec['answer']}</answer><end_of_turn>"
+    assert target == want.replace(" ", "")
+    assert rec["reasoning"].startswith(("expert: ", "- expert: "))

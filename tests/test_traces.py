@@ -145,7 +145,7 @@ INIT = "{op: init, var: a, value: 2}"
         (steps(INIT, Q, "{op: compute, compute_op: mul, args: [a, a], var: r}"), "schema", "last step"),
         ("[{op: init, var: a, value: 2}, 5]", "schema", "expected a mapping"),
         ("{expert: arithmetic, trace: [{op: init, var: d, value: 60},"
-         " {op: percent_of, base: d, rate: 60, var: r}, {op: query, var: r}]}", "wrong_expert", "percent_of"),
+         " {op: percent_of, base: d, rate: 60, var: r}, {op: query, var: r}]}", "op_outside_expert", "percent_of"),
         ("{expert: physics, trace: [{op: init, var: a, value: 1}]}", "unknown_expert", "physics"),
         ("- expert: arithmetic\n  trace:\n    - {op: init, var: a, from: prev.result}\n    - {op: query, var: a}",
          "undefined_var", "prev.result"),
@@ -155,7 +155,9 @@ def test_invalid_traces_name_their_reason(trace: str, kind: str, reason: str) ->
     res = run(trace)
     assert (res.parsed, res.valid, res.value, res.error_kind) == (True, False, None, kind)
     assert reason in (res.error or "")
-    assert res.outcome(Fraction(4)) == "invalid_trace"
+    typed = kind in ("schema", "unknown_op", "bad_number")  # typed validation: no usable trace
+    assert res.outcome(Fraction(4)) == ("invalid_steps" if typed else "failed_execution")
+    assert res.tier(Fraction(4)) == ("no_trace" if typed else "failed")
 
 
 def test_short_circuit_is_rejected() -> None:
@@ -197,18 +199,32 @@ def test_hostile_input_is_bounded() -> None:
 
 def test_reward_tiers_are_ordered() -> None:
     (fn,) = build_rewards(["yaml_trace"])
+    rate = (
+        "{expert: rate_equation, trace: [" + ", ".join(RATE.strip().removeprefix("- ").split("\n- ")) + "]}"
+    )
     completions = [
-        wrap(RATE, "245"),  # valid, correct
-        wrap(RATE, "245").replace("value: 5", "value: 6"),  # valid, wrong value (the answer tag is not read)
-        wrap(SHORT),  # short-circuit
-        wrap(steps(INIT, "{op: add, args: [a, a], var: r}", Q)),  # unknown op
-        "<answer>245</answer>",  # no trace at all
+        wrap(rate, "245"),  # executed, correct: 1.0
+        wrap(rate.replace("value: 5", "value: 6"), "245"),  # executed, wrong value (the tag is not read): 0.7
+        wrap(rate.replace("{op: query, var: quantity}", "{op: query, var: rate}")),  # short-circuit: 0.5
+        wrap(rate.replace("rate_equation", "percentage")),  # compute is not a percentage op: wrong expert 0.3
+        wrap(rate.replace("var: quantity}", "var: quantity, unit: kg}", 1)),  # typed validation fails: 0.0
+        wrap("Janet has 16 eggs."),  # YAML, but not a trace: 0.0
+        "<answer>245</answer>",  # no reasoning at all: 0.0
     ]
-    scores = fn(["p"] * 5, completions, answer=["245"] * 5)
-    assert scores == [1.0, 0.7, 0.5, 0.5, 0.0]
+    gold = {"experts": ["rate_equation"]}
+    scores = fn(["p"] * 7, completions, answer=["245"] * 7, meta=[gold] * 7)
+    assert scores == [1.0, 0.7, 0.5, 0.3, 0.0, 0.0, 0.0]
+    # Without a known gold expert there is no wrong-expert tier: the op outside its expert fails execution.
+    assert fn(["p"] * 4, completions[:4], answer=["245"] * 4) == [1.0, 0.7, 0.5, 0.5]
+    # The right expert with a correct value but a wrong expert label still scores the expert tier.
+    assert fn(["p"], completions[:1], answer=["245"], meta=[{"experts": ["arithmetic"]}]) == [0.3]
+    # Composed: the expert sequence is compared in order.
+    composed = {"experts": ["percentage", "arithmetic"]}
+    assert fn(["p"], [wrap(COMPOSED, "70000")], answer=["70000"], meta=[composed]) == [1.0]
+    assert fn(["p"], [wrap(COMPOSED, "70000")], answer=["70000"], meta=[{"experts": ["arithmetic"]}]) == [0.3]
     cfg = RewardConfig(trace_correct=2.0, trace_unparsed=-1.0)
     (fn,) = build_rewards(["yaml_trace"], cfg)
-    assert fn(["p"] * 2, [completions[0], completions[4]], answer=[245, 245]) == [2.0, -1.0]
+    assert fn(["p"] * 2, [completions[0], completions[-1]], answer=[245, 245]) == [2.0, -1.0]
 
 
 # ----------------------------------------------------------------------------- the eval suite
@@ -249,8 +265,9 @@ def test_score_cli_writes_the_trace_fields(tmp_path: Path) -> None:
     assert s["solver_accuracy"] == pytest.approx(1 / 6)
     assert s["strict_accuracy"] == pytest.approx(5 / 6)  # every tag but the missing one is gold
     assert (s["agreement_rate"], s["agreement_n"]) == (0.5, 2)  # only c and w executed
-    assert s["trace_outcomes"] == {"parse_failure": 1, "invalid_trace": 1, "short_circuit": 1,
-                                   "wrong_answer": 1, "correct": 1, "missing_prediction": 1}  # fmt: skip
+    assert s["trace_outcomes"] == {"parse_failure": 1, "invalid_steps": 1, "wrong_expert": 0, "short_circuit": 1,
+                                   "failed_execution": 0, "wrong_answer": 1, "correct": 1,
+                                   "missing_prediction": 1}  # fmt: skip
     assert s["trace_error_kinds"] == {"not_a_trace": 1, "unknown_op": 1, "short_circuit": 1}
     assert s["categories"]["rate"]["solver_accuracy"] == pytest.approx(1 / 3)
     assert s["categories"]["other"]["parse_rate"] == pytest.approx(1 / 3)

@@ -133,10 +133,13 @@ def item_verdicts(
         for v in out.values():
             v.setdefault("rg", v["strict"])
     if suite == "yaml_trace":
+        from common.rewards import gold_experts
         from evals.suites.yaml_trace import trace_verdict
 
         for p, rec in zip(predictions, items, strict=True):
-            out[str(p["id"])].update(trace_verdict(p["completion"], rec["answer"]))
+            out[str(p["id"])].update(
+                trace_verdict(p["completion"], rec["answer"], gold_experts(rec.get("meta")))
+            )
     return out
 
 

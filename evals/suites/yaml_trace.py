@@ -1,10 +1,11 @@
 """The YAML-trace suite: each completion's trace is executed and its value scored.
 
 Per item (``trace_verdict``): ``parse`` (a trace was read from ``<reasoning>``), ``valid``
-(it checked and ran), ``solver`` (its value equals gold, exactly), ``agree`` (the
+(it checked and executed), ``solver`` (its value equals gold, exactly), ``agree`` (the
 ``<answer>`` text is one number equal to that value; None when there is no value),
-``trace_outcome`` (one of ``OUTCOMES``), ``trace_error_kind`` / ``trace_error`` and
-``trace_value``. The answer-tag metrics (strict, flexible, …) come from the shared scorer
+``trace_outcome`` (one of ``OUTCOMES``, with the wrong-expert outcome where the item's
+``meta.experts`` is known), ``trace_tier`` (its reward tier), ``trace_experts`` (the experts
+the trace names), ``trace_error_kind`` / ``trace_error`` and ``trace_value``. The answer-tag metrics (strict, flexible, …) come from the shared scorer
 as for any answer suite; ``common.traces`` holds the trace rules.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from common.answers import answer_text, gold_text, parse_number
 from common.records import category_of
+from common.rewards import gold_experts
 from common.traces import INVALID_KINDS, PARSE_KINDS, format_value, parse_trace
 from common.traces import OUTCOMES as TRACE_OUTCOMES
 
@@ -31,17 +33,17 @@ SUMMARY_KEYS = {
 RULES = {
     "parse_rate": "a YAML list of steps, {expert, trace} mapping or list of them was read from the first "
     "<reasoning>…</reasoning> block (yaml.safe_load, size and nesting limits)",
-    "valid_rate": "the trace passed every step check (known ops and fields, defined variables, expert "
-    "vocabulary, one final query not on an init-only variable) and executed",
+    "valid_rate": "the trace executed: it passed every step check (known ops and fields, defined variables, "
+    "expert vocabulary, one final query not on an init-only variable) and ran to a value",
     "solver_accuracy": "the executed trace's value equals gold exactly (fractions)",
     "agreement_rate": "among items with an executed value: the <answer> text is one number equal to it",
 }
 ERROR_CHARS = 200
-TRACE_SCORER = "showwork-yaml-trace/1"  # bump when a trace rule changes
+TRACE_SCORER = "showwork-yaml-trace/2"  # bump when a trace rule changes
 
 
-def trace_verdict(completion: str, gold: Any) -> dict[str, Any]:
-    """The trace verdicts on one completion against its gold answer."""
+def trace_verdict(completion: str, gold: Any, experts: list[str] | None = None) -> dict[str, Any]:
+    """The trace verdicts on one completion against its gold answer (and gold experts, if known)."""
     result = parse_trace(completion)
     gold_value = parse_number(gold_text(gold))
     value = result.value if result.valid else None
@@ -54,7 +56,9 @@ def trace_verdict(completion: str, gold: Any) -> dict[str, Any]:
         "valid": result.valid,
         "solver": value is not None and value == gold_value,
         "agree": agree,
-        "trace_outcome": result.outcome(gold_value),
+        "trace_outcome": result.outcome(gold_value, experts),
+        "trace_tier": result.tier(gold_value, experts),
+        "trace_experts": "+".join(e or "-" for e in result.experts) or None,
         "trace_error_kind": result.error_kind,
         "trace_error": error,
         "trace_value": format_value(value),
@@ -67,6 +71,8 @@ MISSING = {
     "solver": False,
     "agree": None,
     "trace_outcome": "missing_prediction",
+    "trace_tier": "no_trace",
+    "trace_experts": None,
     "trace_error_kind": None,
     "trace_error": None,
     "trace_value": None,
@@ -97,7 +103,8 @@ def item_trace_verdicts(predictions: list[dict], dataset: list[dict]) -> list[di
     out = []
     for rec in dataset:
         p = by_id.get(str(rec["id"]))
-        out.append(dict(MISSING) if p is None else trace_verdict(p["completion"], rec["answer"]))
+        experts = gold_experts(rec.get("meta"))
+        out.append(dict(MISSING) if p is None else trace_verdict(p["completion"], rec["answer"], experts))
     return out
 
 
