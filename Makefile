@@ -40,17 +40,18 @@ test-fast: $(STAMP) chromium ## Tests that do not need the real model
 bench: $(STAMP) $(MODEL) ## pytest-benchmark suite of the hot paths, each beside a peer
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no recipe importing a recipe)
+lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no recipe importing a recipe) + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m scripts.check_imports
+	$(VENV)/bin/mypy
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean: ## Remove caches (keeps .venv, models/ and runs/)
-	rm -rf .pytest_cache .ruff_cache .benchmarks
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .benchmarks
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # --- data: trace datasets ----------------------------------------------------------------------

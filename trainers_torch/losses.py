@@ -20,7 +20,9 @@ from trainers_torch.data import Batch
 from trainers_torch.model import causal_lm
 
 
-def _head_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None):
+def _head_logits(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """float32 logits of one chunk, and tanh(z / cap) when soft-capping (for the gradient)."""
     z = (h @ weight.t()).float()
     if bias is not None:
@@ -39,12 +41,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk: int,
+        softcap: float | None,
+    ) -> torch.Tensor:
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        grad_b = (
+            torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+            if need_b and bias is not None
+            else None
+        )
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], targets[s : s + chunk]
             logits, t = _head_logits(h, weight, bias, softcap)
@@ -65,7 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad_total):  # type: ignore[override]
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_h, grad_w, grad_b = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
         out_h = None if grad_h is None else grad_h * grad_total.to(grad_h.dtype)
@@ -99,7 +113,16 @@ class _LinearLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, inv_temp):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk: int,
+        softcap: float | None,
+        inv_temp: float,
+    ) -> torch.Tensor:
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         keep_jacobian = need_h and not (need_w or need_b)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
@@ -122,7 +145,7 @@ class _LinearLogProbs(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.keep_jacobian:
             (jac,) = ctx.saved_tensors
             return jac * grad_out[:, None].to(jac.dtype), None, None, None, None, None, None
