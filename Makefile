@@ -10,7 +10,7 @@ MODEL_DIR := models/gemma-3-270m
 MODEL  := $(MODEL_DIR)/.complete
 PYTEST_ARGS ?=
 
-.PHONY: help setup model parity test test-fast bench lint format clean
+.PHONY: help setup model parity test test-fast bench lint format clean mutation
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,8 +31,14 @@ model: $(MODEL) ## Materialise Gemma 3 270M into models/gemma-3-270m (HF safeten
 parity: $(MODEL) ## Max |logit difference| torch vs JAX on the real model (exit 1 above 1e-3)
 	$(PY) -m scripts.parity --model $(MODEL_DIR)
 
-test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the real default model)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Line + branch coverage of the whole suite, subprocesses included (pyproject.toml [tool.coverage]):
+# a table of the files not fully covered, runs/coverage/html/index.html, and a failure below
+# fail_under. COV= runs the tests without it.
+COV ?= --cov --cov-report=term:skip-covered --cov-report=html
+
+test: $(STAMP) $(MODEL) chromium ## Run the whole test suite (tiny models + the real default model) with coverage
+	mkdir -p runs/coverage
+	$(PY) -m pytest $(COV) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) chromium ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
@@ -46,12 +52,21 @@ lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no re
 	$(PY) -m scripts.check_imports
 	$(VENV)/bin/mypy
 
+# mutmut plants small bugs in the modules listed in pyproject.toml [tool.mutmut] and runs each
+# against the fast tests that call its function; from scratch every time (about an hour on one core).
+MUTATION_JOBS ?= 1
+
+mutation: $(STAMP) ## Mutation testing of scoring, rewards, traces, packing, stats, checkpoint/JSONL writers, record validation (slow; not in CI)
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS)
+	$(PY) -m scripts.mutation_report
+
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean: ## Remove caches (keeps .venv, models/ and runs/)
-	rm -rf .pytest_cache .ruff_cache .mypy_cache .benchmarks
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .benchmarks mutants
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # --- data: trace datasets ----------------------------------------------------------------------
