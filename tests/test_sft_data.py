@@ -36,7 +36,8 @@ def test_collate_targets_positions_segments_and_padding() -> None:
         [31, IGNORE, IGNORE, IGNORE, IGNORE, IGNORE, IGNORE],
     ]
     assert (batch.n_tokens, batch.n_targets, batch.n_examples) == (9, 5, 3)
-    assert batch.input_ids.dtype == np.int32 and batch.targets.dtype == np.int32
+    arrays = (batch.input_ids, batch.position_ids, batch.targets, batch.segment_ids)
+    assert [a.dtype for a in arrays] == [np.int32] * 4
     assert collate([a], [[0]], pad_id=7).input_ids.tolist() == [[10, 11, 12, 13]]  # no padding needed
 
 
@@ -127,3 +128,34 @@ def test_tokenize_refuses_a_file_with_nothing_to_train_on(tok: object, tmp_path:
     path = write_records(tmp_path / "t.jsonl", arithmetic_records(2))
     with pytest.raises(InputError, match=r"t.jsonl: no usable examples \(all 2 over data.max_len=8\?\)"):
         tokenize_records(path, tok, DataConfig(max_len=8, pack_tokens=8, on_overflow="drop"))
+
+
+def test_overflow_report_rounds_the_share_and_lists_twenty_ids(tok: object, tmp_path: Path) -> None:
+    recs = arithmetic_records(22)
+    for r in recs[1:]:
+        r["question"] += " Think it through." * 6
+    path = write_records(tmp_path / "t.jsonl", recs)
+    short = len(tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))[0][0])
+    cfg = DataConfig(max_len=short, pack_tokens=4000, on_overflow="drop")
+    ex, _, report = tokenize_records(path, tok, cfg)
+    assert [e.id for e in ex] == ["t-0000"] and report["overflow_count"] == 21
+    assert report["overflow_ids"] == [r["id"] for r in recs[1:21]]  # the first twenty only
+    assert report["overflow_share"] == 0.954545  # 21 / 22 to six places
+    three = write_records(tmp_path / "three.jsonl", recs[:3])
+    assert tokenize_records(three, tok, cfg)[2]["overflow_share"] == 0.666667
+
+
+def test_tokenize_reads_the_configured_trace_format(tok: object, tmp_path: Path) -> None:
+    path = write_records(tmp_path / "t.jsonl", arithmetic_records(1))
+    text = tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))[0][0]
+    yaml = tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000, trace_format="yaml"))[0][0]
+    assert yaml.n_prompt != text.n_prompt and yaml.ids[yaml.n_prompt :] == text.ids[text.n_prompt :]
+
+
+def test_a_file_without_any_reasoning_has_nothing_to_train_on(tok: object, tmp_path: Path) -> None:
+    recs = arithmetic_records(2)
+    for r in recs:
+        r["meta"]["has_reasoning"] = False
+    path = write_records(tmp_path / "t.jsonl", recs)
+    with pytest.raises(InputError, match=r"no usable examples \(all 0 over"):
+        tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))
