@@ -2,7 +2,7 @@
 
 mutmut keeps each mutated file's verdicts in ``mutants/<path>.meta``. This reads them and
 prints, per module, how many mutants the tests killed (a failing test or a timeout), how
-many survived and how many no selected test reached; then each survivor, marked when
+many survived, how many no selected test reached and how many were not run yet; then each survivor, marked when
 ``tests/equivalent_mutants.txt`` lists it as equivalent (no behaviour change is possible),
 with the reason given there. ``mutmut show <name>`` prints a mutant's diff.
 
@@ -83,17 +83,14 @@ def module_scores(mutants: Path) -> dict[str, dict[str, Any]]:
 
 
 def report(scores: dict[str, dict[str, Any]], equivalent: dict[str, str]) -> str:
-    lines = [
-        f"{'module':<32} {'mutants':>7} {'killed':>7} {'timeout':>7} {'survived':>8} {'no test':>7} {'score':>6}"
-    ]
+    head = ("mutants", "killed", "timeout", "survived", "no test", "unrun", "score")
+    lines = [f"{'module':<30}" + "".join(f"{h:>9}" for h in head)]
     for path, s in scores.items():
-        lines.append(
-            f"{path:<32} {s['total']:>7} {s['killed']:>7} {s['timeout']:>7} {s['survived']:>8} "
-            f"{s['no tests']:>7} {s['score']:>6.1%}"
-        )
+        counts = (s["total"], s["killed"], s["timeout"], s["survived"], s["no tests"], s["not checked"])
+        lines.append(f"{path:<30}" + "".join(f"{c:>9}" for c in counts) + f"{s['score']:>9.1%}")
     total = sum(s["total"] for s in scores.values())
     detected = sum(s["killed"] + s["timeout"] for s in scores.values())
-    lines.append(f"{'all':<32} {total:>7} {'':>7} {'':>7} {'':>8} {'':>7} {detected / max(1, total):>6.1%}")
+    lines.append(f"{'all':<30}{total:>9}" + " " * 45 + f"{detected / max(1, total):>9.1%}")
     survivors = [n for s in scores.values() for n in s["survivors"]]
     unexplained = [n for n in survivors if n not in equivalent]
     lines.append(f"\n{len(survivors)} survivors, {len(survivors) - len(unexplained)} listed as equivalent:")
