@@ -53,7 +53,7 @@ lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no re
 	$(VENV)/bin/mypy
 
 # mutmut plants small bugs in the modules listed in pyproject.toml [tool.mutmut] and runs each
-# against the fast tests that call its function; from scratch every time (about an hour on one core).
+# against the fast tests that call its function; from scratch every time (3,300 mutants: long, one core).
 MUTATION_JOBS ?= 1
 
 mutation: $(STAMP) ## Mutation testing of scoring, rewards, traces, packing, stats, checkpoint/JSONL writers, record validation (slow; not in CI)
