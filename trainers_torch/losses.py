@@ -41,24 +41,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        targets: torch.Tensor,
-        chunk: int,
-        softcap: float | None,
-    ) -> torch.Tensor:
+    def forward(ctx: Any, *inputs: Any) -> torch.Tensor:
+        hidden, weight, bias, targets, chunk, softcap = inputs
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = (
-            torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
-            if need_b and bias is not None
-            else None
-        )
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], targets[s : s + chunk]
             logits, t = _head_logits(h, weight, bias, softcap)
@@ -113,16 +102,8 @@ class _LinearLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        targets: torch.Tensor,
-        chunk: int,
-        softcap: float | None,
-        inv_temp: float,
-    ) -> torch.Tensor:
+    def forward(ctx: Any, *inputs: Any) -> torch.Tensor:
+        hidden, weight, bias, targets, chunk, softcap, inv_temp = inputs
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         keep_jacobian = need_h and not (need_w or need_b)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
