@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # default) or smollm2-135m. Training and eval targets materialise the one their config or run names.
 model_in = $(or $(shell sed -n 's|^[[:space:]]*path:[[:space:]]*models/\([^/[:space:]]*\).*|\1|p' $(1) 2>/dev/null | head -n 1),gemma-3-270m)
 
-.PHONY: help setup model parity test test-fast bench bench-report lint format clean
+.PHONY: help setup model parity test test-fast bench bench-report lint format clean mutation
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,8 +36,14 @@ parity: models/$(MODEL)/.complete ## Max |logit difference| torch vs JAX on mode
 # The real_model tests use both real models (Gemma 3 270M and SmolLM2-135M-Instruct).
 REAL_MODELS := models/gemma-3-270m/.complete models/smollm2-135m/.complete
 
-test: $(STAMP) $(REAL_MODELS) chromium ## Run the whole test suite (tiny models + the two real models)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Line + branch coverage of the whole suite, subprocesses included (pyproject.toml [tool.coverage]):
+# a table of the files not fully covered, runs/coverage/html/index.html, and a failure below
+# fail_under. COV= runs the tests without it.
+COV ?= --cov --cov-report=term:skip-covered --cov-report=html
+
+test: $(STAMP) $(REAL_MODELS) chromium ## Run the whole test suite (tiny models + the two real models) with coverage
+	mkdir -p runs/coverage
+	$(PY) -m pytest $(COV) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) chromium ## Tests that do not need the real model
 	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
@@ -53,17 +59,27 @@ bench: $(STAMP) models/gemma-3-270m/.complete data ## The benchmark suite: each 
 bench-report: $(STAMP) ## Markdown table + PNG chart of runs/bench/latest.json, compared with the previous saved run
 	$(PY) -m benchmarks.report --json runs/bench/latest.json --storage runs/bench --out runs/bench/report
 
-lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no recipe importing a recipe)
+lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no recipe importing a recipe) + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m scripts.check_imports
+	$(VENV)/bin/mypy
+
+# mutmut plants small bugs in the modules listed in pyproject.toml [tool.mutmut] and runs each
+# against the fast tests that call its function; from scratch every time (3,300 mutants: long, one core).
+MUTATION_JOBS ?= 1
+
+mutation: $(STAMP) ## Mutation testing of scoring, rewards, traces, packing, stats, checkpoint/JSONL writers, record validation (slow; not in CI)
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS)
+	$(PY) -m scripts.mutation_report
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean: ## Remove caches (keeps .venv, models/ and runs/)
-	rm -rf .pytest_cache .ruff_cache .benchmarks
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .benchmarks mutants
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # --- data: trace datasets ----------------------------------------------------------------------

@@ -125,8 +125,8 @@ class Limbs:
             raise OverflowError("Limbs: the walk outgrew its width")
         z = (x != 0).argmax(axis=1)  # the lowest non-zero limb (3n + 1 > 0); almost always 0
         far = np.nonzero(z)[0]
-        for i in far:  # k ≥ 32: drop the zero limbs first (rare)
-            x[i] = np.concatenate([x[i, z[i] :], np.zeros(z[i], dtype=np.uint64)])
+        for row in far:  # k ≥ 32: drop the zero limbs first (rare)
+            x[row] = np.concatenate([x[row, z[row] :], np.zeros(z[row], dtype=np.uint64)])
         low = x[:, 0]
         r = np.log2((low & (np.uint64(0) - low)).astype(np.float64)).astype(np.int64)  # its trailing zeros
         ru = r.astype(np.uint64)[:, None]
@@ -214,7 +214,7 @@ def held_out_states(seeds: Sequence[int] = TEST_SEEDS) -> frozenset[int]:
 def seed_states(seed: int, limit: int = ORBIT_PREFIX) -> list[int]:
     """The odd states a hard sample draws from: the first ``limit`` of the seed's orbit, 1 excluded."""
     n = odd_part(seed)
-    out = []
+    out: list[int] = []
     while n != 1 and len(out) < limit:
         out.append(n)
         n, _ = syracuse(n)

@@ -53,7 +53,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value not in args:
             raise InputError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
         return _build(tp, value, where)
@@ -221,7 +221,8 @@ def config_hash(cfg: Any) -> str:
 
 def split_cli(argv: list[str]) -> tuple[list[str], list[str]]:
     """Separate ``key=value`` overrides from ordinary argparse arguments."""
-    flags, overrides = [], []
+    flags: list[str] = []
+    overrides: list[str] = []
     for arg in argv:
         (overrides if "=" in arg and not arg.startswith("-") else flags).append(arg)
     return flags, overrides

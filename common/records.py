@@ -38,7 +38,8 @@ def category_of(record: dict[str, Any]) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "object", list: "list"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {dict: "object", list: "list"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _check_str(value: Any, where: str, errors: list[str], blank_ok: bool = False) -> None:

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ class RunDir:
         root: str | Path,
         cfg: Any,
         *,
-        data_files: dict[str, str | Path] | None = None,
+        data_files: Mapping[str, str | Path] | None = None,
         model_dir: str | Path | None = None,
         device: str = "cpu",
         extra: dict[str, Any] | None = None,

@@ -238,7 +238,7 @@ class DataPlan:
     def step_rows(self, step: int) -> list[list[int]]:
         start = step * self.rows_per_step
         epoch, r = self.position(start)
-        out = []
+        out: list[list[int]] = []
         while len(out) < self.rows_per_step:
             rows = self.epoch_rows(epoch)
             take = rows[r : r + self.rows_per_step - len(out)]

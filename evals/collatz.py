@@ -95,7 +95,7 @@ def draw_eval_rows(
     """The notebook's draw: ``count`` distinct odd n with their successor and difficulty weight."""
     rng = random.Random(seed)
     seen: set[int] = set()
-    rows = []
+    rows: list[dict[str, Any]] = []
     while len(rows) < count:
         bits = rng.randint(2, max_bits)
         n = rng.randint(2 ** (bits - 1), 2**bits - 1)

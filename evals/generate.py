@@ -467,7 +467,8 @@ def load_items(path: str | Path) -> list[dict]:
     """Eval items ``{id, question, ...}``; errors name ``file:line: field``."""
     if not Path(path).exists() and "data/built" in str(path):
         raise InputError(f"{path}: file not found (run `make data` to build the datasets)")
-    items, seen = [], {}
+    items: list[dict] = []
+    seen: dict[str, int] = {}
     for lineno, rec in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if not isinstance(rec, dict):

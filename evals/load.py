@@ -277,7 +277,7 @@ def load_for_eval(
     try:
         cfg_path = Path(ref.weights_dir) / "config.json"
         hf_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        model, info = AutoModelForCausalLM.from_pretrained(
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
             ref.weights_dir,
             dtype=torch_dtype(dtype),
             output_loading_info=True,
@@ -285,6 +285,7 @@ def load_for_eval(
         )
     except (OSError, ValueError) as err:
         raise InputError(f"{ref.weights_dir}: could not load the model: {err}") from None
+    model, info = loaded  # (model, loading info) with output_loading_info=True
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
     if bad:
         first = {k: sorted(map(str, v))[:3] for k, v in bad.items()}

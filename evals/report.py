@@ -134,7 +134,7 @@ def plot_categories(sides: dict[str, dict[str, Any]], metric: str) -> bytes | No
 
     key = summary_key(metric)
     cats = sorted({c for s in sides.values() for c in (s.get("categories") or {})})
-    rows = [("overall", {n: s for n, s in sides.items()})]
+    rows: list[tuple[str, dict[str, Any]]] = [("overall", dict(sides))]
     rows += [(c, {n: (s.get("categories") or {}).get(c) for n, s in sides.items()}) for c in cats]
     if not any(v and v.get(key) is not None for _, d in rows for v in d.values()):
         return None
@@ -619,8 +619,8 @@ def comparison_report(runs: list[dict[str, Any]]) -> tuple[str, str, dict[str, b
     key = summary_key(primary)
     warnings = comparability_warnings(runs)
     pairs = cross_run_pairs(runs)
-    for p in pairs:
-        warnings += [f"{p['b']} vs {p['a']}: {w}" for w in p["warnings"]]
+    for pair in pairs:
+        warnings += [f"{pair['b']} vs {pair['a']}: {w}" for w in pair["warnings"]]
     for r in runs:
         warnings += [f"{r['name']}: {w}" for w in (r["compare"] or {}).get("warnings", [])]
     pngs = {}

@@ -91,7 +91,7 @@ def fetch_gemma(cache: Path) -> Path:
     return path
 
 
-def build_gemma_tokenizer(gguf_path: Path):  # -> tokenizers.Tokenizer
+def build_gemma_tokenizer(gguf_path: Path) -> Any:  # a tokenizers.Tokenizer (untyped)
     """A SentencePiece-BPE tokenizer rebuilt from the GGUF's tokens, scores and types."""
     import gguf
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
@@ -248,7 +248,7 @@ def dequantize(gguf: Path, out: Path, source: Source) -> dict[str, object]:
     kwargs: dict[str, object] = {"gguf_file": gguf.name, "dtype": torch.float32}
     major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
     if major_minor >= (5, 20):  # newer transformers keep GGUF weights packed unless told
-        from transformers import GgufConfig
+        from transformers import GgufConfig  # type: ignore[attr-defined]  # new in transformers 5.20
 
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)

@@ -254,8 +254,8 @@ def check_sweep(cfg: SweepConfig, source: str | Path) -> type:
             f"{source}: metric: {cfg.trainer} logs no '{cfg.metric}' at its evals; it logs {', '.join(trainer.metrics)}"
         )
     reserved = {*RESERVED, *([trainer.threads_key] if trainer.threads_key else [])}
-    for section, keys in (("search_space", cfg.search_space), ("trial_overrides", cfg.trial_overrides)):
-        for key in keys:
+    for section, names in (("search_space", cfg.search_space), ("trial_overrides", cfg.trial_overrides)):
+        for key in names:
             if key in reserved:
                 raise InputError(f"{source}: {section}.{key}: set by the sweep itself for every trial")
     cls = trainer.config_class()
@@ -556,7 +556,7 @@ def start_ray(cfg: RayConfig, root: Path) -> bool:
     """Connect to ``cfg.address`` or start Ray here; ``False`` when Ray was already up."""
     if ray.is_initialized():
         return False
-    quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     if cfg.address:  # the cluster's workers import this project from the same path
         ray.init(address=cfg.address, runtime_env={"env_vars": {"PYTHONPATH": str(root)}}, **quiet)
     else:  # local workers inherit this environment
@@ -745,8 +745,8 @@ def promote(cfg: SweepConfig, cls: type, best: TrialRow, source: str | Path) -> 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=path.parent, delete=False) as tmp:
         tmp.write(text)
     try:
-        promoted = load_config(cls, tmp.name)
-        expected = load_config(cls, cfg.base_config, [override(k, v) for k, v in extra.items()])
+        promoted: Any = load_config(cls, tmp.name)
+        expected: Any = load_config(cls, cfg.base_config, [override(k, v) for k, v in extra.items()])
         if to_dict(promoted) != to_dict(expected):
             raise RuntimeError(f"{path}: does not load back as {cfg.base_config} + {extra}")
         os.replace(tmp.name, path)
@@ -831,7 +831,7 @@ def run_sweep(cfg: SweepConfig, source: str | Path, command: str) -> Path:
         fh.write(dump_yaml(cfg))
     manifest_path = sweep_dir / "sweep_manifest.json"
     previous = json.loads(manifest_path.read_text()) if restore and manifest_path.exists() else {}
-    manifest = {
+    manifest: dict[str, Any] = {
         "command": command,
         "git_commit": git_commit(),
         "resume_key": resume_key(cfg),

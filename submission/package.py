@@ -232,9 +232,10 @@ def build_package(
         members[contents.NOTEBOOK_LOG] = (json.dumps(notebook_log, indent=2) + "\n").encode()
 
     rewritten = load_members(members)
+    loaded = {m: _read(v) for m, v in members.items()}  # all bytes after load_members
     say(f"scanning {len(members)} members for secrets")
-    _refuse(scan(members.items()), "secrets found")
-    _refuse([(m, p) for m in sorted(members) if (s := schema_for(m)) for p in _schema_problem(s, members[m])],
+    _refuse(scan(loaded.items()), "secrets found")
+    _refuse([(m, p) for m in sorted(loaded) if (s := schema_for(m)) for p in _schema_problem(s, loaded[m])],
             "evidence does not match its schema")  # fmt: skip
     config_path = Path(notebook_config) if Path(notebook_config).is_absolute() else ROOT / notebook_config
     package = {
@@ -248,7 +249,7 @@ def build_package(
         "sweep": None if sweep is None else Path(sweep).name,
         "with_model": with_model,
     }
-    files = dict(members)
+    files = dict(loaded)
     sizes = {m: _size(v) for m, v in members.items()}
     _refuse(contents.finished_problems(Evidence(files, sizes, package)), "not a finished, evaluated run")
 

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 # File names that are credentials whatever they hold (matched against the base name, lower-cased).
 REFUSED_NAMES = (
@@ -99,11 +100,8 @@ def detect_secrets_hits(texts: dict[str, bytes]) -> list[Hit]:
     from detect_secrets.core.scan import scan_file
     from detect_secrets.settings import transient_settings
 
-    plugins = [
-        {"name": cls.__name__}
-        for cls in get_mapping_from_secret_type_to_class().values()
-        if cls.__name__ not in SKIPPED_DETECTORS
-    ]
+    detectors: dict[str, Any] = get_mapping_from_secret_type_to_class()
+    plugins = [{"name": cls.__name__} for cls in detectors.values() if cls.__name__ not in SKIPPED_DETECTORS]
     hits = []
     with (
         tempfile.TemporaryDirectory(prefix="showwork-scan-") as tmp,

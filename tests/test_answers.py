@@ -7,11 +7,13 @@ from fractions import Fraction
 import pytest
 
 from common.answers import (
+    MAX_NUMBER_CHARS,
     answer_text,
     as_text,
     first_number,
     flexible_extract,
     format_ok,
+    gold_text,
     last_number,
     numbers_in,
     parse_number,
@@ -59,6 +61,7 @@ def test_format_ok_accepts(completion: str) -> None:
         "<reasoning>a <answer>3</answer></reasoning><answer>4</answer>",  # tags inside
         "<answer>4</answer><reasoning>a</reasoning>",  # wrong order
         "<reasoning>a</answer><answer>4</reasoning>",  # crossed
+        "<reasoning>a<answer>b</reasoning>c</answer>",  # the answer opens inside the reasoning
         "<reasoning>a</reasoning><answer>4",  # unclosed
         "<Reasoning>a</Reasoning><Answer>4</Answer>",  # tags are case-sensitive
         "<reasoning>a</reasoning><answer>4</answer>\x00",
@@ -168,6 +171,8 @@ def test_as_text_accepts_chat_messages_and_junk() -> None:
     assert as_text(None) == ""
     assert as_text(42) == ""
     assert as_text([]) == ""
+    assert as_text([{"role": "assistant", "content": None}]) == ""  # a message without text
+    assert as_text([{"role": "assistant", "content": [GOOD]}]) == ""
 
 
 def verdict(completion: str, gold: object) -> tuple[bool, bool, bool, bool, str | None]:
@@ -274,3 +279,30 @@ def test_extracted_fields() -> None:
     assert v["flexible_extracted"] == "13"
     v = score_completion("no tags, 5 then 6", "6")
     assert v["extracted"] is None and v["flexible_extracted"] == "6" and v["flexible"]
+
+
+def test_numbers_up_to_the_length_limit_parse_and_longer_ones_never_do() -> None:
+    longest, too_long = "7" * MAX_NUMBER_CHARS, "7" * (MAX_NUMBER_CHARS + 1)
+    assert parse_number(longest) == int(longest)
+    assert parse_number(too_long) is None
+    right = f"<reasoning>r</reasoning><answer>{longest}</answer>"
+    assert verdict(right, longest) == (True, True, True, True, None)
+    # flexible reads the same numeral; one digit longer it is never a value, even when equal
+    assert score_completion(f"<answer>is {longest}</answer>", longest)["flexible"]
+    assert not score_completion(f"<answer>is {too_long}</answer>", too_long)["flexible"]
+
+
+def test_gold_text_of_json_values() -> None:
+    assert gold_text("18") == "18" and gold_text(18) == "18" and gold_text(2.5) == "2.5"
+    assert gold_text(None) == "" and gold_text(True) == "" and gold_text(False) == ""
+
+
+def test_an_empty_answer_never_matches_an_empty_gold() -> None:
+    for gold in ("", None, True):
+        assert verdict("<reasoning>r</reasoning><answer> </answer>", gold) == (
+            False,
+            False,
+            False,
+            False,
+            "no_answer",
+        )

@@ -71,3 +71,21 @@ def test_appender_cuts_torn_line_and_resumes(tmp_path):
     app.append({"id": "c"})
     app.close()
     assert [json.loads(x)["id"] for x in p.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_appender_on_a_new_nested_path_and_on_a_file_of_one_torn_line(tmp_path):
+    p = tmp_path / "a" / "b" / "preds.jsonl"
+    with JsonlAppender(p) as app:
+        assert app.existing == []
+        app.append({"id": "é"})
+    assert p.read_text(encoding="utf-8") == '{"id": "é"}\n'
+    torn = tmp_path / "torn.jsonl"
+    torn.write_bytes(b'{"id": "a", "comp')  # killed before the first newline
+    with JsonlAppender(torn) as app:
+        assert app.existing == []
+    assert torn.read_bytes() == b""
+    whole = tmp_path / "whole.jsonl"
+    whole.write_bytes(b'{"id": "a"}\n{"id": "b"}\n')
+    with JsonlAppender(whole) as app:
+        assert [r["id"] for r in app.existing] == ["a", "b"]
+    assert whole.read_bytes() == b'{"id": "a"}\n{"id": "b"}\n'

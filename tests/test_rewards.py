@@ -156,3 +156,35 @@ def test_reasoning_gym_reward_rejects_bad_meta(rg_meta: list[dict]) -> None:
     bad_task = {**rg_meta[0], "rg_task": "no_such_task"}
     with pytest.raises(InputError, match="no_such_task"):
         reward("reasoning_gym", ["<answer>1</answer>"], meta=[bad_task])
+
+
+def test_reasoning_gym_reward_edges(rg_meta: list[dict]) -> None:
+    gold = rg_meta[0]["rg_entry"]["answer"]
+    right, wrong = f"<answer>{gold}</answer>", "<answer>123456789</answer>"
+    broken = {**rg_meta[0], "rg_entry": {}}  # the task's scorer raises on it: scored 0
+    metas = [None, {"source": "gsm8k"}, broken, rg_meta[0], rg_meta[0]]
+    cfg = RewardConfig(reasoning_gym=2.0)
+    assert reward("reasoning_gym", [right, right, right, right, wrong], cfg, meta=metas) == [
+        0.0,
+        0.0,
+        0.0,
+        2.0,
+        0.0,
+    ]
+    with pytest.raises(InputError, match=r"meta\[1\]: a reasoning_gym item needs 'rg_task'"):
+        reward(
+            "reasoning_gym", [right, right], meta=[rg_meta[0], {"source": "reasoning_gym", "rg_task": "x"}]
+        )
+
+
+def test_yaml_trace_tiers_take_their_weights() -> None:
+    trace = "- {op: init, var: a, value: 2}\n- {op: compute, compute_op: mul, args: [a, 3], var: b}\n"
+    completions = [
+        f"<reasoning>{trace}- {{op: query, var: b}}</reasoning><answer>x</answer>",  # 6: right
+        f"<reasoning>{trace}- {{op: query, var: b}}</reasoning><answer>6</answer>",  # 6 against gold 7
+        f"<reasoning>{trace}- {{op: query, var: c}}</reasoning><answer>6</answer>",  # undefined: invalid
+        "<reasoning>no trace here</reasoning><answer>6</answer>",  # not a trace
+    ]
+    cfg = RewardConfig(trace_correct=4.0, trace_wrong=3.0, trace_invalid=2.0, trace_unparsed=1.0)
+    assert reward("yaml_trace", completions, cfg, answer=[6, "7", "6", "6"]) == [4.0, 3.0, 2.0, 1.0]
+    assert reward("yaml_trace", completions[:1], cfg, answer=["six"]) == [3.0]  # no numeric gold: never right

@@ -95,3 +95,38 @@ def test_paired_change_sampled_p_matches_exact_enumeration() -> None:
     r = paired_change({str(i): 0.0 for i in range(18)}, {str(i): d for i, d in enumerate(diffs)})
     assert 0.01 < exact < 0.9  # the draw is informative, not an edge case
     assert r["permutation_p"] == pytest.approx(exact, abs=0.015)  # 20000 draws: sd <= 0.0036
+
+
+def test_mcnemar_exact_by_hand() -> None:
+    from evals.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 5) == 2 / 32  # 2 * P(X <= 0), X ~ Bin(5, 1/2)
+    assert mcnemar_exact(6, 1) == 2 * 8 / 128  # 2 * (1 + 7) / 2**7
+    assert mcnemar_exact(3, 3) == 1.0  # 2 * 42 / 64 capped at 1
+    assert mcnemar_exact(2, 3) == 1.0  # 2 * 16 / 32
+    with pytest.raises(ValueError, match="got -1, 2"):
+        mcnemar_exact(-1, 2)
+    with pytest.raises(ValueError, match="got 2, -1"):
+        mcnemar_exact(2, -1)
+
+
+def test_paired_change_of_two_items_uses_the_sample_variance() -> None:
+    r = paired_change({"a": 0.0, "b": 0.0}, {"a": 1.0, "b": 3.0})
+    assert r["mean_change"] == 2.0 and r["se"] == pytest.approx(math.sqrt(2.0 / 2))  # var of (1, 3) is 2
+    one = paired_change({"a": 0.0}, {"a": 1.0})
+    assert one["se"] == 0.0 and one["ci95"] == [1.0, 1.0] and one["permutation_p"] == 1.0
+
+
+def test_paired_change_exact_up_to_sixteen_changes_then_sampled() -> None:
+    ups = {str(i): 1.0 for i in range(17)}
+    zeros = {k: 0.0 for k in ups}
+    sixteen = paired_change({k: zeros[k] for k in list(ups)[:16]}, {k: ups[k] for k in list(ups)[:16]})
+    assert sixteen["permutation_p"] == 2 / 2**16  # exact: only all-up and all-down reach 16
+    sampled = paired_change(zeros, ups, draws=99, seed=1)
+    assert sampled["permutation_p"] == pytest.approx(1 / 100)  # no draw reaches 17: (0 + 1) / (99 + 1)
+    assert paired_change(zeros, ups, draws=99, seed=2)["permutation_p"] == sampled["permutation_p"]
+    mixed = {k: (1.0 if int(k) % 2 else -1.0) for k in ups}  # 8 up, 9 down: |sum| = 1, most draws reach it
+    p = paired_change(zeros, mixed, draws=2000, seed=0)["permutation_p"]
+    assert 0.8 < p <= 1.0
+    assert p == paired_change(zeros, mixed, draws=2000, seed=0)["permutation_p"]  # seeded

@@ -196,7 +196,7 @@ class RewardRecorder:
 def recording_learner(base: type) -> type:
     """``GRPOLearner`` that keeps each step's completion lengths, advantages and timing."""
 
-    class Recording(base):  # type: ignore[misc, valid-type]
+    class Recording(base):
         def _generate_and_compute_advantage(self, training_input: Any, mode: Any = None) -> Any:
             from tunix.rl import rl_cluster as rlc
 

@@ -84,7 +84,7 @@ class Llama(llama3.Llama3):
         attention_mask: jax.Array,  # [B, L, L']
         output_hidden_states: bool = False,
     ) -> tuple[jax.Array, dict[str, Any] | None]:
-        new_cache = None if cache is None else {}
+        new_cache: dict[str, Any] | None = None if cache is None else {}
         x = self.embedder.encode(input_tokens)
         with config_rope(self.config):
             for i, layer in enumerate(self.layers):

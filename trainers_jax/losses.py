@@ -109,5 +109,6 @@ def device_arrays(batch: sft_data.Batch, chunk: int, width: int | None = None) -
 
 
 @nnx.jit(static_argnames=("chunk",))
-def eval_loss_sum(model: Any, arrays: dict[str, jax.Array], chunk: int) -> jax.Array:
+def eval_loss_sum(model: Any, arrays: dict[str, Any], chunk: int) -> jax.Array:
+    """Summed completion loss of one batch (``device_arrays``' numpy arrays, traced inside)."""
     return completion_loss_sum(model, arrays, chunk)

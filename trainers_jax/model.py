@@ -202,7 +202,7 @@ def llama_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
     field = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
     scaling = None
     if rope_type == "llama3":
-        original = rope.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
+        original = rope.get("original_max_position_embeddings", hf["max_position_embeddings"])
         scaling = (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]), float(original))  # fmt: skip
     elif rope_type != "default":
         raise InputError(

@@ -108,7 +108,9 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 def make_train_step(cfg: LossConfig, optimizer: optax.GradientTransformation, fixed_drift: float) -> Callable:
     """``step(params, opt_state, batch, anchor, lr) → (params, opt_state, loss, parts)``, jitted."""
 
-    def step(params: Params, opt_state: Any, t: dict[str, jax.Array], anchor: jax.Array, lr: jax.Array):
+    def step(
+        params: Params, opt_state: Any, t: dict[str, jax.Array], anchor: jax.Array, lr: jax.Array
+    ) -> tuple[Params, Any, jax.Array, dict[str, jax.Array]]:
         (loss, parts), grads = jax.value_and_grad(ranking_loss, has_aux=True)(
             params, t, cfg, anchor, fixed_drift
         )

@@ -180,7 +180,7 @@ def build_reference(cfg: GRPOConfig, start: Start) -> Any:
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(start.model_path)
-    ref = AutoModelForCausalLM.from_pretrained(
+    ref: Any = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=torch_dtype(cfg.model.dtype),
         attn_implementation=attention_for(
@@ -458,7 +458,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     warn_if_cpu_busy(cfg)
-    run_path, resume_from = prepare_run_dir(cfg)  # type: ignore[arg-type]
+    run_path, resume_from = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
     start = resolve_start(cfg)

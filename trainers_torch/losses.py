@@ -21,7 +21,9 @@ from trainers_torch.data import Batch
 from trainers_torch.model import causal_lm
 
 
-def _head_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None):
+def _head_logits(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """float32 logits of one chunk, and tanh(z / cap) when soft-capping (for the gradient)."""
     z = (h @ weight.t()).float()
     if bias is not None:
@@ -40,7 +42,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap):  # type: ignore[override]
+    def forward(ctx: Any, *inputs: Any) -> torch.Tensor:
+        hidden, weight, bias, targets, chunk, softcap = inputs
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.zeros_like(hidden) if need_h else None
@@ -66,7 +69,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad_total):  # type: ignore[override]
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_h, grad_w, grad_b = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
         out_h = None if grad_h is None else grad_h * grad_total.to(grad_h.dtype)
@@ -100,7 +103,8 @@ class _LinearLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, inv_temp):  # type: ignore[override]
+    def forward(ctx: Any, *inputs: Any) -> torch.Tensor:
+        hidden, weight, bias, targets, chunk, softcap, inv_temp = inputs
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         keep_jacobian = need_h and not (need_w or need_b)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
@@ -123,7 +127,7 @@ class _LinearLogProbs(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.keep_jacobian:
             (jac,) = ctx.saved_tensors
             return jac * grad_out[:, None].to(jac.dtype), None, None, None, None, None, None

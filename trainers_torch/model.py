@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -107,7 +108,7 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") ->
 
     p = check_model_dir(path)
     attention = attention_for(json.loads((p / "config.json").read_text()))
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(p), dtype=torch_dtype(dtype), attn_implementation=attention
     )
     model.to(device).eval()
@@ -159,7 +160,7 @@ def apply_lora(lm: Any, lora: LoraConfig, trainable_layers: int | None) -> Any:
         layers = list(range(n_layers - k, n_layers))
     peft_cfg = PeftLoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # annotated int; peft divides it by r as a float
         lora_dropout=lora.dropout,
         target_modules=list(targets),
         layers_to_transform=layers,
@@ -202,7 +203,7 @@ def resolve_device(name: str) -> str:
 class Tuning(Protocol):
     """What trains: the ``train`` section of the SFT and the GRPO configs both have these."""
 
-    method: str  # "lora" | "full"
+    method: Literal["lora", "full"]
     trainable_layers: int | None  # only the last N decoder blocks (None: all)
     train_lm_head: bool  # full fine-tuning of the last N blocks: the LM head too
     gradient_checkpointing: bool
@@ -217,7 +218,7 @@ def build_model(model_cfg: ModelConfig, lora: LoraConfig, train: Tuning) -> Any:
     if attention == "sdpa":  # the same attention; packed rows (losses.completion_states) example by example
         register_packed_sdpa()
         attention = PACKED_SDPA
-    lm = AutoModelForCausalLM.from_pretrained(
+    lm: Any = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype(model_cfg.dtype), attn_implementation=attention
     )
     lm.to(resolve_device(model_cfg.device))
@@ -249,7 +250,7 @@ def load_adapter_weights(model: Any, adapter_dir: Path) -> None:
     if not weights.is_file():
         raise InputError(f"{adapter_dir}: not a PEFT adapter dir (adapter_model.safetensors missing)")
     try:
-        result = set_peft_model_state_dict(model, load_file(str(weights)))
+        result: Any = set_peft_model_state_dict(model, load_file(str(weights)))  # annotated `-> namedtuple`
     except RuntimeError as err:  # shape mismatch: another rank
         raise InputError(f"{weights}: does not fit this LoRA config ({str(err).splitlines()[0]})") from None
     missing = [k for k in result.missing_keys if "lora_" in k]
@@ -272,7 +273,7 @@ def parameter_counts(model: Any) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def generation_mode(model: Any):
+def generation_mode(model: Any) -> Iterator[None]:
     """Eval mode with the KV cache on, for decoding; the training RNG is left untouched."""
     lm = causal_lm(model)
     was_training = model.training

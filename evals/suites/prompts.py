@@ -40,7 +40,7 @@ def _as_call(obj: Any) -> dict[str, Any] | None:
     name = obj.get("name", obj.get("tool"))
     if not isinstance(name, str) or not name.strip():
         return None
-    args = next((obj[k] for k in ("arguments", "args", "parameters", "input") if k in obj), {})
+    args: Any = next((obj[k] for k in ("arguments", "args", "parameters", "input") if k in obj), {})
     if isinstance(args, str):
         try:
             args = json.loads(args)

@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         build_curriculum(args.file, args.out, settings(CurriculumConfig, args, overrides))
         return 0
     if args.command == "contamination":
-        cfg = settings(ContaminationConfig, args, overrides, n=args.n, threshold=args.threshold)
+        overlap = settings(ContaminationConfig, args, overrides, n=args.n, threshold=args.threshold)
         out = args.out or default_report_path(args.train, args.eval)
-        report = contamination(args.train, args.eval, cfg, out)
+        report = contamination(args.train, args.eval, overlap, out)
         contamination_summary(report, out)
         return 1 if report["above_threshold"] else 0
     raise AssertionError(args.command)

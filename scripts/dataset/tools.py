@@ -165,8 +165,8 @@ def merge(paths: list[str], out: str, echo: Callable[[str], None] = print) -> di
     kept: list[dict[str, Any]] = []
     first: dict[str, dict[str, Any]] = {}  # normalised question -> where its kept record came from
     ids: dict[str, tuple[str, int, str]] = {}
-    duplicates = []
-    inputs = []
+    duplicates: list[dict[str, Any]] = []
+    inputs: list[dict[str, Any]] = []
     for path in paths:
         n = 0
         for lineno, record in tqdm(iter_records(path), desc=f"merge {Path(path).name}", leave=False):

@@ -85,7 +85,12 @@ def _dotted(node: ast.AST, source: str) -> str:
 
 def _eval(node: ast.AST, env: Mapping[str, Fraction]) -> Fraction:
     if isinstance(node, ast.Constant):
-        return Fraction(repr(node.value)) if isinstance(node.value, float) else Fraction(node.value)
+        constant = node.value
+        if isinstance(constant, float):
+            return Fraction(repr(constant))
+        if isinstance(constant, int):
+            return Fraction(constant)
+        raise ExprError(f"unsupported constant {constant!r}")
     if isinstance(node, ast.Name | ast.Attribute):
         name = _dotted(node, "")
         if name not in env:

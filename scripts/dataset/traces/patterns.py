@@ -173,7 +173,7 @@ def _var_spec(raw: Any, path: Path, where: str) -> VarSpec:
                 opt = {"value": opt}
             if "value" not in opt:
                 raise _fail(path, w, "a mapping option needs 'value'")
-            entry = {"value": _number(opt["value"], path, f"{w}.value")}
+            entry: dict[str, Any] = {"value": _number(opt["value"], path, f"{w}.value")}
             for key, text in opt.items():
                 if key != "value":
                     if not isinstance(text, str):
@@ -401,7 +401,7 @@ def _check_subtrace(
                 arity_ok = isinstance(args, list) and (
                     len(args) >= 2 if kind in ("add", "mul") else len(args) == 2
                 )
-                if not arity_ok:
+                if not arity_ok or not isinstance(args, list):
                     raise _fail(
                         path,
                         f"{w}.args",
@@ -426,17 +426,18 @@ def _check_subtrace(
             outputs.append(name)
             defined[name] = "changed"
         elif op == "consume":
-            name = step.get("var")
-            if name not in defined:
-                raise _fail(path, f"{w}.var", f"{name!r} is not defined before this step")
+            consumed = step.get("var")
+            if not isinstance(consumed, str) or consumed not in defined:
+                raise _fail(path, f"{w}.var", f"{consumed!r} is not defined before this step")
             ref = _check_amount(step.get("amount"), numeric, path, f"{w}.amount")
             grounded |= {ref} if ref else set()
-            defined[name] = "changed"
+            defined[consumed] = "changed"
         elif op == "transfer":
             src, dst = step.get("from"), step.get("to")
-            for key, name in (("from", src), ("to", dst)):
-                if name not in defined:
-                    raise _fail(path, f"{w}.{key}", f"{name!r} is not defined before this step")
+            for key, end in (("from", src), ("to", dst)):
+                if not isinstance(end, str) or end not in defined:
+                    raise _fail(path, f"{w}.{key}", f"{end!r} is not defined before this step")
+            assert isinstance(src, str) and isinstance(dst, str)
             if src == dst:
                 raise _fail(path, f"{w}.to", "transfer to the same variable")
             ref = _check_amount(step.get("amount"), numeric, path, f"{w}.amount")

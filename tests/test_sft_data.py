@@ -1,0 +1,161 @@
+"""common/sft_data.py at its edges: packing boundaries, collation, the epoch plan, tokenizing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.errors import InputError
+from common.prompts import load_tokenizer
+from common.sft_config import DataConfig
+from common.sft_data import IGNORE, DataPlan, Example, collate, overflow_line, pack_rows, tokenize_records
+from tests.sft_data import arithmetic_records, write_records
+
+
+def test_an_example_that_exactly_fills_the_row_stays_in_it() -> None:
+    assert pack_rows([3, 5, 1], [0, 1, 2], 8) == [[0, 1], [2]]  # 3 + 5 == 8 fits
+    assert pack_rows([3, 6, 1], [0, 1, 2], 8) == [[0], [1, 2]]  # 3 + 6 > 8 does not
+    assert pack_rows([9, 2], [0, 1], 8) == [[0], [1]]  # a longer one alone in its row
+    assert pack_rows([2, 2, 2], [2, 0], 8) == [[2, 0]]  # only the order's examples, in its order
+    assert pack_rows([], [], 8) == []
+
+
+def test_collate_targets_positions_segments_and_padding() -> None:
+    a = Example("a", 1, [10, 11, 12, 13], n_prompt=2)  # prompt 10 11, completion 12 13
+    b = Example("b", 2, [20, 21, 22], n_prompt=1)
+    c = Example("c", 3, [30, 31], n_prompt=1)
+    batch = collate([a, b, c], [[0, 1], [2]], pad_id=0)
+    assert batch.input_ids.tolist() == [[10, 11, 12, 13, 20, 21, 22], [30, 31, 0, 0, 0, 0, 0]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4]]
+    assert batch.segment_ids.tolist() == [[1, 1, 1, 1, 2, 2, 2], [1, 1, 0, 0, 0, 0, 0]]
+    # position t is trained to predict token t + 1 when that token is in the completion
+    assert batch.targets.tolist() == [
+        [IGNORE, 12, 13, IGNORE, 21, 22, IGNORE],
+        [31, IGNORE, IGNORE, IGNORE, IGNORE, IGNORE, IGNORE],
+    ]
+    assert (batch.n_tokens, batch.n_targets, batch.n_examples) == (9, 5, 3)
+    arrays = (batch.input_ids, batch.position_ids, batch.targets, batch.segment_ids)
+    assert [a.dtype for a in arrays] == [np.int32] * 4
+    assert collate([a], [[0]], pad_id=7).input_ids.tolist() == [[10, 11, 12, 13]]  # no padding needed
+
+
+def examples(lengths: list[int]) -> list[Example]:
+    return [Example(str(i), i + 1, [1] * n, 1) for i, n in enumerate(lengths)]
+
+
+def test_plan_steps_cover_epochs_and_continue_into_the_next() -> None:
+    plan = DataPlan(examples([4] * 6), pack_tokens=4, rows_per_step=4, seed=0)  # one example per row
+    assert len(plan.epoch_rows(0)) == 6
+    assert plan.total_steps(epochs=1.0, max_steps=None) == 2  # ceil(6 / 4)
+    assert plan.total_steps(epochs=2.0, max_steps=None) == 3  # ceil(12 / 4)
+    assert plan.total_steps(epochs=1.5, max_steps=None) == 3  # 6 + ceil(0.5 * 6) = 9 rows
+    assert plan.total_steps(epochs=0.1, max_steps=None) == 1  # one row at least one step
+    assert plan.total_steps(epochs=1.0, max_steps=5) == 5
+    assert plan.position(0) == (0, 0) and plan.position(5) == (0, 5)
+    assert plan.position(6) == (1, 0) and plan.position(13) == (2, 1)
+    assert plan.step_rows(0) == plan.epoch_rows(0)[:4]
+    assert plan.step_rows(1) == plan.epoch_rows(0)[4:] + plan.epoch_rows(1)[:2]  # wraps into epoch 1
+    assert plan.step_rows(2) == plan.epoch_rows(1)[2:6]
+    assert plan.epoch_float(0) == 0.0 and plan.epoch_float(3) == 0.5 and plan.epoch_float(9) == 1.5
+
+
+def test_plan_with_steps_longer_than_an_epoch() -> None:
+    plan = DataPlan(examples([4, 4]), pack_tokens=4, rows_per_step=5, seed=3)
+    rows = plan.step_rows(0)
+    assert len(rows) == 5 and rows[:2] == plan.epoch_rows(0) and rows[2:4] == plan.epoch_rows(1)
+    assert plan.step_rows(1)[0] == plan.epoch_rows(2)[1]
+
+
+def test_overflow_line_names_what_was_dropped_and_skipped() -> None:
+    report = {
+        "file": "t.jsonl",
+        "records": 12,
+        "used": 9,
+        "max_len": 64,
+        "overflow_count": 2,
+        "overflow_share": 0.2,
+        "overflow_longest": {"id": "t-7", "tokens": 90},
+        "skipped_no_reasoning": 1,
+    }
+    assert overflow_line(report) == (
+        "t.jsonl: 12 records, 9 used; over max_len=64: 2 (20.0%), longest t-7 with 90 tokens (dropped)"
+        "; 1 without reasoning skipped"
+    )
+    report.update(overflow_count=0, overflow_share=0.0, overflow_longest=None, skipped_no_reasoning=0)
+    assert overflow_line(report) == "t.jsonl: 12 records, 9 used; over max_len=64: 0 (0.0%)"
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_gemma3: Path) -> object:
+    return load_tokenizer(tiny_gemma3)
+
+
+def test_tokenize_keeps_an_example_of_exactly_max_len(tok: object, tmp_path: Path) -> None:
+    path = write_records(tmp_path / "t.jsonl", arithmetic_records(4))
+    lengths = [len(e) for e in tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))[0]]
+    longest = max(lengths)
+    ex, _, report = tokenize_records(path, tok, DataConfig(max_len=longest, pack_tokens=4000))
+    assert len(ex) == 4 and report["overflow_count"] == 0 and report["overflow_longest"] is None
+    ex, _, report = tokenize_records(
+        path, tok, DataConfig(max_len=longest - 1, pack_tokens=4000, on_overflow="drop")
+    )
+    assert report["overflow_count"] == lengths.count(longest) and len(ex) == 4 - lengths.count(longest)
+    assert report["tokens"] == sum(len(e) for e in ex)
+    assert report["target_tokens"] == sum(len(e) - e.n_prompt for e in ex) > 0
+    assert report["used"] == len(ex) and report["records"] == 4 and report["policy"] == "drop"
+
+
+def test_tokenize_skips_records_without_reasoning_and_samples_a_limit(tok: object, tmp_path: Path) -> None:
+    recs = arithmetic_records(8)
+    recs[2]["meta"]["has_reasoning"] = False
+    path = write_records(tmp_path / "t.jsonl", recs)
+    cfg = DataConfig(max_len=4000, pack_tokens=4000)
+    ex, kept, report = tokenize_records(path, tok, cfg)
+    assert [e.id for e in ex] == [r["id"] for r in kept] == [r["id"] for i, r in enumerate(recs) if i != 2]
+    assert [e.line for e in ex] == [1, 2, 4, 5, 6, 7, 8]
+    assert report["records"] == 8 and report["skipped_no_reasoning"] == 1 and report["used"] == 7
+    first = tokenize_records(path, tok, cfg, limit=3)[0]
+    assert [e.id for e in first] == [e.id for e in ex[:3]]  # no seed: the first ones
+    sampled = [e.id for e in tokenize_records(path, tok, cfg, limit=3, seed=1)[0]]
+    assert sampled == [e.id for e in tokenize_records(path, tok, cfg, limit=3, seed=1)[0]]
+    assert sampled != [e.id for e in ex[:3]] and sampled == sorted(sampled)  # file order kept
+    assert len(tokenize_records(path, tok, cfg, limit=7)[0]) == 7
+
+
+def test_tokenize_refuses_a_file_with_nothing_to_train_on(tok: object, tmp_path: Path) -> None:
+    path = write_records(tmp_path / "t.jsonl", arithmetic_records(2))
+    with pytest.raises(InputError, match=r"t.jsonl: no usable examples \(all 2 over data.max_len=8\?\)"):
+        tokenize_records(path, tok, DataConfig(max_len=8, pack_tokens=8, on_overflow="drop"))
+
+
+def test_overflow_report_rounds_the_share_and_lists_twenty_ids(tok: object, tmp_path: Path) -> None:
+    recs = arithmetic_records(22)
+    for r in recs[1:]:
+        r["question"] += " Think it through." * 6
+    path = write_records(tmp_path / "t.jsonl", recs)
+    short = len(tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))[0][0])
+    cfg = DataConfig(max_len=short, pack_tokens=4000, on_overflow="drop")
+    ex, _, report = tokenize_records(path, tok, cfg)
+    assert [e.id for e in ex] == ["t-0000"] and report["overflow_count"] == 21
+    assert report["overflow_ids"] == [r["id"] for r in recs[1:21]]  # the first twenty only
+    assert report["overflow_share"] == 0.954545  # 21 / 22 to six places
+    three = write_records(tmp_path / "three.jsonl", recs[:3])
+    assert tokenize_records(three, tok, cfg)[2]["overflow_share"] == 0.666667
+
+
+def test_tokenize_reads_the_configured_trace_format(tok: object, tmp_path: Path) -> None:
+    path = write_records(tmp_path / "t.jsonl", arithmetic_records(1))
+    text = tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))[0][0]
+    yaml = tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000, trace_format="yaml"))[0][0]
+    assert yaml.n_prompt != text.n_prompt and yaml.ids[yaml.n_prompt :] == text.ids[text.n_prompt :]
+
+
+def test_a_file_without_any_reasoning_has_nothing_to_train_on(tok: object, tmp_path: Path) -> None:
+    recs = arithmetic_records(2)
+    for r in recs:
+        r["meta"]["has_reasoning"] = False
+    path = write_records(tmp_path / "t.jsonl", recs)
+    with pytest.raises(InputError, match=r"no usable examples \(all 0 over"):
+        tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))
