@@ -143,7 +143,7 @@ TRACES_RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(TRACES_CONFIG) | he
 TRACES_EVAL_CONFIG ?= configs/eval/yaml_traces_cpu.yaml
 EVAL_ARGS ?=
 
-train-traces: $(STAMP) $(MODEL) traces ## SFT on YAML traces (BACKEND=torch|jax), then its evals; prints one line of JSON (TRAIN_ARGS=, EVAL_ARGS= override)
+train-traces: $(STAMP) models/$(call model_in,$(TRACES_CONFIG))/.complete traces ## SFT on YAML traces (BACKEND=torch|jax), then its evals; prints one line of JSON (TRAIN_ARGS=, EVAL_ARGS= override)
 	$(PY) -m trainers_$(BACKEND).sft --config $(TRACES_CONFIG) run_name=$(TRACES_RUN) $(TRAIN_ARGS)
 	@$(PY) -m evals.traces --run runs/$(TRACES_RUN) --config $(TRACES_EVAL_CONFIG) $(EVAL_ARGS)
 

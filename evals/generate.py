@@ -514,6 +514,18 @@ def build_prompt(tokenizer: Any, question: str, style: str) -> str:
 # ----------------------------------------------------------------------------- the script
 
 
+def decoding_record(decode: DecodeSettings) -> dict[str, Any]:
+    """The decoding settings a prediction record carries (and a resume or a cache must match).
+
+    ``solver_answer`` came after records were first written: it is named only when on, so the
+    predictions of earlier runs stay resumable and cached under the same settings.
+    """
+    settings = to_dict(decode)
+    if not settings.get("solver_answer"):
+        settings.pop("solver_answer", None)
+    return settings
+
+
 def _check_resumable(
     existing: list[Any], out: Path, model: dict[str, Any], decoding: dict, prompts: dict[str, str]
 ) -> set[str]:
@@ -570,7 +582,7 @@ def run(cfg: GenerateConfig, progress: bool = True) -> dict[str, Any]:
     ref = resolve_model(cfg.model.path, cfg.model.base, cfg.model.prefer)
     provenance = model_provenance(ref, cfg.model.backend, cfg.model.dtype)
     tokenizer = load_tokenizer(tokenizer_dir(ref))
-    decoding = to_dict(cfg.decode)
+    decoding = decoding_record(cfg.decode)
     prompts = {str(it["id"]): build_prompt(tokenizer, it["question"], cfg.data.prompt) for it in items}
     out = Path(cfg.out)
     data_sha = sha256_file(cfg.data.path)

@@ -59,7 +59,7 @@ def _cache_key(cfg: gen.GenerateConfig, fingerprint: str, data_sha: str) -> str:
         "n": cfg.data.n,
         "prompt": cfg.data.prompt,
         "seed": cfg.seed,
-        "decode": to_dict(cfg.decode),
+        "decode": gen.decoding_record(cfg.decode),
         "backend": cfg.model.backend,
         "dtype": cfg.model.dtype,
     }

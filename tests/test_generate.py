@@ -402,3 +402,12 @@ def test_sampling_draws_from_the_filtered_distribution(torch_tiny):
     assert generate_completions(model, tok, [prompt], greedy_like, progress=False) == generate_completions(
         model, tok, [prompt], DecodeSettings(max_new_tokens=6), progress=False
     )
+
+
+def test_decoding_record_names_solver_answer_only_when_on():
+    """Records written before solver_answer existed stay resumable: the option is named only when on."""
+    from evals.generate import DecodeSettings, decoding_record
+
+    off = decoding_record(DecodeSettings())
+    assert "solver_answer" not in off and off["max_new_tokens"] == DecodeSettings().max_new_tokens
+    assert decoding_record(DecodeSettings(solver_answer=True))["solver_answer"] is True
