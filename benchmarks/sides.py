@@ -566,7 +566,7 @@ def decode_setup(s: Settings) -> tuple[Any, Any, list[str], Any]:
     )
     ref = load.resolve_model(s.decode_model, None, "merged")
     model, tok = load.load_for_eval(ref, "torch", s.dtype, s.device)
-    items = gen.sample_items(gen.load_items(cfg.data.path), s.decode_items, cfg.seed)
+    items = gen.sample_items(gen.load_items(s.decode_data or cfg.data.path), s.decode_items, cfg.seed)
     prompts = [gen.build_prompt(tok, it["question"], cfg.data.prompt) for it in items]
     lengths = [len(tok(p).input_ids) for p in prompts]
     prompts = [prompts[i] for i in sorted(range(len(prompts)), key=lambda i: -lengths[i])]  # longest first
