@@ -216,6 +216,8 @@ TRAINERS: dict[str, Trainer] = {
     "trainers_jax.sft": Trainer("trainers_jax.config:JaxSFTConfig", ("valid_loss", "gen_*"), None),
     "trainers_torch.grpo": Trainer("common.grpo_config:GRPOConfig", ("eval_*",)),
     "trainers_jax.grpo": Trainer("trainers_jax.config:JaxGRPOConfig", ("eval_*",), None),
+    "trainers_torch.collatz": Trainer("common.collatz_config:CollatzConfig", ("valid_*",)),
+    "trainers_jax.collatz": Trainer("common.collatz_config:CollatzConfig", ("valid_*",)),
 }
 
 # Keys the sweep sets on every trial itself.

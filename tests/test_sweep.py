@@ -253,6 +253,44 @@ def test_existing_sweep_is_refused_without_resume(asha_sweep, capsys):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
+def test_real_tiny_collatz_trials_maximise_valid_pass(ray_here, tmp_path):
+    """Two trials of trainers_torch.collatz on a tiny MLP: valid_pass reported at each held-out
+    check, the best trial the one with the highest, its promoted config read by CollatzConfig."""
+    from common.collatz_config import CollatzConfig
+
+    base = {
+        "task": {"lookahead": 4},
+        "model": {"widths": [16, 16]},
+        "loss": {"anchor_start": 5, "anchor_steps": 20},
+        "curriculum": {"ramp_steps": 30},
+        "train": {"steps": 40, "batch_size": 64, "log_every": 10, "valid_every": 20, "valid_size": 64},
+        "checkpoint": {"every_steps": 20},
+    }
+    path = write_sweep(
+        tmp_path,
+        base=base,
+        trainer="trainers_torch.collatz",
+        search_space={"optim.lr": {"loguniform": [1e-3, 3e-2]}},
+        metric="valid_pass",
+        mode="max",
+    )
+    sweep_from_root(path)
+    sweep_dir = tmp_path / "sweeps" / "s"
+    rows = read_rows(sweep_dir)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "logs").glob("*.log")))
+    assert [r["status"] for r in rows.values()] == ["completed", "completed"], logs
+    for row in rows.values():
+        run_dir = sweep_dir / "trials" / row["trial_id"]
+        logged = {r["step"]: r["valid_pass"] for r in read_metrics(run_dir) if "valid_pass" in r}
+        assert list(logged) == [20, 40]
+        assert load_config(CollatzConfig, run_dir / "config.yaml").optim.lr == float(row["optim.lr"])
+    best = json.loads((sweep_dir / "best_params.json").read_text())
+    jsonschema.validate(best, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert best["best_value"] == max(float(r["valid_pass"]) for r in rows.values())
+    promoted = load_config(CollatzConfig, best["promoted_config"])
+    assert promoted.optim.lr == best["params"]["optim.lr"] and promoted.model.widths == [16, 16]
+
+
 def test_real_tiny_sft_trials_and_promoted_config_round_trip(ray_here, tiny_gemma3, tmp_path):
     """Two trials of trainers_torch.sft on a tiny Gemma 3: normal run dirs, every held-out loss
     reported, and the promoted YAML read by the trainer's loader as base + the best values."""
