@@ -73,6 +73,16 @@ def read_rows(sweep_dir: Path) -> dict[str, dict[str, str]]:
         return {row["trial_id"]: row for row in csv.DictReader(fh)}
 
 
+def run_two_completed_trials(path: Path, tmp_path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
+    """Run the sweep at ``path``; both of its trials completed (else their logs' tails fail it)."""
+    sweep_from_root(path)
+    sweep_dir = tmp_path / "sweeps" / "s"
+    rows = read_rows(sweep_dir)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "logs").glob("*.log")))
+    assert [r["status"] for r in rows.values()] == ["completed", "completed"], logs
+    return sweep_dir, rows
+
+
 def invocations(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "invocations.jsonl").read_text().splitlines()]
 
@@ -274,11 +284,7 @@ def test_real_tiny_collatz_trials_maximise_valid_pass(ray_here, tmp_path):
         metric="valid_pass",
         mode="max",
     )
-    sweep_from_root(path)
-    sweep_dir = tmp_path / "sweeps" / "s"
-    rows = read_rows(sweep_dir)
-    logs = "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "logs").glob("*.log")))
-    assert [r["status"] for r in rows.values()] == ["completed", "completed"], logs
+    sweep_dir, rows = run_two_completed_trials(path, tmp_path)
     for row in rows.values():
         run_dir = sweep_dir / "trials" / row["trial_id"]
         logged = {r["step"]: r["valid_pass"] for r in read_metrics(run_dir) if "valid_pass" in r}
@@ -313,11 +319,7 @@ def test_real_tiny_sft_trials_and_promoted_config_round_trip(ray_here, tiny_gemm
         search_space={"optim.lr": {"loguniform": [1e-4, 1e-2]}, "lora.rank": {"choice": [2, 4]}},
         trial_overrides={"seed": 3},
     )
-    sweep_from_root(path)
-    sweep_dir = tmp_path / "sweeps" / "s"
-    rows = read_rows(sweep_dir)
-    logs = "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "logs").glob("*.log")))
-    assert [r["status"] for r in rows.values()] == ["completed", "completed"], logs
+    sweep_dir, rows = run_two_completed_trials(path, tmp_path)
     for row in rows.values():
         run_dir = sweep_dir / "trials" / row["trial_id"]
         cfg = load_config(SFTConfig, run_dir / "config.yaml")
