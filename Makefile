@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # default) or smollm2-135m. Training and eval targets materialise the one their config or run names.
 model_in = $(or $(shell sed -n 's|^[[:space:]]*path:[[:space:]]*models/\([^/[:space:]]*\).*|\1|p' $(1) 2>/dev/null | head -n 1),gemma-3-270m)
 
-.PHONY: help setup model parity test test-fast bench bench-report lint format clean mutation
+.PHONY: help setup model parity test test-fast bench bench-report bench-profile lint format clean mutation
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,12 +41,19 @@ REAL_MODELS := models/gemma-3-270m/.complete models/smollm2-135m/.complete
 # fail_under. COV= runs the tests without it.
 COV ?= --cov --cov-report=term:skip-covered --cov-report=html
 
+# Tests run in TEST_WORKERS pytest-xdist processes (default: the cores this process may use), one
+# test file per worker at a time so module fixtures are built once, each worker on one BLAS/OpenMP
+# thread so two workers do not oversubscribe the cores. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)), 4))")
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+TEST_ENV = $(if $(XDIST),OMP_NUM_THREADS=1 MKL_NUM_THREADS=1,)
+
 test: $(STAMP) $(REAL_MODELS) chromium ## Run the whole test suite (tiny models + the two real models) with coverage
 	mkdir -p runs/coverage
-	$(PY) -m pytest $(COV) $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(XDIST) $(COV) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) chromium ## Tests that do not need the real model
-	$(PY) -m pytest -m "not real_model" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(XDIST) -m "not real_model" $(PYTEST_ARGS)
 
 # Every run is saved under runs/bench/ (pytest-benchmark storage, for `compare`) and as runs/bench/latest.json.
 # BENCH_THREADS (default: the cores this process may use), BENCH_STEPS, BENCH_ROUNDS, BENCH_DEVICE=cuda
@@ -58,6 +65,11 @@ bench: $(STAMP) models/gemma-3-270m/.complete data ## The benchmark suite: each 
 
 bench-report: $(STAMP) ## Markdown table + PNG chart of runs/bench/latest.json, compared with the previous saved run
 	$(PY) -m benchmarks.report --json runs/bench/latest.json --storage runs/bench --out runs/bench/report
+
+# The sides whose goals the last run missed, by default; BENCH_THREADS and BENCH_STEPS as above.
+PROFILE_SIDES ?= sft_lora_ours grpo_ours decode_ours sft_lora_jax
+bench-profile: $(STAMP) models/gemma-3-270m/.complete data ## Where each side's time goes (PROFILE_SIDES=...) -> runs/bench/profiles/
+	$(PY) -m benchmarks.profile $(PROFILE_SIDES) --out runs/bench/profiles
 
 lint: $(STAMP) ## ruff check + format check + the import rules (no cycles, no recipe importing a recipe) + mypy
 	$(VENV)/bin/ruff check .
