@@ -85,8 +85,9 @@ def default_settings() -> Settings:
     )
 
 
-def run_side(side: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
-    """Run one side in a fresh subprocess on ``settings.threads`` threads; its result dict."""
+def run_side(side: str, settings: Settings, out_dir: Path, profile: Path | None = None) -> dict[str, Any]:
+    """Run one side in a fresh subprocess on ``settings.threads`` threads; its result dict
+    (under the profiler, its tables written to ``profile``, when given)."""
     out = out_dir / f"{side}.json"
     threads = str(settings.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONPATH=str(ROOT))
@@ -103,7 +104,7 @@ def run_side(side: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
         "--settings",
         json.dumps(dataclasses.asdict(settings)),
     ]
-    cmd += ["--out", str(out)]
+    cmd += ["--out", str(out)] + (["--profile", str(profile)] if profile else [])
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])

@@ -628,14 +628,88 @@ def matmul(s: Settings) -> dict[str, Any]:
     return matmul_peak(s.device, s.dtype)
 
 
+# --------------------------------------------------------------------------------------------
+# Profiles: where a side's time goes
+# --------------------------------------------------------------------------------------------
+
+# aten ops by kind, for the profile's shares (the rest is "other": elementwise, copies, norms ...)
+OP_KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+               "aten::_efficientzerotensor"),
+    "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product"),
+    "softmax / cross-entropy": ("aten::_softmax", "aten::_log_softmax", "aten::nll_loss", "aten::softmax",
+                                "aten::log_softmax"),
+    "copies / layout": ("aten::copy_", "aten::cat", "aten::index", "aten::contiguous", "aten::clone",
+                        "aten::_to_copy", "aten::fill_", "aten::zero_", "aten::index_select", "aten::gather",
+                        "aten::scatter", "aten::empty", "aten::embedding"),
+}  # fmt: skip
+
+
+def op_kind(name: str) -> str:
+    for kind, prefixes in OP_KINDS.items():
+        if name.startswith(prefixes):
+            return kind
+    return "other"
+
+
+def profile_side(name: str, s: Settings, out_dir: Path) -> dict[str, Any]:
+    """Run side ``name`` under the torch profiler (CPU, and CUDA on a GPU); write the top ops by
+    self time (``<name>.txt``) and each op kind's share of the profiled self time (``<name>.json``).
+    JAX sides write a JAX trace (``<name>/``, TensorBoard or Perfetto) and the step-time split."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fn = SIDES[name]
+    if name.endswith(("_jax", "_tunix")):
+        import jax
+
+        with jax.profiler.trace(str(out_dir / name)):
+            res = fn(s)
+        summary = {
+            "side": name,
+            "trace": str(out_dir / name),
+            "warmup_s": res["warmup_s"],
+            "step_s": res["step_s"],
+        }
+        write_json(out_dir / f"{name}.json", summary)
+        return res
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        res = fn(s)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    shares: dict[str, float] = {}
+    for e in events:
+        kind = op_kind(e.key) if e.key.startswith("aten::") else "python / framework"
+        shares[kind] = shares.get(kind, 0.0) + e.self_cpu_time_total / total
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
+    summary = {
+        "side": name,
+        "profiled_self_cpu_s": round(total / 1e6, 2),
+        "step_s": res["step_s"],
+        "warmup_s": res["warmup_s"],
+        "share_by_kind": {k: round(v, 4) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
+        "top_ops": [{"op": e.key, "self_cpu_s": round(e.self_cpu_time_total / 1e6, 3), "calls": e.count,
+                     "share": round(e.self_cpu_time_total / total, 4)} for e in top],
+    }  # fmt: skip
+    write_json(out_dir / f"{name}.json", summary)
+    (out_dir / f"{name}.txt").write_text(events.table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("side", choices=sorted(SIDES))
     parser.add_argument("--settings", default="{}", help="JSON of benchmarks.harness.Settings fields")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--profile", metavar="DIR", help="run under the profiler; its tables go to DIR")
     args = parser.parse_args(argv)
     settings = Settings(**json.loads(args.settings))
-    write_json(Path(args.out), SIDES[args.side](settings))
+    if args.profile:
+        result = profile_side(args.side, settings, Path(args.profile))
+    else:
+        result = SIDES[args.side](settings)
+    write_json(Path(args.out), result)
     return 0
 
 

@@ -7,6 +7,7 @@ each side does the work it claims, so ``make bench`` does not fail (or mislead) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -98,6 +99,18 @@ def test_decode_sides_give_the_same_tokens(settings: Settings, peak: dict, tmp_p
     assert ours["completion_ids"] == theirs["completion_ids"]
     info = harness.entry_info("decode_ours", results, "decode_transformers", peak)
     assert info["samples_per_s"] > 0 and info["ratio_to_peer"] > 0
+
+
+def test_profile_splits_a_torch_side_by_op_kind(settings: Settings, tmp_path: Path) -> None:
+    from benchmarks import profile
+
+    given = dataclasses.asdict(settings)  # one kept step
+    assert profile.main(["sft_lora_ours", "--settings", json.dumps(given), "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "sft_lora_ours.json").read_text())
+    shares = summary["share_by_kind"]
+    assert abs(sum(shares.values()) - 1) < 1e-3 and shares["matmul"] > 0 and shares["attention"] > 0
+    assert len(summary["step_s"]) == 1 and summary["top_ops"][0]["self_cpu_s"] > 0
+    assert "Self CPU" in (tmp_path / "sft_lora_ours.txt").read_text()
 
 
 def test_flops_count_body_head_and_attention() -> None:
