@@ -652,6 +652,31 @@ def op_kind(name: str) -> str:
     return "other"
 
 
+COMPILE_MARKS = ("ompile", "Codegen", "Pass", "HLO passes", "lower", "Lower", "Emit", "simplif")
+
+
+def jax_trace_summary(trace_dir: Path) -> dict[str, Any]:
+    """The newest JAX trace under ``trace_dir``, summed by event name: compilation apart, and the
+    executed XLA ops (fusions, dots, copies) by total time, Python frames and dispatch left out."""
+    import gzip
+
+    traces = sorted(trace_dir.glob("plugins/profile/*/*.trace.json.gz"))
+    if not traces:
+        return {"trace_summary": "no trace written"}
+    events = json.loads(gzip.decompress(traces[-1].read_bytes()))["traceEvents"]
+    compile_s, ops = 0.0, dict[str, float]()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") != "X" or name.startswith(("$", "PjitFunction")):
+            continue
+        if name == "backend_compile_and_load":
+            compile_s += e.get("dur", 0) / 1e6
+        elif not any(mark in name for mark in COMPILE_MARKS):
+            ops[name] = ops.get(name, 0.0) + e.get("dur", 0) / 1e6
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:20]
+    return {"compile_s": round(compile_s, 2), "top_events_s": {k: round(v, 3) for k, v in top}}
+
+
 def profile_side(name: str, s: Settings, out_dir: Path) -> dict[str, Any]:
     """Run side ``name`` under the torch profiler (CPU, and CUDA on a GPU); write the top ops by
     self time (``<name>.txt``) and each op kind's share of the profiled self time (``<name>.json``).
@@ -669,7 +694,7 @@ def profile_side(name: str, s: Settings, out_dir: Path) -> dict[str, Any]:
             "warmup_s": res["warmup_s"],
             "step_s": res["step_s"],
         }
-        write_json(out_dir / f"{name}.json", summary)
+        write_json(out_dir / f"{name}.json", summary | jax_trace_summary(out_dir / name))
         return res
     from torch.profiler import ProfilerActivity, profile
 

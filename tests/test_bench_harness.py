@@ -113,6 +113,25 @@ def test_profile_splits_a_torch_side_by_op_kind(settings: Settings, tmp_path: Pa
     assert "Self CPU" in (tmp_path / "sft_lora_ours.txt").read_text()
 
 
+def test_jax_trace_summary_keeps_executed_ops_and_compile_time(tmp_path: Path) -> None:
+    import gzip
+
+    from benchmarks.sides import jax_trace_summary
+
+    events = [{"ph": "X", "name": "backend_compile_and_load", "dur": 2_000_000},
+              {"ph": "X", "name": "HLO passes through layout assignment", "dur": 500_000},
+              {"ph": "X", "name": "$pjit.py:250 cache_miss", "dur": 9_000_000},
+              {"ph": "X", "name": "PjitFunction(step)", "dur": 9_000_000},
+              {"ph": "X", "name": "ynn_fusion", "dur": 700_000}, {"ph": "X", "name": "ynn_fusion", "dur": 300_000},
+              {"ph": "X", "name": "loop_add_fusion", "dur": 250_000}, {"ph": "M", "name": "thread_name"}]  # fmt: skip
+    where = tmp_path / "plugins" / "profile" / "2026_01_01"
+    where.mkdir(parents=True)
+    (where / "host.trace.json.gz").write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
+    summary = jax_trace_summary(tmp_path)
+    assert summary == {"compile_s": 2.0, "top_events_s": {"ynn_fusion": 1.0, "loop_add_fusion": 0.25}}
+    assert jax_trace_summary(tmp_path / "none") == {"trace_summary": "no trace written"}
+
+
 def test_flops_count_body_head_and_attention() -> None:
     shape = Shape(
         layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=32, windows=[2, None]
