@@ -171,9 +171,11 @@ eval: $(STAMP) models/$(call model_in,runs/$(RUN)/config.yaml)/.complete $(EVAL_
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run name> [EVAL_CONFIG=$(EVAL_CONFIG)]" >&2; exit 2; }
 	$(PY) -m evals.run_eval --run runs/$(RUN) --config $(EVAL_CONFIG)
 
-eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." -> runs/_compare/report.html
-	@test -n "$(RUNS)" || { echo "usage: make eval-report RUNS=\"runs/a runs/b\"" >&2; exit 2; }
-	$(PY) -m evals.report --compare $(RUNS) --out runs/_compare
+# EVAL_DIR=eval-multidomain compares the runs' multi-domain evals instead (-> runs/_compare/eval-multidomain/).
+EVAL_DIR ?= eval
+eval-report: $(STAMP) ## HTML report comparing RUNS="runs/a runs/b ..." on their GSM8K evals (EVAL_DIR=...) -> runs/_compare/
+	@test -n "$(RUNS)" || { echo "usage: make eval-report RUNS=\"runs/a runs/b\" [EVAL_DIR=eval]" >&2; exit 2; }
+	$(PY) -m evals.report --compare $(RUNS) --eval-dir $(EVAL_DIR) --out runs/_compare$(if $(filter-out eval,$(EVAL_DIR)),/$(EVAL_DIR))
 
 chromium: ## Install headless Chromium for the report render test (no-op when present)
 	@bash scripts/ensure_chromium.sh

@@ -587,11 +587,25 @@ def comparability_warnings(runs: list[dict[str, Any]]) -> list[str]:
             ("scorer", lambda x: x["trained"].get("scorer")),
             ("base weights", lambda x: x["base"]["model"]["fingerprint"]),
         ):
-            if get(s) != get(first):
+            if get(s) == get(first):
+                continue
+            if label == "base weights":
+                out.append(
+                    f"{r['name']} and {runs[0]['name']} start from different base models: "
+                    "a comparison of models (and their fine-tunes), not of recipes on one model"
+                )
+            else:
                 out.append(
                     f"{r['name']} and {runs[0]['name']} differ in {label}: not comparable like-for-like"
                 )
     return out
+
+
+def compared_metrics(summary: dict[str, Any]) -> list[str]:
+    """The primary metric, then format compliance when the suite scores it."""
+    primary = summary["primary_metric"]
+    extra = ["format"] if primary != "format" and "format_accuracy" in summary["trained"] else []
+    return [primary, *extra]
 
 
 def cross_run_pairs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -609,7 +623,7 @@ def cross_run_pairs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     va = verdicts(ref)
     for r in runs[1:]:
-        res = compare_verdicts(va, verdicts(r), [primary], primary)
+        res = compare_verdicts(va, verdicts(r), compared_metrics(ref["summary"]), primary)
         out.append({"a": ref["name"], "b": r["name"], **res})
     return out
 
@@ -631,6 +645,8 @@ def comparison_report(runs: list[dict[str, Any]]) -> tuple[str, str, dict[str, b
     cats = plot_categories(sides, primary)
     if cats:
         pngs["accuracy_by_category.png"] = cats
+    metrics = compared_metrics(runs[0]["summary"])
+    fmt = "format" in metrics  # a column of the trained format rate
     rows, md_rows = [], []
     for r in runs:
         s, c = r["summary"], (r["compare"] or {}).get("metrics", {}).get(primary)
@@ -641,28 +657,41 @@ def comparison_report(runs: list[dict[str, Any]]) -> tuple[str, str, dict[str, b
             f"<tr><td>{esc(r['name'])}</td><td>{esc(t['model']['path'])}</td><td class='num'>{esc(t.get('n'))}</td>"
             f"<td class='num'>{pct(b.get(key))} {ci(b.get(key + '_ci95'))}</td>"
             f"<td class='num'>{pct(t.get(key))} {ci(t.get(key + '_ci95'))}</td>"
-            f"<td class='num'>{esc(delta)}</td><td class='num'>{esc(p)}</td></tr>"
-        )
+            f"<td class='num'>{esc(delta)}</td><td class='num'>{esc(p)}</td>"
+            + (f"<td class='num'>{pct(t.get('format_accuracy'))} {ci(t.get('format_accuracy_ci95'))}</td>" if fmt else "")
+            + "</tr>"
+        )  # fmt: skip
         md_rows.append(
-            f"| {r['name']} | {t.get('n')} | {pct(b.get(key))} | {pct(t.get(key))} | {delta} | {p} |"
-        )
+            f"| {r['name']} | {t.get('n')} | {pct(b.get(key))} | {pct(t.get(key))} {ci(t.get(key + '_ci95'))} "
+            f"| {delta} | {p} |" + (f" {pct(t.get('format_accuracy'))} {ci(t.get('format_accuracy_ci95'))} |" if fmt else "")
+        )  # fmt: skip
     pair_rows = "".join(
-        f"<tr><td>{esc(p['b'])} vs {esc(p['a'])}</td><td class='num'>{p['n_paired']}</td>"
-        f"<td class='num'>{signed(p['metrics'][primary]['delta'])} {ci(p['metrics'][primary]['delta_ci95'])}</td>"
-        f"<td class='num'>{p['metrics'][primary]['mcnemar_p']:.4g}</td></tr>"
+        f"<tr><td>{esc(p['b'])} vs {esc(p['a'])}</td><td>{esc(m)}</td><td class='num'>{p['n_paired']}</td>"
+        f"<td class='num'>{signed(p['metrics'][m]['delta'])} {ci(p['metrics'][m]['delta_ci95'])}</td>"
+        f"<td class='num'>{p['metrics'][m]['mcnemar_p']:.4g}</td></tr>"
         for p in pairs
         if p["n_paired"]
+        for m in metrics
     )
+    md_pairs = [
+        f"| {p['b']} vs {p['a']} | {m} | {p['n_paired']} | {signed(p['metrics'][m]['delta'])} "
+        f"{ci(p['metrics'][m]['delta_ci95'])} | {p['metrics'][m]['mcnemar_p']:.4g} |"
+        for p in pairs
+        if p["n_paired"]
+        for m in metrics
+    ]
     body = (
         f"<h1>Runs compared: {esc(', '.join(r['name'] for r in runs))}</h1>"
         + warnings_html(list(dict.fromkeys(warnings)))
         + f"<h2>{esc(primary)} accuracy per run</h2><table><tr><th>run</th><th>trained model</th><th>n</th>"
-        "<th>base</th><th>trained</th><th>delta vs base</th><th>McNemar p</th></tr>"
+        "<th>base</th><th>trained</th><th>delta vs base</th><th>McNemar p</th>"
+        + ("<th>format (trained)</th>" if fmt else "")
+        + "</tr>"
         + "".join(rows)
         + "</table>"
         + (
-            f"<h2>Trained runs against {esc(runs[0]['name'])} (paired)</h2><table><tr><th>pair</th><th>n</th>"
-            f"<th>delta</th><th>McNemar p</th></tr>{pair_rows}</table>"
+            f"<h2>Trained runs against {esc(runs[0]['name'])} (paired)</h2><table><tr><th>pair</th><th>metric</th>"
+            f"<th>n</th><th>delta</th><th>McNemar p</th></tr>{pair_rows}</table>"
             if pair_rows
             else ""
         )
@@ -673,15 +702,21 @@ def comparison_report(runs: list[dict[str, Any]]) -> tuple[str, str, dict[str, b
     )
     md_lines = [f"# Runs compared ({primary})", ""]
     md_lines += [f"> **WARNING:** {w}" for w in dict.fromkeys(warnings)]
-    md_lines += ["", "| run | n | base | trained | delta vs base (95% CI) | McNemar p |", "| --- " * 6 + "|"]
-    md = "\n".join(md_lines + md_rows)
+    fmt_col = " format (trained) |" if fmt else ""
+    md_lines += ["", f"| run | n | base | trained (95% CI) | delta vs base (95% CI) | McNemar p |{fmt_col}",
+                 "| --- " * (6 + bool(fmt_col)) + "|"]  # fmt: skip
+    md_lines = md_lines + md_rows
+    if md_pairs:
+        md_lines += ["", f"Trained runs against {runs[0]['name']}, paired on the same items:", "",
+                     "| pair | metric | n | delta (95% CI) | McNemar p |", "| --- " * 5 + "|", *md_pairs]  # fmt: skip
+    md = "\n".join(md_lines)
     return page("runs compared", body), md + "\n", pngs
 
 
-def write_comparison_report(runs: list[str | Path], out_dir: str | Path) -> Path:
+def write_comparison_report(runs: list[str | Path], out_dir: str | Path, eval_dir: str = "eval") -> Path:
     if len(runs) < 2:
         raise InputError("--compare needs at least two run dirs")
-    data = [load_run(Path(r)) for r in runs]
+    data = [load_run(Path(r), eval_dir) for r in runs]
     html_text, md, pngs = comparison_report(data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -702,8 +737,14 @@ def main(argv: list[str] | None = None) -> Path:
     group.add_argument("--run", help="runs/<name>: writes eval/report.html and eval/report.md")
     group.add_argument("--compare", nargs="+", metavar="RUN", help="two or more run dirs")
     parser.add_argument("--out", default="runs/_compare", help="output dir for --compare")
+    parser.add_argument(
+        "--eval-dir", default="eval", help="the eval under each run: eval (GSM8K), eval-multidomain, ..."
+    )
     args = parser.parse_args(argv)
-    path = write_run_report(args.run) if args.run else write_comparison_report(args.compare, args.out)
+    if args.run:
+        path = write_run_report(args.run, args.eval_dir)
+    else:
+        path = write_comparison_report(args.compare, args.out, args.eval_dir)
     print(f"report: {path}")
     return path
 

@@ -111,8 +111,28 @@ def test_comparison_report_across_runs(runs, tmp_path):
     text = path.read_text()
     assert "sft-a" in text and "grpo-b" in text and "Trained runs against sft-a" in text
     assert "<script" not in text and text.count("data:image/png;base64,") == 2
-    assert "differ in" not in text  # same items, decoding, scorer and base: comparable
-    assert (tmp_path / "cmp" / "report.md").read_text().count("| sft-a |") == 1
+    assert "differ in" not in text and "different base models" not in text  # like-for-like
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert md.count("| sft-a |") == 1 and "format (trained)" in md
+    assert "| grpo-b vs sft-a | strict |" in md and "| grpo-b vs sft-a | format |" in md
+
+
+def test_comparison_of_another_eval_dir(runs, tmp_path):
+    """--eval-dir picks each run's other eval (e.g. eval-multidomain); without it the runs' eval/."""
+    copies = []
+    for run in runs:
+        shutil.copytree(run, tmp_path / run.name)
+        (tmp_path / run.name / "eval").rename(tmp_path / run.name / "eval-other")
+        copies.append(str(tmp_path / run.name))
+    out = tmp_path / "cmp-other"
+    assert (
+        report.main(["--compare", *copies, "--eval-dir", "eval-other", "--out", str(out)])
+        == out / "report.html"
+    )
+    assert "| grpo-b vs sft-a | strict |" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit) as err:
+        report.main(["--compare", *copies, "--out", str(tmp_path / "none")])
+    assert err.value.code == 2
 
 
 def test_missing_eval_is_a_clear_error(tmp_path, capsys):
