@@ -686,7 +686,9 @@ def profile_side(name: str, s: Settings, out_dir: Path) -> dict[str, Any]:
     if name.endswith(("_jax", "_tunix")):
         import jax
 
-        with jax.profiler.trace(str(out_dir / name)):
+        options = jax.profiler.ProfileOptions()
+        options.python_tracer_level = 0  # Python frames would fill the trace's event cap before XLA's ops
+        with jax.profiler.trace(str(out_dir / name), profiler_options=options):
             res = fn(s)
         summary = {
             "side": name,
