@@ -634,8 +634,7 @@ def matmul(s: Settings) -> dict[str, Any]:
 
 # aten ops by kind, for the profile's shares (the rest is "other": elementwise, copies, norms ...)
 OP_KINDS = {
-    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
-               "aten::_efficientzerotensor"),
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"),
     "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product"),
     "softmax / cross-entropy": ("aten::_softmax", "aten::_log_softmax", "aten::nll_loss", "aten::softmax",
                                 "aten::log_softmax"),
