@@ -116,7 +116,7 @@ def test_profile_splits_a_torch_side_by_op_kind(settings: Settings, tmp_path: Pa
 def test_jax_trace_summary_keeps_executed_ops_and_compile_time(tmp_path: Path) -> None:
     import gzip
 
-    from benchmarks.sides import jax_trace_summary
+    from benchmarks.profiling import jax_trace_summary
 
     events = [{"ph": "X", "name": "backend_compile_and_load", "dur": 2_000_000},
               {"ph": "X", "name": "HLO passes through layout assignment", "dur": 500_000},
