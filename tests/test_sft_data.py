@@ -159,3 +159,50 @@ def test_a_file_without_any_reasoning_has_nothing_to_train_on(tok: object, tmp_p
     path = write_records(tmp_path / "t.jsonl", recs)
     with pytest.raises(InputError, match=r"no usable examples \(all 0 over"):
         tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))
+
+
+def test_mix_report_sums_the_parts_and_keeps_the_longest_overflow(tok: object, tmp_path: Path) -> None:
+    from common.sft_config import MixPart
+    from common.sft_data import overflow_line, tokenize_train
+
+    first, second = arithmetic_records(6, seed=1, prefix="a"), arithmetic_records(5, seed=2, prefix="b")
+    first[1]["question"] += " Please be careful." * 20  # over the limit in the first part
+    second[2]["question"] += " Think again." * 40  # longer, in the second part
+    second[4]["meta"]["has_reasoning"] = False
+    a, b = write_records(tmp_path / "a.jsonl", first), write_records(tmp_path / "b.jsonl", second)
+    lengths = {
+        e.id: len(e)
+        for path in (a, b)
+        for e in tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000))[0]
+    }
+    max_len = max(v for k, v in lengths.items() if k not in ("a-0001", "b-0002"))
+    assert lengths["b-0002"] > lengths["a-0001"] > max_len
+    cfg = DataConfig(
+        train=str(a), mix=[MixPart(str(b), n=10)], max_len=max_len, pack_tokens=max_len, on_overflow="drop"
+    )
+    ex, report = tokenize_train(cfg, tok, seed=0)
+    assert [e.id for e in ex] == [
+        "a-0000",
+        "a-0002",
+        "a-0003",
+        "a-0004",
+        "a-0005",
+        "b-0000",
+        "b-0001",
+        "b-0003",
+    ]
+    want = {"records": 11, "skipped_no_reasoning": 1, "overflow_count": 2, "used": 8, "max_len": max_len}
+    assert {k: report[k] for k in want} == want
+    assert report["tokens"] == sum(len(e) for e in ex) == sum(p["tokens"] for p in report["parts"])
+    assert report["target_tokens"] == sum(len(e) - e.n_prompt for e in ex)
+    assert report["overflow_share"] == round(2 / 10, 6)  # of the 10 records with reasoning
+    assert report["overflow_longest"] == {"id": "b-0002", "tokens": lengths["b-0002"]}
+    assert report["overflow_ids"] == ["a-0001", "b-0002"] and report["policy"] == "drop"
+    line = overflow_line(report)
+    assert line.startswith(f"{a} + {b}: 11 records, 8 used; over max_len={max_len}: 2 (20.0%)")
+    assert f"longest b-0002 with {lengths['b-0002']} tokens" in line and "1 without reasoning" in line
+    clean, clean_report = tokenize_train(
+        DataConfig(train=str(b), mix=[MixPart(str(b), n=2)], max_len=4000, pack_tokens=4000), tok, seed=3
+    )
+    assert clean_report["overflow_longest"] is None and clean_report["overflow_share"] == 0.0
+    assert len(clean) == 4 + 2 and "longest" not in overflow_line(clean_report)

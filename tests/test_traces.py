@@ -6,9 +6,11 @@ import json
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from common import traces as T
 from common.rewards import RewardConfig, build_rewards
 from common.traces import MAX_YAML_CHARS, TraceResult, format_value, parse_trace
 
@@ -313,3 +315,246 @@ def test_compare_and_report_show_the_trace_metrics(tmp_path: Path) -> None:
     assert report.trace_table({"base": {}, "trained": {}}) == ""
     cats = report.category_table(summary, "solver")
     assert "33.3%" in cats and "66.7%" in cats  # the rate category, base and trained
+
+
+# ----- every failure with its exact kind and message (what the trace eval's taxonomy reads), limits from both sides
+
+BIG = 2 ** (T.MAX_NUMBER_BITS - 1)  # the largest power of two within the bound
+
+
+def init(var: str, value: Any) -> dict[str, Any]:
+    return {"op": "init", "var": var, "value": value}
+
+
+def query(var: str) -> dict[str, Any]:
+    return {"op": "query", "var": var}
+
+
+def compute(op: str, args: Any, var: str = "r") -> dict[str, Any]:
+    return {"op": "compute", "compute_op": op, "args": args, "var": var}
+
+
+FAILURES = [
+    ([{"op": "init", "value": 3}, query("a")], "schema", "step 1 (init): var: missing"),
+    ([init("2x", 1), query("a")], "schema", "step 1 (init): var: expected a variable name, got '2x'"),
+    ([init(5, 1), query("a")], "schema", "step 1 (init): var: expected a variable name, got 5"),
+    ([init("a" * 65, 1), query("a")], "schema", f"step 1 (init): var: expected a variable name, got {repr('a' * 65)[:57]}..."),
+    ([init("a", 1), init("a", 2), query("a")], "redefined_var", "step 2 (init): init redefines variable 'a'"),
+    ([{"op": "init", "var": "a", "value": 1, "from": "prev.result"}, query("a")], "schema",
+     "step 1 (init): init needs exactly one of value, source, from"),
+    ([{"op": "init", "var": "a"}, query("a")], "schema", "step 1 (init): init needs exactly one of value, source, from"),
+    ([{"op": "init", "var": "a", "source": "prev.result"}, query("a")], "undefined_var",
+     "step 1 (init): prev.result in the first sub-trace"),
+    ([{"op": "init", "var": "a", "source": "last"}, query("a")], "schema",
+     "step 1 (init): source: expected 'prev.result', got 'last'"),
+    ([{"op": "init", "var": "a", "from": 7}, query("a")], "schema", "step 1 (init): from: expected 'prev.result', got 7"),
+    ([init("a", "abc"), query("a")], "bad_number", "step 1 (init): value: expected a number, got 'abc'"),
+    ([init("a", None), query("a")], "bad_number", "step 1 (init): value: expected a number, got None"),
+    ([init("a", True), query("a")], "bad_number", "step 1 (init): value: expected a number, got True"),
+    ([init("a", float("inf")), query("a")], "bad_number", "step 1 (init): value: expected a finite number, got inf"),
+    ([init("a", 2 * BIG), query("a")], "bad_number",
+     f"step 1 (init): value: number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([init("a", "1" * 80), query("a")], "bad_number",
+     f"step 1 (init): value: number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([init("a", 1), compute("pow", ["a", 2]), query("r")], "unknown_op",
+     f"step 2 (compute): compute_op: 'pow' unknown; known: {', '.join(T.COMPUTE_OPS)}"),
+    ([init("a", 1), compute("add", 5), query("r")], "schema",
+     f"step 2 (compute): args: expected a list of up to {T.MAX_ARGS} operands"),
+    ([init("a", 1), compute("add", [1] * (T.MAX_ARGS + 1)), query("r")], "schema",
+     f"step 2 (compute): args: expected a list of up to {T.MAX_ARGS} operands"),
+    ([init("a", 1), compute("add", ["a", "y"]), query("r")], "undefined_var",
+     "step 2 (compute): args[1]: variable 'y' is not defined"),
+    ([init("a", 1), compute("add", ["a", [1]]), query("r")], "bad_number",
+     "step 2 (compute): args[1]: expected a number, got [1]"),
+    ([init("a", 1), {"op": "compute", "compute_op": "add", "args": ["a", 1]}, query("a")], "schema",
+     "step 2 (compute): var: missing"),
+    ([init("a", 1), compute("add", ["a"]), query("r")], "schema", "step 2 (compute): args: add needs 2 or more, got 1"),
+    ([init("a", 1), compute("mul", []), query("r")], "schema", "step 2 (compute): args: mul needs 2 or more, got 0"),
+    ([init("a", 1), compute("sub", ["a", 1, 1]), query("r")], "schema",
+     "step 2 (compute): args: sub needs exactly 2, got 3"),
+    ([init("a", 1), compute("div", ["a", 0]), query("r")], "math_error", "step 2 (compute): div by zero"),
+    ([init("a", 1), compute("mod", ["a", 0]), query("r")], "math_error", "step 2 (compute): mod by zero"),
+    ([init("a", BIG), compute("add", ["a", "a"]), query("r")], "bad_number",
+     f"step 2 (compute): number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([init("a", BIG), compute("mul", ["a", 2]), query("r")], "bad_number",
+     f"step 2 (compute): number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([{"op": "percent_of", "rate": 5, "var": "p"}, query("p")], "schema", "step 1 (percent_of): base: missing"),
+    ([{"op": "percent_off", "base": 5, "rate": "r", "var": "p"}, query("p")], "undefined_var",
+     "step 1 (percent_off): rate: variable 'r' is not defined"),
+    ([{"op": "percent_of", "base": 5, "rate": 5}, query("p")], "schema", "step 1 (percent_of): var: missing"),
+    ([init("a", BIG), {"op": "percent_increase", "base": "a", "rate": 300, "var": "p"}, query("p")], "bad_number",
+     f"step 2 (percent_increase): number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([{"op": "consume", "var": "a", "amount": 1}, query("a")], "undefined_var",
+     "step 1 (consume): var: variable 'a' is not defined"),
+    ([init("a", 1), {"op": "consume", "var": "a"}, query("a")], "schema", "step 2 (consume): amount: missing"),
+    ([init("a", BIG), {"op": "consume", "var": "a", "amount": -BIG}, query("a")], "bad_number",
+     f"step 2 (consume): number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([init("b", 1), {"op": "transfer", "from": "a", "to": "b", "amount": 1}, query("b")], "undefined_var",
+     "step 2 (transfer): from: variable 'a' is not defined"),
+    ([init("a", 1), {"op": "transfer", "from": "a", "to": "b", "amount": 1}, query("a")], "undefined_var",
+     "step 2 (transfer): to: variable 'b' is not defined"),
+    ([init("a", 1), init("b", 1), {"op": "transfer", "from": "a", "to": "b"}, query("a")], "schema",
+     "step 3 (transfer): amount: missing"),
+    ([init("a", -BIG), init("b", 0), {"op": "transfer", "from": "a", "to": "b", "amount": BIG}, query("a")],
+     "bad_number", f"step 3 (transfer): number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([init("a", 0), init("b", BIG), {"op": "transfer", "from": "a", "to": "b", "amount": BIG}, query("a")],
+     "bad_number", f"step 3 (transfer): number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([query("a"), init("a", 1)], "schema", "step 1 (query): query must be the last step of a trace"),
+    ([init("a", 1), query("b")], "undefined_var", "step 2 (query): var: variable 'b' is not defined"),
+    ([init("a", 1), query("a")], "short_circuit",
+     "step 2 (query): query targets 'a', which only an init set (anti-short-circuit)"),
+    ([init("a", 1), compute("add", ["a", 1])], "no_query", "no query step"),
+    ([{"op": "square", "var": "a"}], "unknown_op", f"step 1: op: 'square' unknown; known: {', '.join(T.OPS)}"),
+    ([init("a", 1), "query a"], "schema", "step 2: expected a mapping like {op: ..., ...}, got 'query a'"),
+    ([init("a", 1), {"op": "query", "var": "a", "unit": "kg", "as": 1}], "schema",
+     "step 2 (query): as: unknown field; allowed: var"),
+    ({"expert": "geometry", "trace": [init("a", 1)]}, "unknown_expert",
+     f"expert: 'geometry' unknown; known: {', '.join(T.EXPERT_OPS)}"),
+    ({"expert": 3, "trace": [init("a", 1)]}, "unknown_expert", f"expert: 3 unknown; known: {', '.join(T.EXPERT_OPS)}"),
+    ({"expert": "arithmetic", "trace": []}, "schema", "trace: expected a non-empty list of steps"),
+    ({"expert": "arithmetic", "trace": {"op": "init"}}, "schema", "trace: expected a non-empty list of steps"),
+    ({"expert": "arithmetic", "trace": [init("a", 1), {"op": "consume", "var": "a", "amount": 1}, query("a")]},
+     "op_outside_expert",
+     f"step 2: op consume is not one of expert arithmetic's ops ({', '.join(T.EXPERT_OPS['arithmetic'])})"),
+    ([{"expert": "arithmetic", "trace": [init("a", 1), compute("add", ["a", 1]), query("r")]},
+      {"expert": "arithmetic", "trace": [init("x", 1), query("y")]}], "undefined_var",
+     "sub-trace 2: step 2 (query): var: variable 'y' is not defined"),
+    ([{"expert": "arithmetic", "trace": [init("a", 1), compute("add", ["a", 1]), query("r")]},
+      {"expert": "arithmetic", "trace": [compute("add", [1, 1])]}], "no_query", "sub-trace 2: no query step"),
+    ([{"expert": "arithmetic", "trace": [init("a", 1)]}, {"expert": "arithmetic", "trace": ["x"]}], "schema",
+     "sub-trace 2: step 1: expected a mapping like {op: ..., ...}, got 'x'"),
+    ([init(f"v{i}", i) for i in range(T.MAX_STEPS)] + [query("v0")], "schema", f"more than {T.MAX_STEPS} steps"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("doc", "kind", "message"), FAILURES, ids=[m[:60] for _, _, m in FAILURES])
+def test_each_failure_names_its_kind_step_and_field(doc: Any, kind: str, message: str) -> None:
+    result = T.execute(doc)
+    assert (result.parsed, result.valid, result.error_kind, result.error) == (True, False, kind, message)
+    assert result.value is None
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [(None, "YAML is empty, not a trace (a list of steps)"), (5, "YAML is int, not a trace (a list of steps)"),
+     (["op", "x"], "YAML is list, not a trace (a list of steps)"), ([], "YAML is list, not a trace (a list of steps)"),
+     ({"steps": []}, "YAML is dict, not a trace (a list of steps)")],
+)  # fmt: skip
+def test_values_that_are_not_traces(doc: Any, message: str) -> None:
+    result = T.execute(doc)
+    assert (result.parsed, result.valid, result.error_kind, result.error) == (
+        False,
+        False,
+        "not_a_trace",
+        message,
+    )
+
+
+def test_limits_hold_from_both_sides() -> None:
+    exact = T.execute([init("a", BIG), compute("add", ["a", 0]), query("r")])  # 256 bits: allowed
+    assert exact.valid and exact.value == BIG
+    name = "a" * T.MAX_NAME_CHARS
+    assert T.execute([init(name, 1), compute("add", [name, 1]), query("r")]).value == 2
+    most = T.execute([init("a", 1), compute("add", [1] * T.MAX_ARGS), query("r")])
+    assert most.valid and most.value == T.MAX_ARGS
+    steps = [init(f"v{i}", i) for i in range(T.MAX_STEPS - 2)] + [compute("add", ["v1", "v2"]), query("r")]
+    assert T.execute(steps).value == 3  # exactly MAX_STEPS steps
+
+
+def test_transfer_consume_and_percent_values() -> None:
+    moved = [init("a", 10), init("b", 1), {"op": "transfer", "from": "a", "to": "b", "amount": 3}]
+    assert T.execute([*moved, query("a")]).value == 7
+    assert T.execute([*moved, query("b")]).value == 4
+    used = [init("a", 10), {"op": "consume", "var": "a", "amount": "2.5"}, query("a")]
+    assert T.execute(used).value == Fraction(15, 2)
+    for op, want in (("percent_of", 30), ("percent_off", 170), ("percent_increase", 230)):
+        assert (
+            T.execute([init("b", 200), {"op": op, "base": "b", "rate": 15, "var": "p"}, query("p")]).value
+            == want
+        )
+
+
+def test_prev_result_and_experts_across_sub_traces() -> None:
+    doc = [{"expert": "percentage", "trace": [init("b", 80), {"op": "percent_of", "base": "b", "rate": 25, "var": "p"},
+                                              query("p")]},
+           {"expert": 7, "trace": [{"op": "init", "var": "x", "source": "prev.result"}, compute("mul", ["x", 3]),
+                                   query("r")]},
+           {"trace": [{"op": "init", "var": "y", "from": "prev.result"}, compute("sub", ["y", 1]), query("r")]}]  # fmt: skip
+    bad_expert = T.execute(doc)
+    assert bad_expert.error_kind == "unknown_expert" and bad_expert.experts == ("percentage", None, None)
+    doc[1]["expert"] = "arithmetic"
+    result = T.execute(doc)
+    assert result.valid and result.value == 59 and result.experts == ("percentage", "arithmetic", None)
+    single = T.execute({"op": "query", "var": "x"})  # one step, written as a mapping
+    assert result.steps[0] == doc[0]["trace"][0] and single.parsed
+    assert single.error == "step 1 (query): var: variable 'x' is not defined"
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [("", 0), ("[[{}]]", 3), ("[]]][", 1), ("[[][[", 3), ("[a[", 2), ("[X[", 2), ("XXXX", 0),
+     ("a:\n  b:\n     c: 1", 2), ("a:\n      c: 1", 3), ("- - - a", 3), ("-\t-\ta", 2), ("- \f- a", 1),
+     ("-  - a", 2), ("- X- a", 1), ("\t\t- a", 0), ("XX  a", 0), ("- a", 1)],
+)  # fmt: skip
+def test_nesting_bound(text: str, depth: int) -> None:
+    got = T._nesting(text)
+    assert got == depth and isinstance(got, int)
+
+
+def test_yaml_size_and_depth_limits_from_both_sides() -> None:
+    at_limit = "a: " + "x" * (T.MAX_YAML_CHARS - 3)
+    assert T.load_yaml(at_limit)[1] is None
+    over = at_limit + "x"
+    assert T.load_yaml(over) == (
+        None,
+        f"trace is {len(over)} characters (limit {T.MAX_YAML_CHARS})",
+        "too_large",
+    )
+    deep = "[" * T.MAX_NESTING + "]" * T.MAX_NESTING
+    assert T.load_yaml(deep)[1] is None
+    assert T.load_yaml("[" + deep + "]") == (
+        None,
+        f"trace nests deeper than {T.MAX_NESTING} levels",
+        "too_large",
+    )
+    value, error, kind = T.load_yaml("a: [1, 2\nb: 3")
+    assert value is None and kind == "yaml_error"
+    assert error is not None and error.startswith("YAML: while parsing a flow sequence") and "\n" not in error
+
+
+def test_fence_and_reasoning_block_edges() -> None:
+    assert T._strip_fence("```yaml\nx: 1\n```") == "x: 1\n"
+    assert T._strip_fence("  ```\nx: 1```  ") == "x: 1"
+    assert T._strip_fence("```\nabc") == "```\nabc"  # opened, never closed: left alone
+    assert T._strip_fence("x: 1\n```") == "x: 1\n```"
+    assert T.reasoning_block("</reasoning><reasoning>x</reasoning>") == "x"
+    assert T.reasoning_block("<reasoning>a</reasoning> b </reasoning>") == "a"
+    assert T.reasoning_block("<reasoning></reasoning>") == ""
+    assert T.parse_trace("no tags").error == "no closed <reasoning> block"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(Fraction(1, 2), "0.5"), (Fraction(5, 2), "2.5"), (Fraction(1, 25), "0.04"), (Fraction(-3, 40), "-0.075"),
+     (Fraction(7, 125), "0.056"), (Fraction(-1, 3), "-1/3"), (Fraction(0), "0"), (None, None)],
+)  # fmt: skip
+def test_format_value(value: Fraction | None, text: str | None) -> None:
+    assert T.format_value(value) == text
+
+
+def test_format_value_of_huge_denominators() -> None:
+    for value, places in (
+        (Fraction(1, 2**1100), 1100),
+        (Fraction(3, 2**1100), 1100),
+        (Fraction(1, 5**500), 500),
+    ):
+        text = T.format_value(value)
+        assert (
+            text is not None and text.startswith("0.") and len(text) == 2 + places and Fraction(text) == value
+        )
+
+
+def test_short_cuts_long_values_at_60() -> None:
+    assert T._short("a" * 58) == repr("a" * 58)  # 60 characters with its quotes
+    assert T._short("a" * 59) == repr("a" * 59)[:57] + "..."
+    assert len(T._short(list(range(100)))) == 60
