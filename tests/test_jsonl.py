@@ -89,3 +89,41 @@ def test_appender_on_a_new_nested_path_and_on_a_file_of_one_torn_line(tmp_path):
     with JsonlAppender(whole) as app:
         assert [r["id"] for r in app.existing] == ["a", "b"]
     assert whole.read_bytes() == b'{"id": "a"}\n{"id": "b"}\n'
+
+
+def test_line_length_limit_from_both_sides(tmp_path):
+    limit = 20
+    fits = json.dumps({"k": "x" * (limit - 9)})  # exactly `limit` bytes before the newline
+    assert len(fits) == limit
+    over = json.dumps({"k": "x" * (limit - 8)})
+    p = tmp_path / "lines.jsonl"
+    p.write_text(f"{fits}\n{over}\n{fits}")  # the last line: exactly the limit, no newline at the end
+    rows = list(scan_jsonl(p, max_line_bytes=limit))
+    assert rows == [
+        (1, {"k": "x" * 11}, None),
+        (2, None, f"line longer than {limit} bytes"),
+        (3, {"k": "x" * 11}, None),
+    ]
+    p.write_text('{"a": 1}')  # a short last line without its newline is fine
+    assert list(scan_jsonl(p, max_line_bytes=limit)) == [(1, {"a": 1}, None)]
+    p.write_text(f"{over}\n")
+    with pytest.raises(InputError) as err:
+        list(iter_jsonl(p, max_line_bytes=limit))
+    assert str(err.value) == f"{p}:1: line longer than {limit} bytes"
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    with pytest.raises(InputError) as err:
+        list(scan_jsonl(tmp_path))
+    assert str(err.value) == f"{tmp_path}: is a directory, expected a .jsonl file"
+
+
+def test_write_json_is_indented_utf8_with_a_final_newline(tmp_path):
+    from common.jsonl import dumps, write_json
+
+    value = {"name": "Zoë", "n": [1, 2]}
+    write_json(tmp_path / "v.json", value)
+    assert (tmp_path / "v.json").read_text(
+        encoding="utf-8"
+    ) == '{\n  "name": "Zoë",\n  "n": [\n    1,\n    2\n  ]\n}\n'
+    assert dumps(value) == '{"name": "Zoë", "n": [1, 2]}'

@@ -138,3 +138,48 @@ def test_100mb_line_is_reported_without_holding_it(tmp_path: Path) -> None:
     assert peak < 2 * MAX_LINE_BYTES + (8 << 20), f"peak {peak / 2**20:.0f} MiB"
     with pytest.raises(InputError, match=r"huge\.jsonl:2: line longer than"):
         load_records(path)
+
+
+def test_every_fault_of_a_record_is_named_in_order() -> None:
+    from common.records import make_record, validate_record
+
+    step = {"i": 1, "type": "calc", "content": "1+2=3", "calc": {"expr": "1+2", "result": "3"}}
+    good = make_record("r1", "q?", "3", [step], {"source": "s", "category": "c", "difficulty": 1})
+    assert validate_record(good) == []
+    bad = dict(
+        good,
+        steps=["x", {"i": 1, "type": 5, "content": "a", "calc": {"expr": 1, "result": "3"}},
+               {"i": 3, "content": "b", "calc": {"result": 2}}],
+        meta={"source": 1, "category": None, "difficulty": 1},
+        extra=1,
+    )  # fmt: skip
+    assert validate_record(bad) == [
+        "extra: unknown field (allowed: id, question, answer, reasoning, steps, meta)",
+        "steps[0]: expected object, got str",
+        "steps[1].i: expected 2 (steps are numbered from 1), got 1",
+        "steps[1].type: expected str, got int",
+        "steps[1].calc.expr: expected str, got int",
+        "steps[2].type: missing",
+        "steps[2].calc.expr: missing",
+        "steps[2].calc.result: expected str, got int",
+        "meta.source: expected str, got int",
+        "meta.category: expected str, got null",
+    ]
+    assert validate_record(dict(good, meta=[1])) == ["meta: expected object, got list"]
+    assert validate_record(dict(good, steps="abc")) == ["steps: expected list, got str"]
+
+
+def test_make_record_marks_reasoning_and_category_defaults() -> None:
+    from common.records import NO_CATEGORY, category_of, make_record
+
+    step = {"i": 1, "type": "text", "content": "think"}
+    assert make_record("a", "q", "1", [step], {"source": "s"})["meta"]["has_reasoning"] is True
+    assert (
+        make_record("a", "q", "1", [step], {"source": "s", "has_reasoning": False})["meta"]["has_reasoning"]
+        is False
+    )
+    bare = make_record("b", "q", "1", [], {"source": "s", "has_reasoning": True})
+    assert bare["reasoning"] == "No worked reasoning is available for this problem."
+    assert bare["meta"] == {"source": "s", "has_reasoning": False} and bare["steps"] == []
+    assert category_of({"meta": None}) == category_of({}) == NO_CATEGORY == "(none)"
+    assert category_of({"meta": {"category": "geometry"}}) == "geometry"

@@ -188,3 +188,46 @@ def test_yaml_trace_tiers_take_their_weights() -> None:
     cfg = RewardConfig(trace_correct=4.0, trace_wrong=3.0, trace_invalid=2.0, trace_unparsed=1.0)
     assert reward("yaml_trace", completions, cfg, answer=[6, "7", "6", "6"]) == [4.0, 3.0, 2.0, 1.0]
     assert reward("yaml_trace", completions[:1], cfg, answer=["six"]) == [3.0]  # no numeric gold: never right
+
+
+@pytest.mark.parametrize(
+    ("name", "columns", "message"),
+    [("number_match", {}, "reward needs the dataset column 'answer'"),
+     ("number_match", {"answer": ["1", "2"]}, "column 'answer' has 2 values for 1 completions"),
+     ("yaml_trace", {}, "reward needs the dataset column 'answer'"),
+     ("yaml_trace", {"answer": ["1"], "meta": [{}, {}]}, "column 'meta' has 2 values for 1 completions"),
+     ("reasoning_gym", {}, "reward needs the dataset column 'meta'"),
+     ("reasoning_gym", {"meta": []}, "column 'meta' has 0 values for 1 completions")],
+)  # fmt: skip
+def test_a_missing_or_short_column_is_named(name: str, columns: dict, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        reward(name, [GOOD], **columns)
+    assert str(err.value) == message
+
+
+def test_unknown_reward_lists_the_known_ones_and_bound_rewards_keep_their_docs() -> None:
+    with pytest.raises(InputError) as err:
+        build_rewards(["format_exact", "speed"])
+    assert str(err.value) == f"unknown reward 'speed'; known rewards: {', '.join(REWARDS)}"
+    for fn in build_rewards(list(REWARDS)):
+        assert fn.__doc__ == REWARDS[fn.__name__].__doc__ and fn.__doc__
+
+
+def test_gold_experts_only_from_a_non_empty_list_of_names() -> None:
+    from common.rewards import gold_experts
+
+    assert gold_experts({"experts": ["percentage", "arithmetic"]}) == ["percentage", "arithmetic"]
+    for meta in ({"experts": []}, {"experts": ["arithmetic", 3]}, {"experts": "arithmetic"}, {}, None, ["x"]):
+        assert gold_experts(meta) is None
+
+
+def test_reward_config_ratio_bounds_from_both_sides() -> None:
+    assert RewardConfig(close_ratio=0.0, near_ratio=0.0).close_ratio == 0.0
+    assert RewardConfig(close_ratio=0.2, near_ratio=0.2).near_ratio == 0.2
+    for close, near in ((0.3, 0.2), (-0.1, 0.2)):
+        with pytest.raises(ValueError) as err:
+            RewardConfig(close_ratio=close, near_ratio=near)
+        assert str(err.value) == "need 0 <= close_ratio <= near_ratio"
+    with pytest.raises(ValueError) as err:
+        RewardConfig(number_pick="middle")  # type: ignore[arg-type]
+    assert str(err.value) == "number_pick must be 'first' or 'last', got 'middle'"

@@ -130,3 +130,38 @@ def test_paired_change_exact_up_to_sixteen_changes_then_sampled() -> None:
     p = paired_change(zeros, mixed, draws=2000, seed=0)["permutation_p"]
     assert 0.8 < p <= 1.0
     assert p == paired_change(zeros, mixed, draws=2000, seed=0)["permutation_p"]  # seeded
+
+
+def test_paired_change_with_nothing_paired() -> None:
+    from evals.stats import paired_change
+
+    assert paired_change({"a": 1.0}, {"b": 2.0}) == {
+        "n": 0, "only_before": 1, "only_after": 1, "mean_before": None, "mean_after": None, "mean_change": None,
+    }  # fmt: skip
+
+
+def test_paired_change_interval_and_sampled_permutation_p() -> None:
+    from evals.stats import Z95, paired_change
+
+    before = {f"i{k}": 0.0 for k in range(17)}
+    after = {f"i{k}": (1.0 if k < 12 else -1.0) for k in range(17)}  # 12 up, 5 down: 17 non-zero, sampled
+    out = paired_change(before, after)
+    mean, se = out["mean_change"], out["se"]
+    assert mean == 7 / 17 and out["ci95"] == [mean - Z95 * se, mean + Z95 * se]
+    # exact two-sided P(|S| >= 7) for 17 fair signs: 2 * 9402 / 2**17 = 0.1435
+    assert abs(out["permutation_p"] - 2 * 9402 / 2**17) < 0.01
+    assert out == paired_change(before, after, seed=0, draws=20000)  # the defaults: seed 0, 20,000 draws
+    assert paired_change(before, after, seed=1) != out
+    all_up = paired_change(before, {k: 1.0 for k in before})  # p = (hits + 1) / (20,000 + 1), hits ~ 0.3
+    hits_plus_one = all_up["permutation_p"] * 20001
+    assert abs(hits_plus_one - round(hits_plus_one)) < 1e-9 and 1 <= round(hits_plus_one) <= 3
+    assert all_up["sign_test_p"] == 2 / 2**17
+
+
+def test_wilson_bounds_and_refusal() -> None:
+    from evals.stats import wilson_interval
+
+    assert wilson_interval(7, 7)[1] == 1.0 and wilson_interval(0, 7)[0] == 0.0
+    with pytest.raises(ValueError) as err:
+        wilson_interval(8, 7)
+    assert str(err.value) == "need 0 <= successes <= n, got 8/7"
