@@ -378,6 +378,8 @@ FAILURES = [
      f"step 2 (compute): number too large (over {T.MAX_NUMBER_BITS} bits)"),
     ([init("a", BIG), compute("mul", ["a", 2]), query("r")], "bad_number",
      f"step 2 (compute): number too large (over {T.MAX_NUMBER_BITS} bits)"),
+    ([init("a", BIG), compute("sub", ["a", -BIG]), query("r")], "bad_number",
+     f"step 2 (compute): number too large (over {T.MAX_NUMBER_BITS} bits)"),  # bounded when set
     ([{"op": "percent_of", "rate": 5, "var": "p"}, query("p")], "schema", "step 1 (percent_of): base: missing"),
     ([{"op": "percent_off", "base": 5, "rate": "r", "var": "p"}, query("p")], "undefined_var",
      "step 1 (percent_off): rate: variable 'r' is not defined"),
