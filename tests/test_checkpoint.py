@@ -194,3 +194,40 @@ def test_a_finished_run_without_checkpoints_counts_as_a_run(tmp_path: Path) -> N
     (tmp_path / "r" / "final").mkdir(parents=True)
     with pytest.raises(InputError, match="already holds a run"):
         ckpt.prepare_run_dir(run_cfg(tmp_path))
+
+
+def test_default_keeps_two_latest_is_the_highest_and_state_json_is_indented(tmp_path: Path) -> None:
+    model, opt, sched = trainer()
+    for step in (1, 2, 3):
+        save(tmp_path, step, model, opt, sched)  # the default keep_last: 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002", "step-000003"]
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-000003"
+    save(tmp_path, 4, model, opt, sched, keep_last=3)
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-000004"
+    state = (tmp_path / "step-000004" / "state.json").read_text()
+    assert state == json.dumps({"step": 4, "tokens": 40}, indent=2) + "\n"
+
+
+def test_a_mismatch_lists_three_missing_and_three_unexpected_names(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    path = ckpt.save_checkpoint(tmp_path, 1, model, opt, sched, {})
+    save_file({f"x{k}": torch.zeros(1) for k in range(5)}, str(path / "trainable.safetensors"))
+    with pytest.raises(InputError) as err:
+        ckpt.load_checkpoint(path, model, opt, sched)
+    assert str(err.value) == (
+        f"{path}/trainable.safetensors: does not match this model's trainable parameters "
+        "(missing ['0.bias', '0.weight', '1.bias'], unexpected ['x0', 'x1', 'x2'])"
+    )
+
+
+def test_refusal_names_the_run_and_what_it_holds(tmp_path: Path) -> None:
+    (tmp_path / "r" / "final").mkdir(parents=True)
+    with pytest.raises(InputError) as err:
+        ckpt.prepare_run_dir(run_cfg(tmp_path))
+    assert str(err.value) == (
+        f"{tmp_path / 'r'}: already holds a run (checkpoints or final/); pass resume=true to continue it, "
+        "overwrite=true to start over, or another run_name"
+    )

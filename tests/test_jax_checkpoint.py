@@ -137,3 +137,10 @@ def test_eval_load_refuses_a_missing_config_a_wrong_base_and_a_mismatched_checkp
     )
     with pytest.raises(InputError, match="could not restore"):
         ckpt.load_checkpoint_for_eval(step_dir)
+
+
+def test_refusal_names_the_run_and_what_it_holds(tmp_path: Path) -> None:
+    (tmp_path / "r" / "merged").mkdir(parents=True)
+    with pytest.raises(InputError) as err:
+        ckpt.prepare_run_dir(run_cfg(tmp_path))
+    assert str(err.value).startswith(f"{tmp_path / 'r'}: already holds a run (checkpoints or merged/);")
