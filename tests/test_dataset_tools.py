@@ -387,3 +387,37 @@ def test_cli_exit_codes_as_a_process(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "takes no key=value settings" in done.stderr
+
+
+def test_filter_by_tokens_counts_prompt_plus_target(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    from scripts.dataset.stats import load_tokenizer, token_lengths
+
+    records = [rec(f"r{k}", question=" ".join(["word"] * (5 + 10 * k))) for k in range(4)]
+    path = write(tmp_path / "in.jsonl", records)
+    prompt, target = token_lengths(load_tokenizer(str(tiny_tokenizer)), records)
+    totals = [p + t for p, t in zip(prompt, target, strict=True)]
+    assert min(target) > 0 and totals == sorted(totals) and len(set(totals)) == 4
+    limit = totals[1]  # the first two fit exactly or under
+    out = tmp_path / "f.jsonl"
+    assert (
+        run("filter", str(path), "--out", str(out), f"max_tokens={limit}", f"tokenizer={tiny_tokenizer}") == 0
+    )
+    assert [r["id"] for r in load_records(out)] == ["r0", "r1"]
+    rejects = [json.loads(line) for line in (tmp_path / "f.rejects.jsonl").read_text().splitlines()]
+    assert rejects == [
+        {"line": k + 1, "id": f"r{k}", "rule": "max_tokens", "reason": f"{totals[k]} tokens > {limit}"}
+        for k in (2, 3)
+    ]
+
+
+def test_split_cli_files_are_the_seeded_splits(tmp_path: Path) -> None:
+    records = [rec(f"r{k}") for k in range(60)]
+    path = write(tmp_path / "all.jsonl", records)
+    assert run("split", str(path), "--out", str(tmp_path / "s"), "sizes.valid=10", "seed=2") == 0
+    want = split_by_size(records, {"valid": 10}, seed=2, rest="train")
+    assert [r["id"] for r in load_records(tmp_path / "s" / "valid.jsonl")] == [r["id"] for r in want["valid"]]
+    assert run("split", str(path), "--out", str(tmp_path / "f"), "fractions.valid=0.3", "seed=5") == 0
+    want = split_by_fraction(records, {"valid": 0.3}, seed=5, rest="train")
+    assert [r["id"] for r in load_records(tmp_path / "f" / "valid.jsonl")] == [r["id"] for r in want["valid"]]
+    manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["train", "valid"] and manifest["created"][:2] == "20"
