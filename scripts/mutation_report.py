@@ -83,14 +83,35 @@ def module_scores(mutants: Path) -> dict[str, dict[str, Any]]:
 
 
 def report(scores: dict[str, dict[str, Any]], equivalent: dict[str, str]) -> str:
-    head = ("mutants", "killed", "timeout", "survived", "no test", "unrun", "score")
-    lines = [f"{'module':<30}" + "".join(f"{h:>9}" for h in head)]
+    """The per-module table (``score``: detected / all mutants; ``w/o equiv``: detected / the
+    mutants not listed as equivalent), then every survivor, equivalents marked with their reason."""
+    head = ("mutants", "killed", "timeout", "survived", "no test", "unrun", "equiv", "score", "w/o equiv")
+    lines = [f"{'module':<30}" + "".join(f"{h:>10}" for h in head)]
+    totals = {"total": 0, "detected": 0, "equiv": 0}
     for path, s in scores.items():
-        counts = (s["total"], s["killed"], s["timeout"], s["survived"], s["no tests"], s["not checked"])
-        lines.append(f"{path:<30}" + "".join(f"{c:>9}" for c in counts) + f"{s['score']:>9.1%}")
-    total = sum(s["total"] for s in scores.values())
-    detected = sum(s["killed"] + s["timeout"] for s in scores.values())
-    lines.append(f"{'all':<30}{total:>9}" + " " * 45 + f"{detected / max(1, total):>9.1%}")
+        equiv = sum(n in equivalent for n in s["survivors"])
+        detected = s["killed"] + s["timeout"]
+        counts = (
+            s["total"],
+            s["killed"],
+            s["timeout"],
+            s["survived"],
+            s["no tests"],
+            s["not checked"],
+            equiv,
+        )
+        lines.append(
+            f"{path:<30}" + "".join(f"{c:>10}" for c in counts)
+            + f"{s['score']:>10.1%}{detected / max(1, s['total'] - equiv):>10.1%}"
+        )  # fmt: skip
+        totals["total"] += s["total"]
+        totals["detected"] += detected
+        totals["equiv"] += equiv
+    total, detected, equiv = totals["total"], totals["detected"], totals["equiv"]
+    lines.append(
+        f"{'all':<30}{total:>10}{detected:>20}" + " " * 40 + f"{equiv:>10}"
+        + f"{detected / max(1, total):>10.1%}{detected / max(1, total - equiv):>10.1%}"
+    )  # fmt: skip
     survivors = [n for s in scores.values() for n in s["survivors"]]
     unexplained = [n for n in survivors if n not in equivalent]
     lines.append(f"\n{len(survivors)} survivors, {len(survivors) - len(unexplained)} listed as equivalent:")
