@@ -183,3 +183,13 @@ def test_make_record_marks_reasoning_and_category_defaults() -> None:
     assert bare["meta"] == {"source": "s", "has_reasoning": False} and bare["steps"] == []
     assert category_of({"meta": None}) == category_of({}) == NO_CATEGORY == "(none)"
     assert category_of({"meta": {"category": "geometry"}}) == "geometry"
+
+
+def test_a_bad_line_lists_all_its_reasons(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"id": "a", "question": 1, "answer": 2}) + "\n")
+    with pytest.raises(InputError) as err:
+        load_records(path)
+    assert str(err.value).startswith(
+        f"{path}:1: reasoning: missing; steps: missing; meta: missing; question: "
+    )

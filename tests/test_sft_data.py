@@ -206,3 +206,40 @@ def test_mix_report_sums_the_parts_and_keeps_the_longest_overflow(tok: object, t
     )
     assert clean_report["overflow_longest"] is None and clean_report["overflow_share"] == 0.0
     assert len(clean) == 4 + 2 and "longest" not in overflow_line(clean_report)
+
+
+def test_mix_samples_are_seeded_per_part_and_ids_capped_at_twenty(tok: object, tmp_path: Path) -> None:
+    from common.sft_config import MixPart
+    from common.sft_data import tokenize_train
+
+    a = write_records(tmp_path / "a.jsonl", arithmetic_records(8, seed=1, prefix="a"))
+    b = write_records(tmp_path / "b.jsonl", arithmetic_records(8, seed=2, prefix="b"))
+    cfg = DataConfig(train=str(a), train_limit=3, mix=[MixPart(str(b), n=2)], max_len=4000, pack_tokens=4000)
+    picks = {}
+    for seed in range(4):
+        ex, _ = tokenize_train(cfg, tok, seed)
+        assert [e.id for e in ex[:3]] == [e.id for e in tokenize_records(a, tok, cfg, 3, seed)[0]]
+        assert [e.id for e in ex[3:]] == [e.id for e in tokenize_records(b, tok, cfg, 2, seed)[0]]
+        picks[seed] = (tuple(e.id for e in ex[:3]), tuple(e.id for e in ex[3:]))
+    assert len({p[0] for p in picks.values()}) > 1 and len({p[1] for p in picks.values()}) > 1
+    long = [
+        dict(r, question=r["question"] + " again" * 200) for r in arithmetic_records(11, seed=3, prefix="x")
+    ]
+    c = write_records(tmp_path / "c.jsonl", long + arithmetic_records(1, seed=4, prefix="ok"))
+    d = write_records(tmp_path / "d.jsonl", [dict(r, id=f"y{r['id']}") for r in long] + arithmetic_records(6))
+    cfg = DataConfig(
+        train=str(c), mix=[MixPart(str(d), n=6)], max_len=400, pack_tokens=400, on_overflow="drop"
+    )
+    _, report = tokenize_train(cfg, tok, 0)
+    assert report["overflow_count"] == 22 and len(report["overflow_ids"]) == 20
+    assert report["overflow_share"] == round(22 / 29, 6) != round(22 / 29, 7)
+
+
+def test_a_limit_keeps_records_and_examples_aligned(tok: object, tmp_path: Path) -> None:
+    path = write_records(tmp_path / "t.jsonl", arithmetic_records(9))
+    ex, kept, _ = tokenize_records(path, tok, DataConfig(max_len=4000, pack_tokens=4000), 4, seed=5)
+    assert len(ex) == 4 and [r["id"] for r in kept] == [e.id for e in ex]
+
+
+def test_a_new_row_starts_empty() -> None:
+    assert pack_rows([3, 2, 2], [0, 1, 2], 4) == [[0], [1, 2]]

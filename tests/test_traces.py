@@ -410,6 +410,8 @@ FAILURES = [
     ([init("a", 1), "query a"], "schema", "step 2: expected a mapping like {op: ..., ...}, got 'query a'"),
     ([init("a", 1), {"op": "query", "var": "a", "unit": "kg", "as": 1}], "schema",
      "step 2 (query): as: unknown field; allowed: var"),
+    ([init("a", 1), {**compute("add", ["a", 1]), "unit": "kg"}, query("r")], "schema",
+     "step 2 (compute): unit: unknown field; allowed: args, compute_op, var"),
     ({"expert": "geometry", "trace": [init("a", 1)]}, "unknown_expert",
      f"expert: 'geometry' unknown; known: {', '.join(T.EXPERT_OPS)}"),
     ({"expert": 3, "trace": [init("a", 1)]}, "unknown_expert", f"expert: 3 unknown; known: {', '.join(T.EXPERT_OPS)}"),
@@ -484,6 +486,7 @@ def test_prev_result_and_experts_across_sub_traces() -> None:
            {"trace": [{"op": "init", "var": "y", "from": "prev.result"}, compute("sub", ["y", 1]), query("r")]}]  # fmt: skip
     bad_expert = T.execute(doc)
     assert bad_expert.error_kind == "unknown_expert" and bad_expert.experts == ("percentage", None, None)
+    assert bad_expert.steps == tuple(doc[0]["trace"])  # the steps read before the failing sub-trace
     doc[1]["expert"] = "arithmetic"
     result = T.execute(doc)
     assert result.valid and result.value == 59 and result.experts == ("percentage", "arithmetic", None)
@@ -496,7 +499,7 @@ def test_prev_result_and_experts_across_sub_traces() -> None:
     ("text", "depth"),
     [("", 0), ("[[{}]]", 3), ("[]]][", 1), ("[[][[", 3), ("[a[", 2), ("[X[", 2), ("XXXX", 0),
      ("a:\n  b:\n     c: 1", 2), ("a:\n      c: 1", 3), ("- - - a", 3), ("-\t-\ta", 2), ("- \f- a", 1),
-     ("-  - a", 2), ("- X- a", 1), ("\t\t- a", 0), ("XX  a", 0), ("- a", 1)],
+     ("-  - a", 2), ("- X- a", 1), ("- \xa0- a", 1), ("\t\t- a", 0), ("XX  a", 0), ("- a", 1)],
 )  # fmt: skip
 def test_nesting_bound(text: str, depth: int) -> None:
     got = T._nesting(text)
@@ -532,6 +535,7 @@ def test_fence_and_reasoning_block_edges() -> None:
     assert T.reasoning_block("</reasoning><reasoning>x</reasoning>") == "x"
     assert T.reasoning_block("<reasoning>a</reasoning> b </reasoning>") == "a"
     assert T.reasoning_block("<reasoning></reasoning>") == ""
+    assert T.reasoning_block("<reasoning>a<reasoning>b</reasoning>") == "a<reasoning>b"
     assert T.parse_trace("no tags").error == "no closed <reasoning> block"
 
 
