@@ -67,7 +67,7 @@ def test_prepare_run_dir_refuses_to_clobber_a_run(tmp_path: Path, holds: str) ->
     assert ckpt.prepare_run_dir(run_cfg(tmp_path, overwrite=True)) == tmp_path / "r"
 
 
-def saved_lora_run(tmp_path: Path, model_dir: Path, *overrides: str) -> tuple[Path, Any, Any]:
+def saved_lora_run(tmp_path: Path, model_dir: Path) -> tuple[Path, Any, Any]:
     """A run dir as ``trainers_jax.sft`` leaves it (config.yaml, an Orbax step 1) with LoRA weights
     moved off their initial values, without a training loop; ``(step dir, model, config)``."""
     import jax
@@ -82,7 +82,7 @@ def saved_lora_run(tmp_path: Path, model_dir: Path, *overrides: str) -> tuple[Pa
     cfg = load_config(
         JaxSFTConfig,
         root / "configs" / "sft_gemma3_270m_cpu.yaml",
-        [f"model.path={model_dir}", f"output_dir={tmp_path}", "run_name=r", "lora.rank=2", *overrides],
+        [f"model.path={model_dir}", f"output_dir={tmp_path}", "run_name=r", "lora.rank=2"],
     )
     run = tmp_path / "r"
     run.mkdir(parents=True)
