@@ -87,7 +87,7 @@ def report(scores: dict[str, dict[str, Any]], equivalent: dict[str, str]) -> str
     mutants not listed as equivalent), then every survivor, equivalents marked with their reason."""
     head = ("mutants", "killed", "timeout", "survived", "no test", "unrun", "equiv", "score", "w/o equiv")
     lines = [f"{'module':<30}" + "".join(f"{h:>10}" for h in head)]
-    totals = {"total": 0, "detected": 0, "equiv": 0}
+    total = detected_all = equiv_all = 0
     for path, s in scores.items():
         equiv = sum(n in equivalent for n in s["survivors"])
         detected = s["killed"] + s["timeout"]
@@ -104,13 +104,10 @@ def report(scores: dict[str, dict[str, Any]], equivalent: dict[str, str]) -> str
             f"{path:<30}" + "".join(f"{c:>10}" for c in counts)
             + f"{s['score']:>10.1%}{detected / max(1, s['total'] - equiv):>10.1%}"
         )  # fmt: skip
-        totals["total"] += s["total"]
-        totals["detected"] += detected
-        totals["equiv"] += equiv
-    total, detected, equiv = totals["total"], totals["detected"], totals["equiv"]
+        total, detected_all, equiv_all = total + s["total"], detected_all + detected, equiv_all + equiv
     lines.append(
-        f"{'all':<30}{total:>10}{detected:>20}" + " " * 40 + f"{equiv:>10}"
-        + f"{detected / max(1, total):>10.1%}{detected / max(1, total - equiv):>10.1%}"
+        f"{'all':<30}{total:>10}{detected_all:>20}" + " " * 40 + f"{equiv_all:>10}"
+        + f"{detected_all / max(1, total):>10.1%}{detected_all / max(1, total - equiv_all):>10.1%}"
     )  # fmt: skip
     survivors = [n for s in scores.values() for n in s["survivors"]]
     unexplained = [n for n in survivors if n not in equivalent]
