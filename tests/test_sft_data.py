@@ -9,8 +9,17 @@ import pytest
 
 from common.errors import InputError
 from common.prompts import load_tokenizer
-from common.sft_config import DataConfig
-from common.sft_data import IGNORE, DataPlan, Example, collate, overflow_line, pack_rows, tokenize_records
+from common.sft_config import DataConfig, MixPart
+from common.sft_data import (
+    IGNORE,
+    DataPlan,
+    Example,
+    collate,
+    overflow_line,
+    pack_rows,
+    tokenize_records,
+    tokenize_train,
+)
 from tests.sft_data import arithmetic_records, write_records
 
 
@@ -162,9 +171,6 @@ def test_a_file_without_any_reasoning_has_nothing_to_train_on(tok: object, tmp_p
 
 
 def test_mix_report_sums_the_parts_and_keeps_the_longest_overflow(tok: object, tmp_path: Path) -> None:
-    from common.sft_config import MixPart
-    from common.sft_data import overflow_line, tokenize_train
-
     first, second = arithmetic_records(6, seed=1, prefix="a"), arithmetic_records(5, seed=2, prefix="b")
     first[1]["question"] += " Please be careful." * 20  # over the limit in the first part
     second[2]["question"] += " Think again." * 40  # longer, in the second part
@@ -209,9 +215,6 @@ def test_mix_report_sums_the_parts_and_keeps_the_longest_overflow(tok: object, t
 
 
 def test_mix_samples_are_seeded_per_part_and_ids_capped_at_twenty(tok: object, tmp_path: Path) -> None:
-    from common.sft_config import MixPart
-    from common.sft_data import tokenize_train
-
     a = write_records(tmp_path / "a.jsonl", arithmetic_records(8, seed=1, prefix="a"))
     b = write_records(tmp_path / "b.jsonl", arithmetic_records(8, seed=2, prefix="b"))
     cfg = DataConfig(train=str(a), train_limit=3, mix=[MixPart(str(b), n=2)], max_len=4000, pack_tokens=4000)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from evals.stats import paired_change, proportion, wilson_interval
+from evals.stats import Z95, paired_change, proportion, wilson_interval
 
 # Hand computation with z = 1.959964 (z^2 = 3.841459):
 #   0/10:  hi = z^2 / (n + z^2) = 3.841459 / 13.841459 = 0.277533
@@ -133,16 +133,12 @@ def test_paired_change_exact_up_to_sixteen_changes_then_sampled() -> None:
 
 
 def test_paired_change_with_nothing_paired() -> None:
-    from evals.stats import paired_change
-
     assert paired_change({"a": 1.0}, {"b": 2.0}) == {
         "n": 0, "only_before": 1, "only_after": 1, "mean_before": None, "mean_after": None, "mean_change": None,
     }  # fmt: skip
 
 
 def test_paired_change_interval_and_sampled_permutation_p() -> None:
-    from evals.stats import Z95, paired_change
-
     before = {f"i{k}": 0.0 for k in range(17)}
     after = {f"i{k}": (1.0 if k < 12 else -1.0) for k in range(17)}  # 12 up, 5 down: 17 non-zero, sampled
     out = paired_change(before, after)
@@ -159,8 +155,6 @@ def test_paired_change_interval_and_sampled_permutation_p() -> None:
 
 
 def test_wilson_bounds_and_refusal() -> None:
-    from evals.stats import wilson_interval
-
     assert wilson_interval(7, 7)[1] == 1.0 and wilson_interval(0, 7)[0] == 0.0
     with pytest.raises(ValueError) as err:
         wilson_interval(8, 7)
