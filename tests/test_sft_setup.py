@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.errors import InputError
 from common.prompts import load_tokenizer
 from common.sft_config import DataConfig, load_sft_config
 from common.sft_data import DataPlan, pack_rows, tokenize_records
 from tests.sft_data import arithmetic_records, write_records
-from trainers_torch.model import build_model
+from trainers_torch.model import SharedLoraDropout, build_model, fuse_lora_forward
 from trainers_torch.sft import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,91 @@ def test_lora_target_subset_and_last_layers(tiny_gemma3):
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"}
     with pytest.raises(InputError, match="lm_head"):
         model_for((tiny_gemma3, "lora.target_modules=[lm_head]"))
+
+
+def test_shared_lora_dropout_rate_scale_and_sharing():
+    drop = SharedLoraDropout(0.05)
+    assert drop.p_eff == 1638 / 32768
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000)
+    y = drop(x)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - drop.p_eff) < 0.0015  # 400k draws: 4.4 standard deviations
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - drop.p_eff)))
+    assert drop(x) is y  # the same input object: the same mask (q/k/v read one tensor)
+    x.mul_(2)  # changed in place: a new mask
+    z = drop(x)
+    assert z is not y and not torch.equal(z == 0, y == 0)
+    other = torch.ones(400, 1000)
+    assert not torch.equal(drop(other) == 0, z == 0)
+    torch.manual_seed(0)
+    assert torch.equal(SharedLoraDropout(0.05)(torch.ones(400, 1000)), y)  # torch's seed replays it
+    drop.eval()
+    assert drop(other) is other
+    assert SharedLoraDropout(0.0).train()(other) is other
+
+
+def test_lora_adapters_share_one_dropout(tiny_gemma3):
+    model = model_for((tiny_gemma3, "lora.rank=4", "lora.dropout=0.1"))
+    drops = {id(m.lora_dropout["default"]) for m in model.modules() if hasattr(m, "lora_dropout")}
+    assert len(drops) == 1
+    shared = next(m.lora_dropout["default"] for m in model.modules() if hasattr(m, "lora_dropout"))
+    assert isinstance(shared, SharedLoraDropout) and shared.p == 0.1
+    seen = []
+    shared.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    model.train()
+    ids = torch.tensor([[2, 5, 7, 9, 11]])
+    model(input_ids=ids)
+    per_layer = len(seen) // 2  # q, k, v, o, gate, up, down in each of the 2 layers
+    assert per_layer == 7 and seen[0] is seen[1] is seen[2] and seen[4] is seen[5]
+    assert len({id(t) for t in seen[:7]}) == 4  # four distinct inputs: one mask each
+
+
+def test_fused_lora_forward_matches_peft(tiny_gemma3):
+    """The fused forward gives PEFT's outputs and gradients; off, merged or disabled it is PEFT's."""
+    ids = torch.tensor([[2, 5, 7, 9, 11, 3], [4, 4, 8, 1, 6, 2]])
+
+    def run(fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = model_for((tiny_gemma3, "lora.rank=4", "lora.dropout=0.0"))
+        for n, p in model.named_parameters():  # B starts at zero: make the adapters matter
+            if "lora_B" in n:
+                p.data.normal_(0, 0.5)
+        if not fused:
+            for m in model.modules():
+                m.__dict__.pop("forward", None)  # back to the class's (PEFT's) forward
+        model.train()
+        logits = model(input_ids=ids).logits
+        logits.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return logits.detach(), grads
+
+    fused_logits, fused_grads = run(True)
+    peft_logits, peft_grads = run(False)
+    torch.testing.assert_close(fused_logits, peft_logits, rtol=1e-5, atol=1e-5)
+    assert fused_grads.keys() == peft_grads.keys() and len(fused_grads) == 28
+    for name, grad in fused_grads.items():
+        torch.testing.assert_close(grad, peft_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    model = model_for((tiny_gemma3, "lora.rank=4"))
+    assert fuse_lora_forward(model) == 14  # 7 linears x 2 layers (again: idempotent)
+    b_weights = [p for n, p in model.named_parameters() if "lora_B" in n]
+    model.eval()
+    with torch.no_grad():
+        for p in b_weights:
+            p.normal_(0, 0.5)
+        on = model(input_ids=ids).logits
+        with model.disable_adapter():  # adapters off: the base model's logits
+            off = model(input_ids=ids).logits
+        model.merge_adapter()
+        merged = model(input_ids=ids).logits
+        model.unmerge_adapter()
+        for p in b_weights:
+            p.zero_()
+        zero = model(input_ids=ids).logits
+    assert not torch.allclose(on, off, atol=1e-3)
+    torch.testing.assert_close(off, zero, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged, on, rtol=1e-4, atol=1e-4)
 
 
 def test_full_finetune_freezing_last_layers(tiny_gemma3):
