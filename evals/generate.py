@@ -234,6 +234,7 @@ def _torch_decode(
     import torch
     from transformers import DynamicCache
 
+    from evals.few_rows import few_row_linears
     from evals.kv_cache import growing_cache
 
     waiting = list(reversed(queue))
@@ -296,7 +297,7 @@ def _torch_decode(
         return finish(batch, step(batch, batch.tokens[:, None], batch.positions[:, None]))
 
     while waiting or (batch is not None and batch.rows):
-        with torch.inference_mode():  # not held while the caller runs between yields
+        with torch.inference_mode(), few_row_linears(model):  # not held while the caller runs between yields
             done = advance()
         if done:
             yield done

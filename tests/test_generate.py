@@ -413,3 +413,34 @@ def test_decoding_record_names_solver_answer_only_when_on():
     off = decoding_record(DecodeSettings())
     assert "solver_answer" not in off and off["max_new_tokens"] == DecodeSettings().max_new_tokens
     assert decoding_record(DecodeSettings(solver_answer=True))["solver_answer"] is True
+
+
+def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tiny):
+    """``(W·xᵀ)ᵀ`` for decode-sized inputs: the values of ``F.linear`` (bias too), a prefill-sized
+    input through the plain path, and every layer as it was once the context closes."""
+    import torch
+
+    from evals.few_rows import CHUNK, MAX_ROWS, few_row_linears
+
+    model, _ = torch_tiny
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    ids = {
+        "few": torch.tensor([[2, 5, 7]]),
+        "many": torch.randint(3, model.config.vocab_size, (2, MAX_ROWS // 2 + 1)),
+    }
+    with torch.no_grad():
+        plain = {k: model(input_ids=v).logits for k, v in ids.items()}
+        with few_row_linears(model) as changed:
+            assert changed == len(linears) > 0 and all("forward" in m.__dict__ for m in linears)
+            mine = {k: model(input_ids=v).logits for k, v in ids.items()}
+            biased = torch.nn.Linear(6, 4)
+            wide = torch.nn.Linear(6, 2 * CHUNK + 5, bias=False)  # in row blocks, the last one short
+            x = torch.randn(3, 2, 6)
+            for layer in (biased, wide):
+                with few_row_linears(layer):
+                    torch.testing.assert_close(
+                        layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)
+                    )
+    assert not any("forward" in m.__dict__ for m in [*linears, biased, wide])
+    torch.testing.assert_close(mine["few"], plain["few"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(mine["many"], plain["many"])  # more than MAX_ROWS rows: F.linear itself
