@@ -10,8 +10,10 @@ Optional, list[...], dict[str, ...] and nested dataclasses.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
+import re
 import sys
 import types
 import typing
@@ -119,22 +121,42 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     return obj
 
 
+_INDEXED = re.compile(r"^([^\[\]]+)\[(\d+)\]$")
+
+
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
+    """Set ``a.b.c`` (or ``a.items[0].c``, an element of an existing list) in ``data``."""
+    node: Any = data
     parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        indexed = _INDEXED.match(part)
+        if indexed:
+            name, index = indexed.group(1), int(indexed.group(2))
+            seq = node.get(name)
+            if not isinstance(seq, list):
+                raise InputError(f"override '{dotted}': '{name}' is not a list")
+            if index >= len(seq):
+                raise InputError(f"override '{dotted}': '{name}' has {len(seq)} item(s), no index {index}")
+            if last:
+                seq[index] = value
+                return
+            child = seq[index]
+        elif last:
+            old = node.get(part)
+            node[part] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+            return
+        else:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
         if not isinstance(child, dict):
             raise InputError(f"override '{dotted}': '{part}' is not a mapping")
         node = child
-    node[parts[-1]] = value
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["a.b=1", "c=x"]`` into a nested dict, values parsed as YAML scalars."""
-    out: dict[str, Any] = {}
+def _split_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
     for item in overrides:
         if "=" not in item:
             raise InputError(f"override '{item}' is not key=value")
@@ -145,7 +167,15 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(out, key.strip(), value)
+        out.append((key.strip(), value))
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict, values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for key, value in _split_overrides(overrides):
+        _set_dotted(out, key, value)
     return out
 
 
@@ -197,7 +227,9 @@ def config_from_mapping(cls: type[T], data: dict[str, Any], source: str | Path) 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build ``cls`` from a YAML file plus dotted overrides, strictly."""
     data = read_yaml(path) if path is not None else {}
-    data = _merge(data, parse_overrides(overrides or []))
+    data = copy.deepcopy(data)
+    for key, value in _split_overrides(overrides or []):
+        _set_dotted(data, key, value)
     try:
         return _build(cls, data, "")
     except InputError as err:

@@ -122,3 +122,28 @@ def test_cli_exit_status_two(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: data.jsonl:3: answer: missing"
+
+
+@dataclasses.dataclass
+class Part:
+    path: str = ""
+    n: int | None = None
+
+
+@dataclasses.dataclass
+class WithList:
+    parts: list[Part] = dataclasses.field(default_factory=list)
+    lora: Lora = dataclasses.field(default_factory=Lora)
+
+
+def test_override_indexes_an_item_of_a_list(tmp_path):
+    p = write(tmp_path, "parts:\n  - {path: a.jsonl, n: 5}\n  - {path: b.jsonl, n: 7}\n")
+    cfg = load_config(WithList, p, ["parts[1].n=60", "parts[0].path=c.jsonl", "lora={rank: 4}"])
+    assert [(q.path, q.n) for q in cfg.parts] == [("c.jsonl", 5), ("b.jsonl", 60)]
+    assert (cfg.lora.rank, cfg.lora.alpha) == (4, 16.0)  # a mapping value merges into the section
+    with pytest.raises(InputError, match=r"parts\[2\]\.n.*2 item\(s\), no index 2"):
+        load_config(WithList, p, ["parts[2].n=1"])
+    with pytest.raises(InputError, match=r"'lora' is not a list"):
+        load_config(WithList, p, ["lora[0].rank=1"])
+    again = load_config(WithList, p, [])  # the file's data is not changed by an earlier load
+    assert [q.n for q in again.parts] == [5, 7]
