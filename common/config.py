@@ -179,6 +179,15 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``data`` with the dotted ``key=value`` overrides set, in order (how every
+    recipe's command line and a sweep's promoted config read them)."""
+    out = copy.deepcopy(data)
+    for key, value in _split_overrides(overrides):
+        _set_dotted(out, key, value)
+    return out
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
@@ -227,9 +236,7 @@ def config_from_mapping(cls: type[T], data: dict[str, Any], source: str | Path) 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build ``cls`` from a YAML file plus dotted overrides, strictly."""
     data = read_yaml(path) if path is not None else {}
-    data = copy.deepcopy(data)
-    for key, value in _split_overrides(overrides or []):
-        _set_dotted(data, key, value)
+    data = apply_overrides(data, overrides or [])
     try:
         return _build(cls, data, "")
     except InputError as err:

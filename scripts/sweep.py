@@ -45,11 +45,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from common.config import (
+    apply_overrides,
     config_hash,
     dump_yaml,
     load_config,
-    merge_mappings,
-    parse_overrides,
     read_yaml,
     split_cli,
     to_dict,
@@ -732,9 +731,7 @@ def promote(cfg: SweepConfig, cls: type, best: TrialRow, source: str | Path) -> 
     extra = {k: best.params[k] for k in cfg.search_space}
     if "run_name" in {f.name for f in dataclasses.fields(cls)}:
         extra["run_name"] = f"{cfg.name}-promoted"
-    data = merge_mappings(
-        read_yaml(cfg.base_config), parse_overrides([override(k, v) for k, v in extra.items()])
-    )
+    data = apply_overrides(read_yaml(cfg.base_config), [override(k, v) for k, v in extra.items()])
     path = Path(cfg.promote_dir) / f"{cfg.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     header = [
