@@ -91,10 +91,10 @@ def run_side(side: str, settings: Settings, out_dir: Path, profile: Path | None 
     out = out_dir / f"{side}.json"
     threads = str(settings.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONPATH=str(ROOT))
-    env["XLA_FLAGS"] = (
-        f"--xla_cpu_multi_thread_eigen={'true' if settings.threads > 1 else 'false'} "
+    env["XLA_FLAGS"] = (  # after the caller's own XLA flags, which the side keeps
+        f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={'true' if settings.threads > 1 else 'false'} "
         f"intra_op_parallelism_threads={threads}"
-    )
+    ).strip()
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmd = [
         sys.executable,
@@ -333,6 +333,7 @@ def entry_info(
     info["matmul_peak_gflops"] = round(peak["flops_per_s"] / 1e9, 1)
     info["threads"] = peak["threads"]
     info["device"], info["dtype"] = peak["device"], peak["dtype"]
+    info["xla_flags"] = os.environ.get("XLA_FLAGS") or None  # the caller's, which the JAX sides keep
     info["load"] = os.environ.get("BENCH_LOAD", "not stated (set BENCH_LOAD to name the machine's load)")
     info["notes"] = results[side].get("notes", {})
     return info

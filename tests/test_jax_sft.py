@@ -6,7 +6,6 @@ resume; the merged HF export."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -110,7 +109,7 @@ def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
 FSDP_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     sys.path.insert(0, {root!r})
     import jax
     from common import sft_data
@@ -147,10 +146,7 @@ FSDP_SCRIPT = textwrap.dedent(
 def test_fsdp2_on_two_cpu_devices_matches_one_device(tiny6, rows):
     _, _, data = rows
     script = FSDP_SCRIPT.format(root=str(ROOT), model=str(tiny6), data=str(data))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line[len("RESULT ") :])
