@@ -91,10 +91,9 @@ def run_side(side: str, settings: Settings, out_dir: Path, profile: Path | None 
     out = out_dir / f"{side}.json"
     threads = str(settings.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONPATH=str(ROOT))
-    env["XLA_FLAGS"] = (  # after the caller's own XLA flags, which the side keeps
-        f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={'true' if settings.threads > 1 else 'false'} "
-        f"intra_op_parallelism_threads={threads}"
-    ).strip()
+    # after the caller's own XLA flags, which the side keeps; XLA has no thread-count flag
+    eigen = "true" if settings.threads > 1 else "false"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={eigen}".strip()
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmd = [
         sys.executable,

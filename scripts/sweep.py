@@ -341,10 +341,9 @@ def thread_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     n = str(threads)
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, TOKENIZERS_PARALLELISM="false")
-    env["XLA_FLAGS"] = (
-        f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
-        f"intra_op_parallelism_threads={threads}"
-    ).strip()
+    # XLA has no thread-count flag (a bare "intra_op_parallelism_threads=N" is silently ignored)
+    eigen = "true" if threads > 1 else "false"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={eigen}".strip()
     return env
 
 

@@ -361,6 +361,20 @@ def test_trainer_command_quotes_what_yaml_would_misread():
     assert "resume=true" in trainer_command(spec, "t", {}, again=True)
 
 
+@pytest.mark.parametrize(("threads", "eigen"), [(1, "false"), (2, "true")])
+def test_trial_env_sets_threads_and_only_real_xla_flags(monkeypatch, threads, eigen):
+    """XLA aborts on an unknown ``--`` flag and silently drops a bare token: every token is a real flag."""
+    from scripts.sweep import thread_env
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    env = thread_env(threads)
+    assert env["XLA_FLAGS"].split() == [
+        "--xla_backend_optimization_level=0",
+        f"--xla_cpu_multi_thread_eigen={eigen}",
+    ]
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == str(threads)
+
+
 def test_asha_rungs_survive_a_restore(tmp_path):
     """Tune saves no scheduler state: a restored sweep's ASHA (unpickled from before any result,
     as in tuner.pkl) reads its rungs back, so a late worse trial is still stopped at the rung."""
