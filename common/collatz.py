@@ -275,6 +275,7 @@ class PairBatch:
     growth: np.ndarray  # bool (B,)
     source: np.ndarray  # int8 (B,): 0 random, 1 hard (seed orbit or mined), 2 replayed
     closed_form: np.ndarray | None = None  # float32 (B,) V_L(n), when the anchor targets it
+    base: dict[int, np.ndarray] | None = None  # offset j -> float32 (B,) V_L(T^j n), when V adds it
 
 
 def pair_batch(
@@ -284,14 +285,17 @@ def pair_batch(
     offsets: Sequence[int],
     weights: dict[str, float],
     closed_form_eps: float | None = None,
+    base_eps: float | None = None,
 ) -> PairBatch:
     """Features for ``states`` at every offset from one walk of ``lookahead + max(offsets)`` steps.
 
-    With ``closed_form_eps`` the batch also carries V_L(n) = max_{j ≤ L} [ln T^j n + ε·j].
+    With ``closed_form_eps`` the batch also carries V_L(n) = max_{j ≤ L} [ln T^j n + ε·j] (the
+    anchor's target); with ``base_eps``, V_L(T^j n) at every offset (the model's base).
     """
     reach = max(offsets)
     window = range(lookahead + 1) if closed_form_eps is not None else ()
-    ks, kept = walk(states, lookahead + reach, keep={*offsets, *window})
+    windows = range(reach + lookahead + 1) if base_eps is not None else ()
+    ks, kept = walk(states, lookahead + reach, keep={*offsets, *window, *windows})
     x = {j: state_features(kept[j], ks[:, j : j + lookahead]) for j in offsets}
     growth = ks[:, 0] == 1
     src = np.asarray(source, dtype=np.int8)
@@ -309,10 +313,15 @@ def pair_batch(
         weight=w,
         growth=growth,
         source=src,
-        closed_form=None
-        if closed_form_eps is None
-        else np.max([kept[j].log() + closed_form_eps * j for j in window], axis=0).astype(np.float32),
+        closed_form=None if closed_form_eps is None else window_max(kept, 0, lookahead, closed_form_eps),
+        base=None if base_eps is None else {j: window_max(kept, j, lookahead, base_eps) for j in offsets},
     )
+
+
+def window_max(kept: dict[int, Limbs], start: int, lookahead: int, eps: float) -> np.ndarray:
+    """V_L(T^start n) = max_{0 ≤ j ≤ L} [ln T^(start+j) n + ε·j] (float32) from a walk's kept states."""
+    logs = [kept[start + j].log() + eps * j for j in range(lookahead + 1)]
+    return np.max(logs, axis=0).astype(np.float32)
 
 
 class Sampler:
@@ -343,6 +352,7 @@ class Sampler:
         replay_share: float,
         seed: int,
         closed_form_eps: float | None = None,
+        base_eps: float | None = None,
     ):
         self.protocol = protocol
         self.lookahead = lookahead
@@ -356,6 +366,7 @@ class Sampler:
         self.pool_cap = pool_cap
         self.replay_share = replay_share
         self.closed_form_eps = closed_form_eps
+        self.base_eps = base_eps
         self.banned = held_out_states() if protocol == "clean" else frozenset()
         self._banned_array = np.array(sorted(self.banned), dtype=np.uint64)
         if self.banned and max(self.banned) >> LIMB_BITS:  # _touching compares the lowest limb only
@@ -445,7 +456,13 @@ class Sampler:
     def batch(self, size: int) -> PairBatch:
         states, source = self.draw(size, self.hard_share, self.replay_share)
         return pair_batch(
-            states, source, self.lookahead, (0, 1, *self.offsets), self.weights, self.closed_form_eps
+            states,
+            source,
+            self.lookahead,
+            (0, 1, *self.offsets),
+            self.weights,
+            self.closed_form_eps,
+            self.base_eps,
         )
 
     def add_mined(self, states: Iterable[int]) -> int:
@@ -552,8 +569,13 @@ def softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x)
 
 
-def mlp_values(params: dict[str, np.ndarray], x: np.ndarray, batch: int = 8192) -> np.ndarray:
-    """V(x) for float32 features ``x``, in float64, from ``layers.{i}.weight`` (out, in) / ``.bias``."""
+def mlp_values(
+    params: dict[str, np.ndarray], x: np.ndarray, base: np.ndarray | None = None, batch: int = 8192
+) -> np.ndarray:
+    """V(x) for float32 features ``x``, in float64, from ``layers.{i}.weight`` (out, in) / ``.bias``.
+
+    ``base`` (V_L of each row, float32 as trained) is added before the softplus when the model has one.
+    """
     n_layers = len([k for k in params if k.endswith(".weight")])
     out = np.empty(len(x), dtype=np.float64)
     for lo in range(0, len(x), batch):
@@ -562,7 +584,8 @@ def mlp_values(params: dict[str, np.ndarray], x: np.ndarray, batch: int = 8192) 
             h = h @ params[f"layers.{i}.weight"].astype(np.float64).T + params[f"layers.{i}.bias"]
             if i < n_layers - 1:
                 h = np.where(h > 0, h, LEAKY_SLOPE * h)
-        out[lo : lo + batch] = softplus(h[:, 0]) + V_FLOOR
+        h = h[:, 0] if base is None else h[:, 0] + base[lo : lo + batch].astype(np.float32)
+        out[lo : lo + batch] = softplus(h) + V_FLOOR
     return out
 
 

@@ -32,10 +32,23 @@ class TaskConfig:
 @dataclass
 class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [256, 256, 128])  # hidden layers, LeakyReLU(0.1)
+    # none: V = softplus(MLP(x)) + 1e-6. closed_form: V = softplus(V_L(n) + MLP(x)) + 1e-6, the MLP
+    # a correction to the window's closed form V_L(n) = max_{j ≤ L} [ln T^j n + base_eps·j]; its
+    # output layer starts at zero, so training starts from V_L's ranking
+    base: Literal["none", "closed_form"] = "none"
+    base_eps: float = 0.01
 
     def __post_init__(self) -> None:
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"model.widths must be a non-empty list of positive ints, got {self.widths}")
+        if self.base_eps <= 0:
+            raise ValueError(
+                f"model.base_eps must be > 0 (at 0 V_L ties along every window), got {self.base_eps}"
+            )
+
+    def window_eps(self) -> float | None:
+        """ε of the closed form the model adds to its output; None when it adds none."""
+        return self.base_eps if self.base == "closed_form" else None
 
 
 @dataclass

@@ -70,6 +70,7 @@ def build_sampler(cfg: CollatzConfig) -> Sampler:
         replay_share=cfg.mining.replay if cfg.mining.enabled else 0.0,
         seed=cfg.seed,
         closed_form_eps=cfg.loss.target_eps if cfg.loss.target == "closed_form" else None,
+        base_eps=cfg.model.window_eps(),
     )
 
 
@@ -77,7 +78,9 @@ def validation_batch(cfg: CollatzConfig) -> PairBatch:
     """A fixed set of random pairs (protocol-filtered, a seed of its own) for the training curves."""
     sampler = dataclasses.replace(cfg, seed=cfg.seed + VALID_SEED_OFFSET)
     states, source = build_sampler(sampler).draw(cfg.train.valid_size, hard_share=0.0)
-    return pair_batch(states, source, cfg.task.lookahead, (0, 1), cfg.loss.weights())
+    return pair_batch(
+        states, source, cfg.task.lookahead, (0, 1), cfg.loss.weights(), base_eps=cfg.model.window_eps()
+    )
 
 
 def protocol_report(cfg: CollatzConfig, sampler: Sampler) -> dict[str, Any]:
@@ -111,7 +114,9 @@ def mining_due(cfg: CollatzConfig, step: int) -> bool:
 def mining_candidates(cfg: CollatzConfig, sampler: Sampler) -> PairBatch:
     """The states a mining round scores: half hard, half random (protocol-filtered)."""
     states, source = sampler.draw(cfg.mining.candidates, hard_share=0.5)
-    return pair_batch(states, source, cfg.task.lookahead, (0, 1), cfg.loss.weights())
+    return pair_batch(
+        states, source, cfg.task.lookahead, (0, 1), cfg.loss.weights(), base_eps=cfg.model.window_eps()
+    )
 
 
 def add_mined(cfg: CollatzConfig, sampler: Sampler, cands: PairBatch, margin: np.ndarray) -> dict[str, Any]:
@@ -307,7 +312,9 @@ def export_meta(cfg: CollatzConfig, backend: str, drift_coef: float, steps: int)
         "lookahead": cfg.task.lookahead,
         "widths": list(cfg.model.widths),
         "activation": "leaky_relu(0.1)",
-        "output": "softplus + 1e-6",
+        "output": "softplus + 1e-6" if cfg.model.base == "none" else "softplus(V_L(n) + MLP) + 1e-6",
+        "base": cfg.model.base,
+        "base_eps": cfg.model.window_eps(),
         "drift_coef": drift_coef,
         "target": cfg.loss.target,
         "protocol": cfg.protocol,

@@ -47,6 +47,7 @@ from common.collatz import (
     syracuse,
     trajectory_metrics,
     walk,
+    window_max,
 )
 from common.collatz_config import CollatzConfig
 from common.config import load_config
@@ -172,28 +173,38 @@ PairFn = Callable[[Sequence[int], Sequence[int]], tuple[np.ndarray, np.ndarray]]
 
 
 def model_pair_values(
-    params: dict[str, np.ndarray], lookahead: int, ns: Sequence[int]
+    params: dict[str, np.ndarray], lookahead: int, ns: Sequence[int], base_eps: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """V(n) and V(T n) from one walk of L + 1 steps per n."""
-    ks, kept = walk(ns, lookahead + 1, keep=(0, 1))
-    v0 = mlp_values(params, state_features(kept[0], ks[:, :lookahead]))
-    v1 = mlp_values(params, state_features(kept[1], ks[:, 1:]))
+    """V(n) and V(T n) from one walk of L + 1 steps per n (the model's base V_L from the same walk)."""
+    keep = range(lookahead + 2) if base_eps is not None else (0, 1)
+    ks, kept = walk(ns, lookahead + 1, keep=keep)
+    b0 = b1 = None
+    if base_eps is not None:
+        b0, b1 = window_max(kept, 0, lookahead, base_eps), window_max(kept, 1, lookahead, base_eps)
+    v0 = mlp_values(params, state_features(kept[0], ks[:, :lookahead]), b0)
+    v1 = mlp_values(params, state_features(kept[1], ks[:, 1:]), b1)
     return v0, v1
 
 
 def ranking_functions(
-    params: dict[str, np.ndarray], lookahead: int, eps: float
+    params: dict[str, np.ndarray], lookahead: int, eps: float, base_eps: float | None = None
 ) -> list[tuple[str, PairFn, ValueFn]]:
-    """The model and the two references: ``(name, V on (n, T n) pairs, V on a list of states)``."""
+    """The model and the two references: ``(name, V on (n, T n) pairs, V on a list of states)``.
+
+    ``base_eps``: the model adds V_L with this ε to its output (``model.base: closed_form``).
+    """
 
     def model(states: Sequence[int]) -> np.ndarray:
-        return mlp_values(params, features(states, lookahead))
+        base = (
+            None if base_eps is None else closed_form_values(states, lookahead, base_eps).astype(np.float32)
+        )
+        return mlp_values(params, features(states, lookahead), base)
 
     def closed(states: Sequence[int]) -> np.ndarray:
         return closed_form_values(states, lookahead, eps)
 
     return [
-        ("model", lambda ns, _t1: model_pair_values(params, lookahead, ns), model),
+        ("model", lambda ns, _t1: model_pair_values(params, lookahead, ns, base_eps), model),
         (f"V_{lookahead} closed form", lambda ns, t1: (closed(ns), closed(t1)), closed),
         ("V = ln n", lambda ns, t1: (log_values(ns), log_values(t1)), log_values),
     ]
@@ -389,7 +400,9 @@ def evaluate(
     }
     set_info["identical_to_notebook_csv"] = set_info["sha256"] == NOTEBOOK_SET_SHA256
 
-    results = [score(*fn, data, extra_orbits) for fn in ranking_functions(params, lookahead, eps)]
+    base_eps = meta.get("base_eps")  # exports before model.base have none
+    functions = ranking_functions(params, lookahead, eps, None if base_eps is None else float(base_eps))
+    results = [score(*fn, data, extra_orbits) for fn in functions]
     summary = _read_summary(run)
     out = {
         "run": str(run),
@@ -397,7 +410,9 @@ def evaluate(
         "protocol": cfg.protocol,
         "lookahead": lookahead,
         "closed_form_eps": eps,
-        "model": {k: meta.get(k) for k in ("backend", "widths", "steps", "drift_coef", "target")},
+        "model": {
+            k: meta.get(k) for k in ("backend", "widths", "steps", "drift_coef", "target", "base", "base_eps")
+        },
         "eval_set": set_info | ({"manifest": str(eval_manifest)} if eval_manifest.exists() else {}),
         "results": results,
         "faithful_leak": faithful_leak(cfg),
@@ -436,6 +451,7 @@ def headline(out: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         "backend": out["model"]["backend"],
         "protocol": out["protocol"],
         "L": out["lookahead"],
+        "base": out["model"].get("base") or "none",
         "violations": model["trajectory"]["violations"],
         "violations_by_seed": {s: v["violations"] for s, v in model["trajectory"]["by_seed"].items()},
         "pass": round(model["pass"], 2),

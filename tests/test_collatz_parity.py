@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from common.collatz import NOTEBOOK_TRAIN_SEEDS, Sampler, mlp_values
+from common.collatz import NOTEBOOK_TRAIN_SEEDS, Sampler, closed_form_values, iterate, mlp_values
 from common.collatz_config import LossConfig, OptimConfig
 from trainers_jax import ranking as jr
 from trainers_torch import ranking as tr
@@ -21,15 +23,25 @@ OPTIM = OptimConfig(lr=3e-3, weight_decay=0.01)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def batch():
+def sampled(base_eps: float | None):
     s = Sampler(
         protocol="clean", seeds=NOTEBOOK_TRAIN_SEEDS, lookahead=LOOKAHEAD, offsets=(1, 4, 8), max_bits=100,
         hard_share=0.25, weights=LOSS.weights(), mine_share=None, mine_direct=0.3, pool_cap=10,
-        replay_share=0.0, seed=5, closed_form_eps=0.01,
+        replay_share=0.0, seed=5, closed_form_eps=0.01, base_eps=base_eps,
     )  # fmt: skip
     s.set_active(10)
     return s.batch(96)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return sampled(None)
+
+
+@pytest.fixture(scope="module")
+def based_batch():
+    """The same draw for a model with a base: V_L(T^j n), ε = 0.02, at every offset."""
+    return sampled(0.02)
 
 
 def torch_model() -> tr.RankingMLP:
@@ -43,8 +55,14 @@ def jax_params_of(model: tr.RankingMLP) -> dict:
     return {"layers": layers, "drift_coef": jnp.float32(model.drift_coef.item())}
 
 
-@pytest.mark.parametrize(("loss_cfg", "anchor"), [(LOSS, 1.0), (LOSS, 0.01), (CLOSED, 1.0)])
-def test_same_loss_and_gradients(batch, loss_cfg: LossConfig, anchor: float) -> None:
+@pytest.mark.parametrize(
+    ("loss_cfg", "anchor", "based"),
+    [(LOSS, 1.0, False), (LOSS, 0.01, False), (CLOSED, 1.0, False), (LOSS, 1.0, True)],
+)
+def test_same_loss_and_gradients(
+    batch, based_batch, loss_cfg: LossConfig, anchor: float, based: bool
+) -> None:
+    batch = based_batch if based else batch
     model = torch_model()
     params = jax_params_of(model)
     loss_t, parts_t = tr.ranking_loss(model, tr.batch_tensors(batch), loss_cfg, anchor)
@@ -90,6 +108,29 @@ def test_same_adamw_steps_and_export(batch) -> None:
     np.testing.assert_allclose(np.asarray(jr.values(params, batch.x[0])), v_np, rtol=1e-4)
 
 
+def test_a_based_model_starts_at_the_closed_form(based_batch) -> None:
+    """Zero output layer: V = softplus(V_L) + 1e-6 on both backends and in the eval's numpy V."""
+    assert set(based_batch.base) == {0, 1, 4, 8}
+    for j, b in based_batch.base.items():  # V_L(T^j n), as the eval's reference computes it
+        shifted = [iterate(n, j) for n in based_batch.states]
+        np.testing.assert_allclose(b, closed_form_values(shifted, LOOKAHEAD, 0.02), rtol=1e-6, err_msg=str(j))
+    torch.manual_seed(0)
+    model = tr.RankingMLP(LOOKAHEAD, WIDTHS, 0.35, learn_drift=False, zero_output=True)
+    params = jr.init_params(jax.random.key(0), LOOKAHEAD, WIDTHS, 0.35, learn_drift=False, zero_output=True)
+    x0, b0 = based_batch.x[0], based_batch.base[0]
+    expected = np.logaddexp(0.0, b0.astype(np.float64)) + 1e-6
+    np.testing.assert_allclose(
+        model(torch.from_numpy(x0), torch.from_numpy(b0)).detach().numpy(), expected, rtol=1e-6
+    )
+    np.testing.assert_allclose(np.asarray(jr.values(params, x0, b0)), expected, rtol=1e-6)
+    np.testing.assert_allclose(mlp_values(model.export_params(), x0, b0), expected, rtol=1e-6)
+    # the margins rank pairs as V_L does (softplus is increasing)
+    sign = np.sign(based_batch.base[0] - based_batch.base[1])
+    np.testing.assert_array_equal(np.sign(tr.margins(model, based_batch)), sign)
+    np.testing.assert_array_equal(np.sign(jr.margins(params, based_batch)), sign)
+    assert (sign < 0).any() and (sign > 0).any()
+
+
 def test_same_init_distribution() -> None:
     """JAX draws its init like torch.nn.Linear: uniform in ±1/√fan_in (not the same numbers)."""
     params = jr.init_params(jax.random.key(0), LOOKAHEAD, [256], 0.35, learn_drift=False)
@@ -98,3 +139,16 @@ def test_same_init_distribution() -> None:
     assert w.shape == (256, 6 + LOOKAHEAD) and "drift_coef" not in params
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
     assert abs(w.mean()) < 0.02 and np.std(w) == pytest.approx(bound / np.sqrt(3), rel=0.05)
+
+
+def test_limit_threads_adds_one_real_xla_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    jr.limit_threads(1)
+    jr.limit_threads(1)  # once only
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_backend_optimization_level=0", "--xla_cpu_multi_thread_eigen=false"
+    ]  # fmt: skip
+    monkeypatch.setenv("XLA_FLAGS", "")
+    jr.limit_threads(None)
+    jr.limit_threads(2)
+    assert os.environ["XLA_FLAGS"] == ""

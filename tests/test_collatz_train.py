@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.collatz import load_export
+from common.collatz import load_export, orbit
 from common.collatz_config import CollatzConfig
 from common.config import load_config
 from common.runs import read_metrics
@@ -100,6 +100,29 @@ def test_train_export_eval(backend: str, tmp_path: Path, eval_set: Path) -> None
     assert (run / "eval" / "report.html").read_text().count("<img") == 3
 
 
+def test_a_run_with_the_closed_form_base(tmp_path: Path, eval_set: Path) -> None:
+    """``model.base=closed_form``: the export says so and the eval adds the same V_L on both of its paths."""
+    assert (
+        torch_recipe.main(
+            args(tmp_path, "b", "model.base=closed_form", "model.base_eps=0.02", "train.steps=20")
+        )
+        == 0
+    )
+    params, meta = load_export(tmp_path / "b" / "final")
+    assert meta["base"] == "closed_form" and meta["base_eps"] == 0.02
+    assert np.abs(params["layers.2.weight"]).max() > 0  # the zero output layer trained
+    out = evaluate(tmp_path / "b", eval_set)
+    assert out["model"]["base"] == "closed_form" and headline(out, {})["base"] == "closed_form"
+    (_, pairs, states), *_ = collatz_eval.ranking_functions(params, 4, 0.01, base_eps=0.02)
+    o = orbit(27)
+    v0, v1 = pairs(o[:-1], o[1:])
+    v = states(o)
+    np.testing.assert_allclose(v0, v[:-1], rtol=1e-9)
+    np.testing.assert_allclose(v1, v[1:], rtol=1e-9)
+    no_base = collatz_eval.ranking_functions(params, 4, 0.01)[0][2](o)
+    assert not np.allclose(no_base, v)  # the base is really added
+
+
 def test_faithful_run_trains_on_test_orbits(tmp_path: Path) -> None:
     """The notebook's protocol draws test-orbit states (54 → 27, the fallback seed); the summary says how many."""
     assert torch_recipe.main(args(tmp_path, "f", "protocol=faithful", "train.steps=20")) == 0
@@ -160,6 +183,12 @@ def test_unknown_config_key_exits_2(backend: str, tmp_path: Path, capsys: pytest
 def test_bad_values_exit_2(tmp_path: Path, eval_set: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, last = main_exit(torch_recipe.main, [f"output_dir={tmp_path}", "task.seeds=[27,-5]"], capsys)
     assert code == 2 and "task.seeds: -5 is not a positive integer" in last
+    for bad, message in (
+        ("model.base_eps=0", "model.base_eps must be > 0"),
+        ("model.base=window", "model.base"),
+    ):
+        code, last = main_exit(torch_recipe.main, [f"output_dir={tmp_path}", bad], capsys)
+        assert code == 2 and message in last, last
     for bad in ("27,54", "-7", "0", "x"):
         code, last = main_exit(collatz_eval.main, ["--run", str(tmp_path), "--orbits", bad], capsys)
         assert code == 2 and last.startswith("error: --orbits: "), last

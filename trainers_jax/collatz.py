@@ -67,7 +67,12 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
     valid = plan.validation_batch(cfg)
     learn_drift = cfg.loss.target == "adaptive"
     params = init_params(
-        jax.random.key(cfg.seed), cfg.task.lookahead, cfg.model.widths, cfg.loss.drift_coef, learn_drift
+        jax.random.key(cfg.seed),
+        cfg.task.lookahead,
+        cfg.model.widths,
+        cfg.loss.drift_coef,
+        learn_drift,
+        zero_output=cfg.model.base != "none",
     )
     optimizer = make_optimizer(cfg.optim)
     opt_state = optimizer.init(params)

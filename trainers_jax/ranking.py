@@ -28,18 +28,26 @@ Params = dict[str, Any]
 
 
 def limit_threads(threads: int | None) -> None:
-    """One XLA CPU thread when ``threads == 1`` (pinned runs); must run before the first JAX op."""
-    if threads == 1 and "intra_op_parallelism_threads" not in os.environ.get("XLA_FLAGS", ""):
+    """Single-threaded Eigen kernels when ``threads == 1`` (pinned runs); must run before the first JAX op.
+
+    XLA has no thread-count flag: pin the process (``taskset``) to bound its cores.
+    """
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
         ).strip()
 
 
 def init_params(
-    key: jax.Array, lookahead: int, widths: Sequence[int], drift_coef: float, learn_drift: bool
+    key: jax.Array,
+    lookahead: int,
+    widths: Sequence[int],
+    drift_coef: float,
+    learn_drift: bool,
+    zero_output: bool = False,
 ) -> Params:
-    """torch.nn.Linear's default init: weight and bias uniform in ±1/√fan_in."""
+    """torch.nn.Linear's default init: weight and bias uniform in ±1/√fan_in (the last layer zero
+    with ``zero_output``: a model with a base starts at it)."""
     layers = []
     for fan_in, fan_out in layer_sizes(lookahead, widths):
         key, kw, kb = jax.random.split(key, 3)
@@ -48,26 +56,30 @@ def init_params(
             "weight": jax.random.uniform(kw, (fan_out, fan_in), jnp.float32, -bound, bound),
             "bias": jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound),
         })  # fmt: skip
+    if zero_output:
+        layers[-1] = jax.tree.map(jnp.zeros_like, layers[-1])
     params: Params = {"layers": layers}
     if learn_drift:
         params["drift_coef"] = jnp.float32(drift_coef)
     return params
 
 
-def values(params: Params, x: jax.Array) -> jax.Array:
-    """V(x) = softplus(MLP(x)) + 1e-6."""
+def values(params: Params, x: jax.Array, base: jax.Array | None = None) -> jax.Array:
+    """V(x) = softplus(MLP(x)) + 1e-6, or softplus(base + MLP(x)) + 1e-6 with a base."""
     layers = params["layers"]
     for layer in layers[:-1]:
         x = jax.nn.leaky_relu(x @ layer["weight"].T + layer["bias"], LEAKY_SLOPE)
-    out = x @ layers[-1]["weight"].T + layers[-1]["bias"]
-    return jax.nn.softplus(out[:, 0]) + V_FLOOR
+    out = (x @ layers[-1]["weight"].T + layers[-1]["bias"])[:, 0]
+    return jax.nn.softplus(out if base is None else out + base) + V_FLOOR
 
 
 def batch_arrays(batch: PairBatch) -> dict[str, np.ndarray]:
-    """The batch's arrays by the loss's names: ``x0``, ``x1`` (and ``x4``/``x8``), ``log_n``, ``drift``, ``weight``."""
+    """The batch's arrays by the loss's names: ``x0``, ``x1`` (and ``x4``/``x8``), ``log_n``, ``drift``,
+    ``weight``, and the model's base ``b0``, ``b1``, … when it has one."""
     out = {f"x{j}": x for j, x in batch.x.items()} | {
         k: getattr(batch, k) for k in ("log_n", "drift", "weight")
     }
+    out |= {f"b{j}": b for j, b in (batch.base or {}).items()}
     if batch.closed_form is not None:
         out["closed_form"] = batch.closed_form
     return out
@@ -81,14 +93,14 @@ def ranking_loss(
     params: Params, t: dict[str, jax.Array], cfg: LossConfig, anchor: jax.Array, fixed_drift: float
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The total loss and its parts, plus the batch's one-step margins (as ``trainers_torch.ranking``)."""
-    v0 = values(params, t["x0"])
-    v1 = values(params, t["x1"])
+    v0 = values(params, t["x0"], t.get("b0"))
+    v1 = values(params, t["x1"], t.get("b1"))
     rank = jnp.mean(hinge(v0, v1, cfg.margin) * t["weight"])
     total = rank
     parts = {"rank": rank}
     for j, coef in ((4, cfg.t4), (8, cfg.t8)):
         if coef > 0:
-            parts[f"t{j}"] = jnp.mean(hinge(v0, values(params, t[f"x{j}"]), cfg.margin))
+            parts[f"t{j}"] = jnp.mean(hinge(v0, values(params, t[f"x{j}"], t.get(f"b{j}")), cfg.margin))
             total = total + coef * parts[f"t{j}"]
     beta = params.get("drift_coef", fixed_drift)
     target = t["closed_form"] if cfg.target == "closed_form" else t["log_n"] + beta * t["drift"]
@@ -122,13 +134,14 @@ def make_train_step(cfg: LossConfig, optimizer: optax.GradientTransformation, fi
 
 
 @jax.jit
-def _margins(params: Params, x0: jax.Array, x1: jax.Array) -> jax.Array:
-    return values(params, x0) - values(params, x1)
+def _margins(params: Params, t: dict[str, jax.Array]) -> jax.Array:
+    return values(params, t["x0"], t.get("b0")) - values(params, t["x1"], t.get("b1"))
 
 
 def margins(params: Params, batch: PairBatch) -> np.ndarray:
     """V(n) − V(T n) for every pair of ``batch`` (float32, as trained)."""
-    return np.asarray(_margins(params, batch.x[0], batch.x[1]))
+    t = batch_arrays(batch)
+    return np.asarray(_margins(params, {k: t[k] for k in ("x0", "x1", "b0", "b1") if k in t}))
 
 
 def export_params(params: Params) -> dict[str, np.ndarray]:
