@@ -350,7 +350,9 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
     body = (
         f"<h1>Collatz ranking function: {esc(out['run'])}</h1>"
         f"<p>backend <b>{esc(str(m['backend']))}</b>, protocol <b>{esc(out['protocol'])}</b>, L = {out['lookahead']}, "
-        f"MLP {esc(str(m['widths']))}, {m['steps']} steps; eval set {esc(out['eval_set']['path'])} "
+        f"MLP {esc(str(m['widths']))}"
+        + (f" on the closed form V_L (ε = {m['base_eps']})" if m.get("base") == "closed_form" else "")
+        + f", {m['steps']} steps; eval set {esc(out['eval_set']['path'])} "
         f"({out['eval_set']['rows']:,} rows, sha256 {out['eval_set']['sha256'][:12]}…"
         f"{', byte-identical to the notebook’s CSV' if out['eval_set']['identical_to_notebook_csv'] else ''}). A pair passes when "
         "V(n) − V(T n) &gt; 0; a trajectory step is a violation when V(next) ≥ V(current).</p>"

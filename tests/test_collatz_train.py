@@ -113,6 +113,7 @@ def test_a_run_with_the_closed_form_base(tmp_path: Path, eval_set: Path) -> None
     assert np.abs(params["layers.2.weight"]).max() > 0  # the zero output layer trained
     out = evaluate(tmp_path / "b", eval_set)
     assert out["model"]["base"] == "closed_form" and headline(out, {})["base"] == "closed_form"
+    assert "on the closed form V_L (ε = 0.02)" in (tmp_path / "b" / "eval" / "report.html").read_text()
     (_, pairs, states), *_ = collatz_eval.ranking_functions(params, 4, 0.01, base_eps=0.02)
     o = orbit(27)
     v0, v1 = pairs(o[:-1], o[1:])
