@@ -41,10 +41,11 @@ class RankingMLP(torch.nn.Module):
         zero_output: bool = False,
     ):
         super().__init__()
-        self.layers = torch.nn.ModuleList(torch.nn.Linear(i, o) for i, o in layer_sizes(lookahead, widths))
+        linears = [torch.nn.Linear(i, o) for i, o in layer_sizes(lookahead, widths)]
         if zero_output:
-            torch.nn.init.zeros_(self.layers[-1].weight)
-            torch.nn.init.zeros_(self.layers[-1].bias)
+            torch.nn.init.zeros_(linears[-1].weight)
+            torch.nn.init.zeros_(linears[-1].bias)
+        self.layers = torch.nn.ModuleList(linears)
         beta = torch.tensor(float(drift_coef))
         if learn_drift:
             self.drift_coef = torch.nn.Parameter(beta)
