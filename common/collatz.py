@@ -313,15 +313,18 @@ def pair_batch(
         weight=w,
         growth=growth,
         source=src,
-        closed_form=None if closed_form_eps is None else window_max(kept, 0, lookahead, closed_form_eps),
-        base=None if base_eps is None else {j: window_max(kept, j, lookahead, base_eps) for j in offsets},
+        closed_form=None
+        if closed_form_eps is None
+        else window_max(kept, 0, lookahead, closed_form_eps).astype(np.float32),
+        base=None
+        if base_eps is None
+        else {j: window_max(kept, j, lookahead, base_eps).astype(np.float32) for j in offsets},
     )
 
 
 def window_max(kept: dict[int, Limbs], start: int, lookahead: int, eps: float) -> np.ndarray:
-    """V_L(T^start n) = max_{0 ≤ j ≤ L} [ln T^(start+j) n + ε·j] (float32) from a walk's kept states."""
-    logs = [kept[start + j].log() + eps * j for j in range(lookahead + 1)]
-    return np.max(logs, axis=0).astype(np.float32)
+    """V_L(T^start n) = max_{0 ≤ j ≤ L} [ln T^(start+j) n + ε·j] (float64) from a walk's kept states."""
+    return np.max([kept[start + j].log() + eps * j for j in range(lookahead + 1)], axis=0)
 
 
 class Sampler:
@@ -574,7 +577,8 @@ def mlp_values(
 ) -> np.ndarray:
     """V(x) for float32 features ``x``, in float64, from ``layers.{i}.weight`` (out, in) / ``.bias``.
 
-    ``base`` (V_L of each row, float32 as trained) is added before the softplus when the model has one.
+    ``base`` (V_L of each row; rounded to float32, as trained) is added before the softplus when the
+    model has one.
     """
     n_layers = len([k for k in params if k.endswith(".weight")])
     out = np.empty(len(x), dtype=np.float64)
@@ -635,8 +639,7 @@ def log_values(states: Sequence[int]) -> np.ndarray:
 def closed_form_values(states: Sequence[int], lookahead: int, eps: float = 0.01) -> np.ndarray:
     """V_L(n) = max_{0 ≤ j ≤ L} [ln T^j(n) + ε·j], from the same L-step window the features see."""
     _, kept = walk(states, lookahead, keep=range(lookahead + 1))
-    logs = np.stack([kept[j].log() + eps * j for j in range(lookahead + 1)], axis=1)
-    return logs.max(axis=1)
+    return window_max(kept, 0, lookahead, eps)
 
 
 # ---------------------------------------------------------------------------------------------

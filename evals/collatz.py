@@ -195,9 +195,7 @@ def ranking_functions(
     """
 
     def model(states: Sequence[int]) -> np.ndarray:
-        base = (
-            None if base_eps is None else closed_form_values(states, lookahead, base_eps).astype(np.float32)
-        )
+        base = None if base_eps is None else closed_form_values(states, lookahead, base_eps)
         return mlp_values(params, features(states, lookahead), base)
 
     def closed(states: Sequence[int]) -> np.ndarray:
