@@ -106,6 +106,51 @@ def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
     assert abs(t1 - j1) / t1 < 1e-4, (t1, j1)
 
 
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_frozen_head_loss_matches_the_recomputing_one(softcap):
+    """The frozen-head path (d loss / d hidden formed in the forward pass) gives the same loss and
+    hidden gradient as the checkpointed one, padding slots included, and no head gradient."""
+    import jax
+    import jax.numpy as jnp
+
+    from trainers_jax.losses import head_loss_sum
+
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(24, 16)), jnp.float32)
+    embedding = jnp.asarray(rng.normal(size=(50, 16)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 50, 24), jnp.int32)
+    valid = jnp.asarray(np.arange(24) < 19)  # the last five slots are padding
+
+    def loss(h, e, trains):
+        return head_loss_sum(h, e, targets, valid, 8, softcap, trains)
+
+    (full, (gh_full, ge_full)) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, embedding, True)
+    (frozen, (gh_frozen, ge_frozen)) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, embedding, False)
+    assert float(full) == pytest.approx(float(frozen), rel=1e-6)
+    np.testing.assert_allclose(np.asarray(gh_frozen), np.asarray(gh_full), rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(gh_full[19:]).max()) == 0.0  # padding slots get no gradient
+    assert float(jnp.abs(ge_full).max()) > 0 and float(jnp.abs(ge_frozen).max()) == 0.0
+
+
+def test_head_trains_follows_the_trainable_filter(tiny6):
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.lora import build_model, trainable_filter
+    from trainers_jax.model import make_mesh
+    from trainers_jax.optim import head_trains
+
+    mesh = make_mesh(1, 1)
+    cases = {
+        ("train.method=lora",): False,
+        ("train.method=full",): True,
+        ("train.method=full", "train.trainable_layers=2", "train.train_lm_head=false"): False,
+        ("train.method=full", "train.trainable_layers=2"): True,
+    }
+    for overrides, expected in cases.items():
+        cfg = load_sft_config(None, [f"model.path={tiny6}", *overrides])
+        model, _ = build_model(cfg, mesh)
+        assert head_trains(model, trainable_filter(cfg.train, model.config.num_layers)) is expected, overrides
+
+
 FSDP_SCRIPT = textwrap.dedent(
     """
     import json, os, sys

@@ -4,6 +4,7 @@ packed segment ids, then the LM head in chunks on completion positions only."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import jax
@@ -37,6 +38,16 @@ def hidden_states(model: Any, tokens: jax.Array, positions: jax.Array, segment_i
     return h
 
 
+def _head_logits(h: jax.Array, embedding: jax.Array, softcap: float | None) -> jax.Array:
+    logits = jnp.dot(h, embedding.T).astype(jnp.float32)
+    return jnp.tanh(logits / softcap) * softcap if softcap else logits
+
+
+def _chunks(chunk: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    n = arrays[0].shape[0] // chunk
+    return tuple(a.reshape(n, chunk, *a.shape[1:]) for a in arrays)
+
+
 def head_loss_sum(
     hidden: jax.Array,
     embedding: jax.Array,
@@ -44,32 +55,99 @@ def head_loss_sum(
     valid: jax.Array,
     chunk: int,
     softcap: float | None = None,
+    head_trains: bool = True,
 ) -> jax.Array:
     """Sum of ``-log softmax(z)[target]`` over valid rows, ``chunk`` rows at a time, where
     ``z = hidden @ E.T`` in float32, soft-capped to ``softcap * tanh(z / softcap)`` when the model
-    has a final-logit cap (Gemma 2), as torch's ``lm_head_loss_sum`` does.
+    has a final-logit cap (Gemma 2), as torch's ``lm_head_loss_sum`` does. At most [chunk, V]
+    logits live at once.
 
-    Each chunk's logits are recomputed in the backward pass (``jax.checkpoint``), so at most
-    [chunk, V] logits live at once.
+    ``head_trains``: E gets a gradient, so each chunk's logits are recomputed in the backward
+    pass (``jax.checkpoint``). Otherwise (LoRA: the head is frozen) the forward pass also forms
+    d loss / d hidden, one [chunk, D] block per chunk, and the backward pass only scales it:
+    two passes over E per chunk instead of three (``frozen_head_loss_sum``).
     """
+    if not head_trains:
+        return frozen_head_loss_sum(hidden, jax.lax.stop_gradient(embedding), targets, valid, chunk, softcap)
 
     @jax.checkpoint
     def one(h: jax.Array, y: jax.Array, v: jax.Array) -> jax.Array:
-        logits = jnp.dot(h, embedding.T).astype(jnp.float32)
-        if softcap:
-            logits = jnp.tanh(logits / softcap) * softcap
+        logits = _head_logits(h, embedding, softcap)
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
         return jnp.sum(jnp.where(v, lse - picked, 0.0))
 
-    n = hidden.shape[0] // chunk
-    xs = (hidden.reshape(n, chunk, -1), targets.reshape(n, chunk), valid.reshape(n, chunk))
+    xs = _chunks(chunk, hidden, targets, valid)
     total, _ = jax.lax.scan(lambda acc, x: (acc + one(*x), None), jnp.zeros((), jnp.float32), xs)
     return total
 
 
-def completion_loss_sum(model: Any, arrays: dict[str, jax.Array], chunk: int) -> jax.Array:
-    """Summed token loss over the completion tokens of one micro-batch (divide by its n_targets)."""
+def _frozen_head_forward(
+    hidden: jax.Array,
+    embedding: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    chunk: int,
+    softcap: float | None,
+) -> tuple[jax.Array, jax.Array]:
+    """``(loss sum, d loss_sum / d hidden)`` chunk by chunk."""
+
+    def one(acc: jax.Array, x: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        h, y, v = x
+        logits = _head_logits(h, embedding, softcap)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+        g = jnp.exp(logits - lse[:, None])  # d(lse - picked)/d logits = softmax - onehot
+        g = g.at[jnp.arange(g.shape[0]), y].add(-1.0)
+        if softcap:
+            g = g * (1.0 - jnp.square(logits / softcap))  # through the cap: d(c tanh(z/c))/dz
+        g = jnp.where(v[:, None], g, 0.0)
+        return acc + jnp.sum(jnp.where(v, lse - picked, 0.0)), jnp.dot(g.astype(embedding.dtype), embedding)
+
+    total, jac = jax.lax.scan(one, jnp.zeros((), jnp.float32), _chunks(chunk, hidden, targets, valid))
+    return total, jac.reshape(hidden.shape).astype(hidden.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def frozen_head_loss_sum(
+    hidden: jax.Array,
+    embedding: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    chunk: int,
+    softcap: float | None,
+) -> jax.Array:
+    """``head_loss_sum`` for a head that gets no gradient (its cotangent is zero)."""
+    return _frozen_head_forward(hidden, embedding, targets, valid, chunk, softcap)[0]
+
+
+def _frozen_fwd(
+    hidden: jax.Array,
+    embedding: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    chunk: int,
+    softcap: float | None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    total, jac = _frozen_head_forward(hidden, embedding, targets, valid, chunk, softcap)
+    return total, (jac, embedding)
+
+
+def _frozen_bwd(
+    chunk: int, softcap: float | None, res: tuple[jax.Array, jax.Array], ct: jax.Array
+) -> tuple[Any, ...]:
+    jac, embedding = res
+    return ct * jac, jnp.zeros_like(embedding), None, None
+
+
+frozen_head_loss_sum.defvjp(_frozen_fwd, _frozen_bwd)
+
+
+def completion_loss_sum(
+    model: Any, arrays: dict[str, jax.Array], chunk: int, head_trains: bool = True
+) -> jax.Array:
+    """Summed token loss over the completion tokens of one micro-batch (divide by its n_targets);
+    ``head_trains=False`` when the LM head gets no gradient (``head_loss_sum``)."""
     h = hidden_states(model, arrays["input_ids"], arrays["position_ids"], arrays["segment_ids"])
     picked = h.reshape(-1, h.shape[-1])[arrays["target_index"]]
     softcap = getattr(model.config, "final_logit_softcap", None)  # Gemma 2's; Gemma 3 has none
@@ -80,6 +158,7 @@ def completion_loss_sum(model: Any, arrays: dict[str, jax.Array], chunk: int) ->
         arrays["target_valid"],
         chunk,
         softcap,
+        head_trains,
     )
 
 

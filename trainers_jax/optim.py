@@ -43,11 +43,19 @@ def build_optimizer(model: Any, cfg: SFTConfig, wrt: Any, total_steps: int) -> n
     return nnx.Optimizer(model, optax_transform(cfg.optim, total_steps), wrt=wrt)
 
 
+def head_trains(model: Any, wrt: Any) -> bool:
+    """Whether the LM head (the tied embedding, or an untied ``lm_head``) is among the ``wrt`` params."""
+    state = nnx.state(model, wrt)
+    return any(key in state for key in ("embedder", "lm_head"))
+
+
 @nnx.jit(static_argnames=("chunk", "wrt"))
 def micro_grads(model: Any, arrays: dict[str, jax.Array], chunk: int, wrt: Any) -> tuple[jax.Array, Any]:
-    """Summed completion loss of one micro-batch and its gradient w.r.t. the trainable params."""
+    """Summed completion loss of one micro-batch and its gradient w.r.t. the trainable params
+    (a frozen head takes ``head_loss_sum``'s cheaper backward)."""
     diff = nnx.DiffState(0, wrt)
-    return nnx.value_and_grad(lambda m: completion_loss_sum(m, arrays, chunk), argnums=diff)(model)
+    trains = head_trains(model, wrt)
+    return nnx.value_and_grad(lambda m: completion_loss_sum(m, arrays, chunk, trains), argnums=diff)(model)
 
 
 @nnx.jit
