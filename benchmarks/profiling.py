@@ -32,28 +32,66 @@ def op_kind(name: str) -> str:
 
 
 COMPILE_MARKS = ("ompile", "Codegen", "Pass", "HLO passes", "lower", "Lower", "Emit", "simplif")
+WRAPPERS = ("ThunkExecutor::Execute",)  # the runtime's span around the ops it runs
+XLA_KINDS = {  # executed XLA ops by kind (on CPU, YNNPACK runs the dots and what is fused into them)
+    "matmul": ("ynn_fusion", "dot", "convolution"),
+    "loops (lax.scan / while)": ("while", "conditional"),
+    "copies / layout": ("copy", "wrapped_copy", "transpose", "concatenate", "slice", "dynamic"),
+}
+
+
+def xla_kind(name: str) -> str:
+    base = name.split(".")[0]
+    for kind, prefixes in XLA_KINDS.items():
+        if base.startswith(prefixes):
+            return kind
+    return "elementwise / other fusions"
 
 
 def jax_trace_summary(trace_dir: Path) -> dict[str, Any]:
-    """The newest JAX trace under ``trace_dir``, summed by event name: compilation apart, and the
-    executed XLA ops (fusions, dots, copies) by total time, Python frames and dispatch left out."""
+    """The newest JAX trace under ``trace_dir``: compilation time apart, and the executed XLA ops
+    summed by name (numbered copies of one op together: ``ynn_fusion.12`` → ``ynn_fusion``) and
+    by kind. Only outermost ops count, so a loop's body is inside the loop's time, not added to it;
+    Python frames, dispatch and the runtime's wrappers are left out."""
     import gzip
+    import re
 
     traces = sorted(trace_dir.glob("plugins/profile/*/*.trace.json.gz"))
     if not traces:
         return {"trace_summary": "no trace written"}
     events = json.loads(gzip.decompress(traces[-1].read_bytes()))["traceEvents"]
-    compile_s, ops = 0.0, dict[str, float]()
-    for e in events:
-        name = e.get("name", "")
-        if e.get("ph") != "X" or name.startswith(("$", "PjitFunction")):
-            continue
+    compile_s, ops, kinds = 0.0, dict[str, float](), dict[str, float]()
+    spans = sorted(
+        (e for e in events if e.get("ph") == "X"), key=lambda e: (e.get("pid"), e.get("tid"), e.get("ts", 0))
+    )
+    thread, open_until = None, float("-inf")
+    for e in spans:
+        name, dur = e.get("name", ""), e.get("dur", 0)
         if name == "backend_compile_and_load":
-            compile_s += e.get("dur", 0) / 1e6
-        elif not any(mark in name for mark in COMPILE_MARKS):
-            ops[name] = ops.get(name, 0.0) + e.get("dur", 0) / 1e6
+            compile_s += dur / 1e6
+            continue
+        if (
+            name.startswith(("$", "PjitFunction"))
+            or name in WRAPPERS
+            or any(m in name for m in COMPILE_MARKS)
+        ):
+            continue
+        if (e.get("pid"), e.get("tid")) != thread:
+            thread, open_until = (e.get("pid"), e.get("tid")), float("-inf")
+        if e.get("ts", 0) < open_until:  # inside an op already counted (a loop's body)
+            continue
+        open_until = e.get("ts", 0) + dur
+        key = re.sub(r"\.\d+$", "", name)
+        ops[key] = ops.get(key, 0.0) + dur / 1e6
+        kinds[xla_kind(key)] = kinds.get(xla_kind(key), 0.0) + dur / 1e6
+    total = sum(ops.values()) or 1.0
     top = sorted(ops.items(), key=lambda kv: -kv[1])[:20]
-    return {"compile_s": round(compile_s, 2), "top_events_s": {k: round(v, 3) for k, v in top}}
+    return {
+        "compile_s": round(compile_s, 2),
+        "op_s": round(sum(ops.values()), 3),
+        "share_by_kind": {k: round(v / total, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "top_events_s": {k: round(v, 3) for k, v in top},
+    }
 
 
 def profile_side(

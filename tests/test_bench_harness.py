@@ -126,17 +126,27 @@ def test_jax_trace_summary_keeps_executed_ops_and_compile_time(tmp_path: Path) -
 
     from benchmarks.profiling import jax_trace_summary
 
-    events = [{"ph": "X", "name": "backend_compile_and_load", "dur": 2_000_000},
-              {"ph": "X", "name": "HLO passes through layout assignment", "dur": 500_000},
-              {"ph": "X", "name": "$pjit.py:250 cache_miss", "dur": 9_000_000},
-              {"ph": "X", "name": "PjitFunction(step)", "dur": 9_000_000},
-              {"ph": "X", "name": "ynn_fusion", "dur": 700_000}, {"ph": "X", "name": "ynn_fusion", "dur": 300_000},
-              {"ph": "X", "name": "loop_add_fusion", "dur": 250_000}, {"ph": "M", "name": "thread_name"}]  # fmt: skip
+    def op(name, ts, dur, tid=1):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
+
+    events = [{"ph": "X", "name": "backend_compile_and_load", "dur": 2_000_000, "pid": 1, "tid": 9},
+              op("HLO passes through layout assignment", 0, 500_000, tid=9),
+              op("$pjit.py:250 cache_miss", 0, 9_000_000, tid=2), op("PjitFunction(step)", 0, 9_000_000, tid=2),
+              op("ThunkExecutor::Execute", 0, 3_000_000),  # the runtime's wrapper around everything below
+              op("ynn_fusion.3", 0, 700_000), op("ynn_fusion", 800_000, 300_000),
+              op("while.4", 1_200_000, 1_000_000), op("ynn_fusion.9", 1_300_000, 600_000),  # inside the loop
+              op("copy_bitcast_fusion.2", 2_300_000, 500_000),
+              op("loop_add_fusion", 0, 500_000, tid=3),  # another thread: counted on its own
+              {"ph": "M", "name": "thread_name"}]  # fmt: skip
     where = tmp_path / "plugins" / "profile" / "2026_01_01"
     where.mkdir(parents=True)
     (where / "host.trace.json.gz").write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
     summary = jax_trace_summary(tmp_path)
-    assert summary == {"compile_s": 2.0, "top_events_s": {"ynn_fusion": 1.0, "loop_add_fusion": 0.25}}
+    assert summary["compile_s"] == 2.0 and summary["op_s"] == 3.0
+    assert summary["top_events_s"] == {"ynn_fusion": 1.0, "while": 1.0, "copy_bitcast_fusion": 0.5,
+                                       "loop_add_fusion": 0.5}  # fmt: skip
+    assert summary["share_by_kind"] == {"matmul": 0.3333, "loops (lax.scan / while)": 0.3333,
+                                        "copies / layout": 0.1667, "elementwise / other fusions": 0.1667}  # fmt: skip
     assert jax_trace_summary(tmp_path / "none") == {"trace_summary": "no trace written"}
 
 
