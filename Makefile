@@ -207,6 +207,7 @@ sweep: $(STAMP) models/$(call model_in,$(shell sed -n 's/^base_config:[[:space:]
 COLLATZ_CONFIG ?= configs/collatz_cpu.yaml
 COLLATZ_RUN ?= $(shell sed -n 's/^run_name:[[:space:]]*//p' $(COLLATZ_CONFIG) | head -n 1)-$(BACKEND)
 COLLATZ_ARGS ?=
+COLLATZ_EXPORT ?= final# or best: the checkpoint with the fewest violations on the validation orbits
 COLLATZ_SET := data/built/collatz/eval_50k.csv
 
 $(COLLATZ_SET): | $(STAMP)
@@ -218,7 +219,8 @@ collatz-data: $(COLLATZ_SET) ## Draw the Collatz eval set (50,000 pairs, as lab 
 collatz: $(STAMP) $(COLLATZ_SET) ## Train the Collatz ranking MLP (CPU default; BACKEND=torch|jax, COLLATZ_ARGS=) then eval; ends with one JSON line
 	$(PY) -m trainers_$(BACKEND).collatz --config $(COLLATZ_CONFIG) run_name=$(COLLATZ_RUN) resume=true $(COLLATZ_ARGS)
 	$(PY) -m evals.collatz --run runs/$(COLLATZ_RUN) --set $(COLLATZ_SET)
-	@$(PY) -m evals.collatz --headline runs/$(COLLATZ_RUN)
+	@if [ -d runs/$(COLLATZ_RUN)/best ]; then $(PY) -m evals.collatz --run runs/$(COLLATZ_RUN) --set $(COLLATZ_SET) --export best; fi
+	@$(PY) -m evals.collatz --headline runs/$(COLLATZ_RUN) --export $(COLLATZ_EXPORT)
 
 # --- package: the submission zip and its check ------------------------------------------------
 .PHONY: package verify

@@ -221,6 +221,34 @@ def seed_states(seed: int, limit: int = ORBIT_PREFIX) -> list[int]:
     return out
 
 
+def validation_segments(
+    count: int, seed: int, bits: tuple[int, int] = (8, 24), min_steps: int = 16, pool: int = 20
+) -> list[list[int]]:
+    """Orbit segments for choosing among checkpoints, never the test orbits: ``count`` of them,
+    the longest climbers (largest ln max − ln start) among ``count × pool`` seeded odd starts of
+    ``bits`` bit lengths, each orbit cut just before its first test-orbit state and kept when it
+    still has ``min_steps`` steps (orbits merge, so segments may share states, as the test orbits do).
+    """
+    banned = held_out_states()
+    rng = random.Random(seed)
+    found: list[list[int]] = []
+    while len(found) < count * pool:
+        b = rng.randint(*bits)
+        n = (1 << (b - 1)) | rng.getrandbits(b - 1) | 1
+        if n in banned:
+            continue
+        states = [n]
+        while states[-1] != 1 and len(states) <= ORBIT_PREFIX:
+            nxt, _ = syracuse(states[-1])
+            if nxt in banned:
+                break
+            states.append(nxt)
+        if len(states) > min_steps:
+            found.append(states)
+    found.sort(key=lambda st: math.log(st[0]) - max(math.log(x) for x in st))
+    return found[:count]
+
+
 def touches(n: int, reach: int, banned: frozenset[int]) -> bool:
     """Whether any of n, T n, …, T^reach n is in ``banned`` (a sample whose V's would see a test state)."""
     if n in banned:
@@ -629,6 +657,19 @@ def load_export(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
 # ---------------------------------------------------------------------------------------------
 # References
 # ---------------------------------------------------------------------------------------------
+
+
+def model_values(
+    params: dict[str, np.ndarray], states: Sequence[int], lookahead: int, base_eps: float | None = None
+) -> np.ndarray:
+    """An exported model's V on ``states``, with its closed-form base V_L (ε = ``base_eps``) when it has one."""
+    base = None if base_eps is None else closed_form_values(states, lookahead, base_eps)
+    return mlp_values(params, features(states, lookahead), base)
+
+
+def violations(values: Iterable[np.ndarray]) -> int:
+    """Steps where V does not decrease (V(next) ≥ V(current)), summed over orbits' value arrays."""
+    return sum(int((v[:-1] - v[1:] <= 0).sum()) for v in values)
 
 
 def log_values(states: Sequence[int]) -> np.ndarray:

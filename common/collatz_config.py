@@ -150,6 +150,9 @@ class TrainConfig:
     log_every: int = 100  # metrics.jsonl record every N steps
     valid_every: int = 1000  # pass % on a fixed random validation set (never the test orbits)
     valid_size: int = 4096
+    # > 0: at every validation also count V's violations along this many orbit segments that never
+    # touch a test orbit (common.collatz.validation_segments) and keep the export with the fewest in best/
+    valid_orbits: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -158,6 +161,8 @@ class TrainConfig:
             )
         if self.log_every < 1:
             raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
+        if self.valid_orbits < 0:
+            raise ValueError(f"train.valid_orbits must be >= 0, got {self.valid_orbits}")
 
 
 @dataclass

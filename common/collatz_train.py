@@ -9,6 +9,8 @@ and the export's model.json are decided here, so the two backends take the same 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +27,12 @@ from common.collatz import (
     anchor_weight,
     curriculum_count,
     leaked_transitions,
+    model_values,
     pair_batch,
     save_export,
     seed_states,
+    validation_segments,
+    violations,
 )
 from common.collatz_config import CollatzConfig
 from common.config import to_dict
@@ -45,13 +50,14 @@ from common.runs import (
 )
 
 VALID_SEED_OFFSET = 7919  # the validation draw's RNG seed is seed + this (never the eval set's draw)
+VALID_ORBIT_SEED = 104729  # fixed, so runs with different seeds are chosen on the same segments
 
 
 def prepare_run_dir(cfg: CollatzConfig, has_checkpoint: bool) -> Path:
     """The run's path; refuses to clobber a run unless ``resume`` or ``overwrite``."""
     run_path = Path(cfg.output_dir) / cfg.run_name
-    has_run = has_checkpoint or (run_path / "final").exists()
-    refuse_existing_run(run_path, has_run, cfg.resume, cfg.overwrite, "checkpoints or final/")
+    has_run = has_checkpoint or (run_path / "final").exists() or (run_path / "best").exists()
+    refuse_existing_run(run_path, has_run, cfg.resume, cfg.overwrite, "checkpoints, final/ or best/")
     return run_path
 
 
@@ -304,6 +310,46 @@ class Progress:
         self.logger.close()
 
 
+class Selection:
+    """``best/``: the export with the fewest violations along ``train.valid_orbits`` validation
+    segments (orbits that never touch a test orbit), checked at every validation. Its
+    ``model.json`` holds the count and the step, so a resumed run keeps beating the same best.
+    """
+
+    def __init__(self, cfg: CollatzConfig, run: RunDir, backend: str, resumed: bool):
+        self.cfg, self.backend = cfg, backend
+        count = cfg.train.valid_orbits
+        self.segments = validation_segments(count, VALID_ORBIT_SEED) if count else []
+        self.dir = run.path / "best"
+        self.best: int | None = None
+        if resumed and (self.dir / "model.json").is_file():
+            self.best = int(json.loads((self.dir / "model.json").read_text())["valid_orbit_violations"])
+        elif not resumed:
+            shutil.rmtree(self.dir, ignore_errors=True)  # a fresh start never keeps an older run's best
+
+    def update(self, step: int, params: dict[str, np.ndarray], drift_coef: float) -> dict[str, int]:
+        """The figure for metrics.jsonl (none when off); writes ``best/`` when it improves."""
+        if not self.segments:
+            return {}
+        L, eps = self.cfg.task.lookahead, self.cfg.model.window_eps()
+        count = violations(model_values(params, seg, L, eps) for seg in self.segments)
+        if self.best is None or count < self.best:
+            self.best = count
+            meta = export_meta(self.cfg, self.backend, drift_coef, step)
+            save_export(self.dir, params, meta | {"valid_orbit_violations": count})
+        return {"valid_orbit_violations": count}
+
+    def summary(self) -> dict[str, Any]:
+        if not self.segments or not (self.dir / "model.json").is_file():
+            return {}
+        meta = json.loads((self.dir / "model.json").read_text())
+        return {
+            "valid_orbit_steps": sum(len(s) - 1 for s in self.segments),
+            "best_export": {"path": str(self.dir), "step": meta["steps"],
+                            "valid_orbit_violations": meta["valid_orbit_violations"]},
+        }  # fmt: skip
+
+
 def export_meta(cfg: CollatzConfig, backend: str, drift_coef: float, steps: int) -> dict[str, Any]:
     """``final/model.json``: what ``common.collatz.load_export`` and the eval need to rebuild V."""
     return {
@@ -340,10 +386,11 @@ def finish(
         {
             "loss": ["loss", "rank", "anchor"],
             "valid_pass": ["valid_pass", "valid_growth_pass"],
+            "valid_orbit_violations": ["valid_orbit_violations"],
             "lr": ["lr"],
             "curriculum": ["active_seeds", "mine_pool"],
         },
-        markers={"valid_pass", "valid_growth_pass", "mine_pool"},
+        markers={"valid_pass", "valid_growth_pass", "valid_orbit_violations", "mine_pool"},
     )
     records = read_metrics(run.path)
     losses = [r for r in records if "loss" in r]
@@ -358,6 +405,7 @@ def finish(
         "final_loss": losses[-1]["loss"] if losses else None,
         "valid_pass": valid[-1]["valid_pass"] if valid else None,
         "valid_growth_pass": valid[-1]["valid_growth_pass"] if valid else None,
+        "valid_orbit_violations": valid[-1].get("valid_orbit_violations") if valid else None,
         "train_seconds": round(clock.total, 2),  # data + optimizer steps, all attempts
         "data_seconds": round(clock.data_s, 2),
         "samples_per_s": round(cfg.train.steps * cfg.train.batch_size / clock.total, 1)

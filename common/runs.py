@@ -197,7 +197,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove a previous run's outputs (``overwrite=true``); config and manifest are rewritten anyway."""
-        for name in ("checkpoints", "final", "merged", "plots", "eval", "tb"):
+        for name in ("checkpoints", "final", "best", "merged", "plots", "eval", "eval-best", "tb"):
             shutil.rmtree(self.path / name, ignore_errors=True)
         (self.path / "metrics.jsonl").unlink(missing_ok=True)
 

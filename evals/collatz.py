@@ -2,6 +2,7 @@
 
     python -m evals.collatz --build-set                 # data/built/collatz/eval_50k.csv (make collatz-data)
     python -m evals.collatz --run runs/<name>           # runs/<name>/eval/collatz.json, report.html, PNGs
+    python -m evals.collatz --run runs/<name> --export best   # best/ (train.valid_orbits) → eval-best/
 
 The eval set is drawn as lab notebook 003 drew its CSV: Python's ``random`` seeded 42, bit
 length k uniform in 2..128, n uniform in [2^(k−1), 2^k − 1] made odd (+1), duplicates redrawn,
@@ -34,11 +35,11 @@ from common.collatz import (
     TEST_SEEDS,
     check_start,
     closed_form_values,
-    features,
     leaked_transitions,
     load_export,
     log_values,
     mlp_values,
+    model_values,
     orbit,
     pair_metrics,
     protocol_pools,
@@ -168,6 +169,7 @@ def load_eval_set(path: Path) -> dict[str, Any]:
 # Values of the model and the references
 # ---------------------------------------------------------------------------------------------
 
+EXPORTS = ("final", "best")
 ValueFn = Callable[[Sequence[int]], np.ndarray]
 PairFn = Callable[[Sequence[int], Sequence[int]], tuple[np.ndarray, np.ndarray]]
 
@@ -195,8 +197,7 @@ def ranking_functions(
     """
 
     def model(states: Sequence[int]) -> np.ndarray:
-        base = None if base_eps is None else closed_form_values(states, lookahead, base_eps)
-        return mlp_values(params, features(states, lookahead), base)
+        return model_values(params, states, lookahead, base_eps)
 
     def closed(states: Sequence[int]) -> np.ndarray:
         return closed_form_values(states, lookahead, eps)
@@ -350,7 +351,13 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         f"<p>backend <b>{esc(str(m['backend']))}</b>, protocol <b>{esc(out['protocol'])}</b>, L = {out['lookahead']}, "
         f"MLP {esc(str(m['widths']))}"
         + (f" on the closed form V_L (ε = {m['base_eps']})" if m.get("base") == "closed_form" else "")
-        + f", {m['steps']} steps; eval set {esc(out['eval_set']['path'])} "
+        + f", {m['steps']} steps"
+        + (
+            f" (best/: the export with the fewest violations, {m['valid_orbit_violations']}, on the validation orbits)"
+            if out.get("export") == "best"
+            else ""
+        )
+        + f"; eval set {esc(out['eval_set']['path'])} "
         f"({out['eval_set']['rows']:,} rows, sha256 {out['eval_set']['sha256'][:12]}…"
         f"{', byte-identical to the notebook’s CSV' if out['eval_set']['identical_to_notebook_csv'] else ''}). A pair passes when "
         "V(n) − V(T n) &gt; 0; a trajectory step is a violation when V(next) ≥ V(current).</p>"
@@ -381,15 +388,27 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def eval_dir(run: Path, export: str = "final") -> Path:
+    """Where the eval of ``run/<export>`` goes: ``eval/`` for ``final``, ``eval-<export>/`` otherwise."""
+    return run / ("eval" if export == "final" else f"eval-{export}")
+
+
 def evaluate(
-    run: Path, eval_set: Path = EVAL_SET, eps: float = 0.01, extra_orbits: Sequence[int] = ()
+    run: Path,
+    eval_set: Path = EVAL_SET,
+    eps: float = 0.01,
+    extra_orbits: Sequence[int] = (),
+    export: str = "final",
 ) -> dict[str, Any]:
-    """Score ``run``'s export and both references; write ``eval/collatz.json``, ``report.html`` and PNGs."""
+    """Score ``run``'s export (``final/``, or ``best/``: the checkpoint the validation orbits chose)
+    and both references; write ``collatz.json``, ``report.html`` and PNGs into ``eval_dir``."""
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise InputError(f"{run}: no config.yaml (not a run directory of trainers_*.collatz)")
     cfg = load_config(CollatzConfig, cfg_path)
-    params, meta = load_export(run / "final")
+    if export not in EXPORTS:
+        raise InputError(f"--export {export!r}: expected one of {', '.join(EXPORTS)}")
+    params, meta = load_export(run / export)
     lookahead = int(meta["lookahead"])
     data = load_eval_set(eval_set)
     eval_manifest = eval_set.with_name("manifest.json")
@@ -410,8 +429,19 @@ def evaluate(
         "protocol": cfg.protocol,
         "lookahead": lookahead,
         "closed_form_eps": eps,
+        "export": export,
         "model": {
-            k: meta.get(k) for k in ("backend", "widths", "steps", "drift_coef", "target", "base", "base_eps")
+            k: meta.get(k)
+            for k in (
+                "backend",
+                "widths",
+                "steps",
+                "drift_coef",
+                "target",
+                "base",
+                "base_eps",
+                "valid_orbit_violations",
+            )
         },
         "eval_set": set_info | ({"manifest": str(eval_manifest)} if eval_manifest.exists() else {}),
         "results": results,
@@ -425,7 +455,7 @@ def evaluate(
         "margins": plot_margins(results[:2], data["growth"]),
         "training": plot_training(read_metrics(run)),
     }
-    run_eval = run / "eval"
+    run_eval = eval_dir(run, export)
     for name, png in pngs.items():
         if png is not None:
             with atomic_open(run_eval / f"collatz_{name}.png", "wb") as fh:
@@ -466,6 +496,8 @@ def headline(out: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         "run_test_transitions_trained": out.get("run_test_transitions_trained"),
         "train_seconds": summary.get("train_seconds"),
         "steps": out["model"]["steps"],
+        "export": out.get("export", "final"),
+        "valid_orbit_violations": out["model"].get("valid_orbit_violations"),
     }
 
 
@@ -488,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--build-set", action="store_true", help=f"draw the eval set into --set ({EVAL_SET})")
     what.add_argument("--headline", help="print the one-line JSON of an evaluated run dir")
     ap.add_argument("--set", default=str(EVAL_SET), help="the eval CSV")
+    ap.add_argument(
+        "--export", default="final", choices=EXPORTS,
+        help="final/ (the last step) or best/ (fewest violations on the validation orbits, train.valid_orbits)",
+    )  # fmt: skip
     ap.add_argument("--eps", type=float, default=0.01, help="ε of the closed-form reference V_L")
     ap.add_argument(
         "--orbits", default="", help="extra orbit starts to score (odd, positive, comma-separated)"
@@ -501,18 +537,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.headline:
         run = Path(args.headline)
         try:
-            out = json.loads((run / "eval" / "collatz.json").read_text())
+            path = eval_dir(run, args.export) / "collatz.json"
+            out = json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise InputError(f"{run}/eval/collatz.json: not readable ({err}); run the eval first") from None
+            raise InputError(f"{path}: not readable ({err}); run the eval first") from None
         print(json.dumps(headline(out, _read_summary(run))))
         return 0
     extra = _parse_orbits(args.orbits) if args.orbits else []
-    out = evaluate(Path(args.run), Path(args.set), args.eps, extra)
+    out = evaluate(Path(args.run), Path(args.set), args.eps, extra, args.export)
     model, closed = out["results"][0], out["results"][1]
     print(
         f"{args.run}: model {model['trajectory']['violations']}/429 violations, pass {model['pass']:.2f}%, "
         f"growth-weighted {model['growth_weighted']:.2f}% | V_{out['lookahead']} {closed['trajectory']['violations']}/429, "
-        f"pass {closed['pass']:.2f}% | report {Path(args.run) / 'eval' / 'report.html'}"
+        f"pass {closed['pass']:.2f}% | report {eval_dir(Path(args.run), args.export) / 'report.html'}"
     )
     return 0
 

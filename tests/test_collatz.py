@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -32,6 +33,8 @@ from common.collatz import (
     syracuse,
     touches,
     trajectory_metrics,
+    validation_segments,
+    violations,
     walk,
 )
 from common.errors import InputError
@@ -144,6 +147,26 @@ def test_trajectory_metrics_by_hand() -> None:
     }  # fmt: skip
     assert t["by_seed"]["5"]["violations"] == 0  # 5 → 1
     assert (t["violations"], t["growth_violations"], t["steps"]) == (2, 1, 6)
+
+
+def test_violations_by_hand() -> None:
+    # 6 → 5 ok, 5 → 5.5 up, 5.5 → 3 ok, 3 → 3 flat (a violation: V must fall); 2 → 1 ok
+    assert violations([np.array([6.0, 5.0, 5.5, 3.0, 3.0]), np.array([2.0, 1.0])]) == 2
+
+
+def test_validation_segments_are_seeded_climbs_off_the_test_orbits() -> None:
+    segments = validation_segments(6, seed=3, pool=5)
+    assert segments == validation_segments(6, seed=3, pool=5) != validation_segments(6, seed=4, pool=5)
+    banned = held_out_states()
+    climbs = []
+    for seg in segments:
+        assert len(seg) > 16 and not banned & set(seg)
+        assert all(syracuse(a)[0] == b for a, b in itertools.pairwise(seg))  # consecutive steps
+        assert (
+            seg[-1] == 1 or syracuse(seg[-1])[0] in banned or len(seg) > 300
+        )  # cut just before a test state
+        climbs.append(max(math.log(x) for x in seg) - math.log(seg[0]))
+    assert climbs == sorted(climbs, reverse=True) and climbs[0] > 0
 
 
 # ---------------------------------------------------------------------------------------------- protocols

@@ -124,6 +124,32 @@ def test_a_run_with_the_closed_form_base(tmp_path: Path, eval_set: Path) -> None
     assert not np.allclose(no_base, v)  # the base is really added
 
 
+def test_validation_orbits_keep_the_best_export(tmp_path: Path, eval_set: Path) -> None:
+    """``train.valid_orbits``: every validation counts V's violations along segments off the test
+    orbits; ``best/`` holds the first export with the fewest, and the eval scores it on request."""
+    argv = args(tmp_path, "v", "train.valid_orbits=4", "train.valid_every=10")
+    assert torch_recipe.main(argv) == 0
+    run = tmp_path / "v"
+    counts = {
+        r["step"]: r["valid_orbit_violations"] for r in read_metrics(run) if "valid_orbit_violations" in r
+    }
+    assert list(counts) == [10, 20, 30, 40]
+    best_step = min(counts, key=lambda k: (counts[k], k))
+    params, meta = load_export(run / "best")
+    assert meta["steps"] == best_step and meta["valid_orbit_violations"] == counts[best_step]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_export"]["step"] == best_step and summary["valid_orbit_violations"] == counts[40]
+    if best_step != 40:
+        final, _ = load_export(run / "final")
+        assert not np.array_equal(final["layers.0.weight"], params["layers.0.weight"])
+    out = evaluate(run, eval_set, export="best")
+    assert out["export"] == "best" and out["model"]["steps"] == best_step
+    assert (run / "eval-best" / "collatz.json").is_file() and not (run / "eval" / "collatz.json").exists()
+    assert headline(out, summary)["export"] == "best"
+    assert torch_recipe.main([*argv, "overwrite=true", "train.valid_orbits=0"]) == 0
+    assert not (run / "best").exists()  # a fresh start never keeps an older run's best
+
+
 def test_faithful_run_trains_on_test_orbits(tmp_path: Path) -> None:
     """The notebook's protocol draws test-orbit states (54 → 27, the fallback seed); the summary says how many."""
     assert torch_recipe.main(args(tmp_path, "f", "protocol=faithful", "train.steps=20")) == 0
@@ -134,12 +160,13 @@ def test_faithful_run_trains_on_test_orbits(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kill_9_then_resume_matches_uninterrupted(backend: str, tmp_path: Path) -> None:
+    orbits = "train.valid_orbits=3"
     straight = subprocess.run(
-        trainer(backend, tmp_path, "straight"), cwd=ROOT, capture_output=True, timeout=240
+        trainer(backend, tmp_path, "straight", orbits), cwd=ROOT, capture_output=True, timeout=240
     )
     assert straight.returncode == 0, straight.stderr[-2000:]
     proc = subprocess.Popen(
-        trainer(backend, tmp_path, "killed"),
+        trainer(backend, tmp_path, "killed", orbits),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -154,7 +181,7 @@ def test_kill_9_then_resume_matches_uninterrupted(backend: str, tmp_path: Path) 
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / "killed" / "final").exists()
     resumed = subprocess.run(
-        [*trainer(backend, tmp_path, "killed"), "resume=true"],
+        [*trainer(backend, tmp_path, "killed", orbits), "resume=true"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -162,10 +189,14 @@ def test_kill_9_then_resume_matches_uninterrupted(backend: str, tmp_path: Path) 
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
-    a, _ = load_export(tmp_path / "straight" / "final")
-    b, _ = load_export(tmp_path / "killed" / "final")
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for export in ("final", "best"):  # best/: chosen on the validation orbits across the kill
+        a, meta_a = load_export(tmp_path / "straight" / export)
+        b, meta_b = load_export(tmp_path / "killed" / export)
+        assert meta_a["steps"] == meta_b["steps"] and meta_a.get("valid_orbit_violations") == meta_b.get(
+            "valid_orbit_violations"
+        )
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{export} {key}")
     loss = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight") if "loss" in r}
     assert {r["step"]: r["loss"] for r in read_metrics(tmp_path / "killed") if "loss" in r} == loss
     assert json.loads((tmp_path / "killed" / "summary.json").read_text())["resumed_from_step"] >= 20
@@ -187,6 +218,7 @@ def test_bad_values_exit_2(tmp_path: Path, eval_set: Path, capsys: pytest.Captur
     for bad, message in (
         ("model.base_eps=0", "model.base_eps must be > 0"),
         ("model.base=window", "model.base"),
+        ("train.valid_orbits=-1", "train.valid_orbits must be >= 0"),
     ):
         code, last = main_exit(torch_recipe.main, [f"output_dir={tmp_path}", bad], capsys)
         assert code == 2 and message in last, last

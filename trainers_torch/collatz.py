@@ -93,6 +93,7 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         say(f"removed unfinished checkpoint writes: {', '.join(removed)}")
 
     progress = plan.Progress(cfg, run, start_step)
+    selection = plan.Selection(cfg, run, BACKEND, resume_from is not None)
     for step in range(start_step, cfg.train.steps):
         anchor = plan.before_step(cfg, sampler, step)
         plan.mine(cfg, sampler, step, partial(margins, model), progress)
@@ -118,7 +119,8 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
             beta = model.drift_coef.item()
             progress.record(steps_done, sampler, clock, figures, violations, lr, anchor, beta)
         if progress.due(steps_done, cfg.train.valid_every):
-            progress.log(steps_done, **plan.valid_figures(margins(model, valid), valid))
+            chosen = selection.update(steps_done, model.export_params(), model.drift_coef.item())
+            progress.log(steps_done, **plan.valid_figures(margins(model, valid), valid), **chosen)
         if progress.due(steps_done, cfg.checkpoint.every_steps):
             state = plan.checkpoint_state(cfg, steps_done, sampler, plateau, clock)
             keep = cfg.checkpoint.keep_last
@@ -131,7 +133,8 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
 
     # ---- export: the weights as numpy (final/), scored by evals.collatz whichever backend trained them
     extra = {"parameters": n_params, "wall_seconds_this_attempt": round(time.perf_counter() - t_start, 2),
-             "resumed_from_step": start_step if resume_from is not None else None}  # fmt: skip
+             "resumed_from_step": start_step if resume_from is not None else None,
+             **selection.summary()}  # fmt: skip
     return plan.finish(
         cfg, run, BACKEND, sampler, clock, model.export_params(), model.drift_coef.item(), extra
     )
