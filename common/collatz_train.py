@@ -322,8 +322,12 @@ class Selection:
         self.segments = validation_segments(count, VALID_ORBIT_SEED) if count else []
         self.dir = run.path / "best"
         self.best: int | None = None
-        if resumed and (self.dir / "model.json").is_file():
-            self.best = int(json.loads((self.dir / "model.json").read_text())["valid_orbit_violations"])
+        meta = self.dir / "model.json"
+        if resumed and self.segments and meta.is_file():
+            try:
+                self.best = int(json.loads(meta.read_text())["valid_orbit_violations"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise InputError(f"{meta}: unreadable ({err!r}); remove best/ to choose afresh") from None
         elif not resumed:
             shutil.rmtree(self.dir, ignore_errors=True)  # a fresh start never keeps an older run's best
 

@@ -124,7 +124,9 @@ def test_a_run_with_the_closed_form_base(tmp_path: Path, eval_set: Path) -> None
     assert not np.allclose(no_base, v)  # the base is really added
 
 
-def test_validation_orbits_keep_the_best_export(tmp_path: Path, eval_set: Path) -> None:
+def test_validation_orbits_keep_the_best_export(
+    tmp_path: Path, eval_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``train.valid_orbits``: every validation counts V's violations along segments off the test
     orbits; ``best/`` holds the first export with the fewest, and the eval scores it on request."""
     argv = args(tmp_path, "v", "train.valid_orbits=4", "train.valid_every=10")
@@ -146,6 +148,9 @@ def test_validation_orbits_keep_the_best_export(tmp_path: Path, eval_set: Path) 
     assert out["export"] == "best" and out["model"]["steps"] == best_step
     assert (run / "eval-best" / "collatz.json").is_file() and not (run / "eval" / "collatz.json").exists()
     assert headline(out, summary)["export"] == "best"
+    (run / "best" / "model.json").write_text("{")
+    code, last = main_exit(torch_recipe.main, [*argv, "resume=true"], capsys)
+    assert code == 2 and "best/model.json: unreadable" in last, last
     assert torch_recipe.main([*argv, "overwrite=true", "train.valid_orbits=0"]) == 0
     assert not (run / "best").exists()  # a fresh start never keeps an older run's best
 
