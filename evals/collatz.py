@@ -497,7 +497,9 @@ def headline(out: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": summary.get("train_seconds"),
         "steps": out["model"]["steps"],
         "export": out.get("export", "final"),
-        "valid_orbit_violations": out["model"].get("valid_orbit_violations"),
+        # best/ records its own count; final/ is the last step, whose count the summary holds
+        "valid_orbit_violations": out["model"].get("valid_orbit_violations")
+        or summary.get("valid_orbit_violations"),
     }
 
 

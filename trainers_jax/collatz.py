@@ -92,8 +92,8 @@ def train(cfg: CollatzConfig) -> dict[str, Any]:
         mgr.close()
         mgr = checkpoint_manager(run.checkpoints, cfg.checkpoint.keep_last)
 
-    progress = plan.Progress(cfg, run, start_step)
     selection = plan.Selection(cfg, run, BACKEND, resume_from is not None)
+    progress = plan.Progress(cfg, run, start_step)
     for step in range(start_step, cfg.train.steps):
         anchor = plan.before_step(cfg, sampler, step)
         plan.mine(cfg, sampler, step, partial(margins, params), progress)
