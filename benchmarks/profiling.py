@@ -32,7 +32,10 @@ def op_kind(name: str) -> str:
 
 
 COMPILE_MARKS = ("ompile", "Codegen", "Pass", "HLO passes", "lower", "Lower", "Emit", "simplif")
-WRAPPERS = ("ThunkExecutor::Execute",)  # the runtime's span around the ops it runs
+WRAPPERS = ("ThunkExecutor::", "TaskDispatcher::")  # the runtime's spans around the ops it runs
+OP_THREADS = (
+    "XLAEigen"  # XLA's CPU intra-op threads, where the ops run (elsewhere: Python, waits, copies out)
+)
 XLA_KINDS = {  # executed XLA ops by kind (on CPU, YNNPACK runs the dots and what is fused into them)
     "matmul": ("ynn_fusion", "dot", "convolution"),
     "loops (lax.scan / while)": ("while", "conditional"),
@@ -52,7 +55,8 @@ def jax_trace_summary(trace_dir: Path) -> dict[str, Any]:
     """The newest JAX trace under ``trace_dir``: compilation time apart, and the executed XLA ops
     summed by name (numbered copies of one op together: ``ynn_fusion.12`` → ``ynn_fusion``) and
     by kind. Only outermost ops count, so a loop's body is inside the loop's time, not added to it;
-    Python frames, dispatch and the runtime's wrappers are left out."""
+    Only XLA's intra-op threads count when the trace names them; Python frames, waits, dispatch and
+    the runtime's wrappers are left out."""
     import gzip
     import re
 
@@ -61,6 +65,9 @@ def jax_trace_summary(trace_dir: Path) -> dict[str, Any]:
         return {"trace_summary": "no trace written"}
     events = json.loads(gzip.decompress(traces[-1].read_bytes()))["traceEvents"]
     compile_s, ops, kinds = 0.0, dict[str, float](), dict[str, float]()
+    names = {(e.get("pid"), e.get("tid")): str(e.get("args", {}).get("name", ""))
+             for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}  # fmt: skip
+    op_threads = {k for k, v in names.items() if OP_THREADS in v}
     spans = sorted(
         (e for e in events if e.get("ph") == "X"), key=lambda e: (e.get("pid"), e.get("tid"), e.get("ts", 0))
     )
@@ -70,11 +77,9 @@ def jax_trace_summary(trace_dir: Path) -> dict[str, Any]:
         if name == "backend_compile_and_load":
             compile_s += dur / 1e6
             continue
-        if (
-            name.startswith(("$", "PjitFunction"))
-            or name in WRAPPERS
-            or any(m in name for m in COMPILE_MARKS)
-        ):
+        if op_threads and (e.get("pid"), e.get("tid")) not in op_threads:
+            continue
+        if name.startswith(("$", "PjitFunction", *WRAPPERS)) or any(m in name for m in COMPILE_MARKS):
             continue
         if (e.get("pid"), e.get("tid")) != thread:
             thread, open_until = (e.get("pid"), e.get("tid")), float("-inf")

@@ -137,7 +137,11 @@ def test_jax_trace_summary_keeps_executed_ops_and_compile_time(tmp_path: Path) -
               op("while.4", 1_200_000, 1_000_000), op("ynn_fusion.9", 1_300_000, 600_000),  # inside the loop
               op("copy_bitcast_fusion.2", 2_300_000, 500_000),
               op("loop_add_fusion", 0, 500_000, tid=3),  # another thread: counted on its own
-              {"ph": "M", "name": "thread_name"}]  # fmt: skip
+              op("TaskDispatcher::dispatch", 3_000_000, 100_000, tid=3),
+              op("np.asarray(jax.Array)", 0, 9_000_000, tid=2),  # the Python thread waiting: not an op
+              {"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {"name": "tf_XLAEigen/1"}},
+              {"ph": "M", "name": "thread_name", "pid": 1, "tid": 3, "args": {"name": "tf_XLAEigen/2"}},
+              {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "python"}}]  # fmt: skip
     where = tmp_path / "plugins" / "profile" / "2026_01_01"
     where.mkdir(parents=True)
     (where / "host.trace.json.gz").write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
