@@ -72,37 +72,36 @@ def head_loss_sum(
 
     @jax.checkpoint
     def one(h: jax.Array, y: jax.Array, v: jax.Array) -> jax.Array:
-        logits = _head_logits(h, embedding, softcap)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-        return jnp.sum(jnp.where(v, lse - picked, 0.0))
+        return _chunk_loss(h, y, v, embedding, softcap)[0]
 
     xs = _chunks(chunk, hidden, targets, valid)
     total, _ = jax.lax.scan(lambda acc, x: (acc + one(*x), None), jnp.zeros((), jnp.float32), xs)
     return total
 
 
-def _frozen_head_forward(
-    hidden: jax.Array,
-    embedding: jax.Array,
-    targets: jax.Array,
-    valid: jax.Array,
-    chunk: int,
-    softcap: float | None,
-) -> tuple[jax.Array, jax.Array]:
-    """``(loss sum, d loss_sum / d hidden)`` chunk by chunk."""
+def _chunk_loss(
+    h: jax.Array, y: jax.Array, v: jax.Array, embedding: jax.Array, softcap: float | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One chunk's summed loss over its valid rows, with its logits and their log-sum-exp."""
+    logits = _head_logits(h, embedding, softcap)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+    return jnp.sum(jnp.where(v, lse - picked, 0.0)), logits, lse
+
+
+def _frozen_head_forward(*args: Any) -> tuple[jax.Array, jax.Array]:
+    """``(loss sum, d loss_sum / d hidden)`` chunk by chunk, from ``frozen_head_loss_sum``'s arguments."""
+    hidden, embedding, targets, valid, chunk, softcap = args
 
     def one(acc: jax.Array, x: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
         h, y, v = x
-        logits = _head_logits(h, embedding, softcap)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+        loss, logits, lse = _chunk_loss(h, y, v, embedding, softcap)
         g = jnp.exp(logits - lse[:, None])  # d(lse - picked)/d logits = softmax - onehot
         g = g.at[jnp.arange(g.shape[0]), y].add(-1.0)
         if softcap:
             g = g * (1.0 - jnp.square(logits / softcap))  # through the cap: d(c tanh(z/c))/dz
         g = jnp.where(v[:, None], g, 0.0)
-        return acc + jnp.sum(jnp.where(v, lse - picked, 0.0)), jnp.dot(g.astype(embedding.dtype), embedding)
+        return acc + loss, jnp.dot(g.astype(embedding.dtype), embedding)
 
     total, jac = jax.lax.scan(one, jnp.zeros((), jnp.float32), _chunks(chunk, hidden, targets, valid))
     return total, jac.reshape(hidden.shape).astype(hidden.dtype)
@@ -121,16 +120,10 @@ def frozen_head_loss_sum(
     return _frozen_head_forward(hidden, embedding, targets, valid, chunk, softcap)[0]
 
 
-def _frozen_fwd(
-    hidden: jax.Array,
-    embedding: jax.Array,
-    targets: jax.Array,
-    valid: jax.Array,
-    chunk: int,
-    softcap: float | None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    total, jac = _frozen_head_forward(hidden, embedding, targets, valid, chunk, softcap)
-    return total, (jac, embedding)
+def _frozen_fwd(*args: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """``frozen_head_loss_sum``'s forward (the same arguments), keeping d loss / d hidden."""
+    total, jac = _frozen_head_forward(*args)
+    return total, (jac, args[1])
 
 
 def _frozen_bwd(
