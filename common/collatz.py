@@ -158,12 +158,16 @@ def is_growth(n: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def state_features(states: Limbs, ks: np.ndarray) -> np.ndarray:
-    """Features of ``states`` given each one's next valuations ``ks`` ``(len, L)``: float32 ``(len, 6 + L)``."""
+def state_features(states: Limbs, ks: np.ndarray, scale_free: bool = False) -> np.ndarray:
+    """Features of ``states`` given each one's next valuations ``ks`` ``(len, L)``: float32 ``(len, 6 + L)``.
+
+    ``scale_free``: the ln n column is zero, so the features (and an MLP of them) are the same for
+    every n with the same window and residues, at any scale (the column stays: one export shape).
+    """
     lookahead = ks.shape[1]
     out = np.empty((len(ks), BASE_FEATURES + lookahead), dtype=np.float32)
     res = states.mod(81)
-    out[:, 0] = states.log() / math.log(10) / 40.0
+    out[:, 0] = 0.0 if scale_free else states.log() / math.log(10) / 40.0
     for col, mod in enumerate((3, 9, 27, 81), start=1):
         out[:, col] = (res % np.uint64(mod)) / (mod - 1)
     out[:, 5] = (lookahead * LOG2_3 - ks.sum(axis=1)) / 10.0
@@ -171,10 +175,10 @@ def state_features(states: Limbs, ks: np.ndarray) -> np.ndarray:
     return out
 
 
-def features(ns: Sequence[int], lookahead: int) -> np.ndarray:
+def features(ns: Sequence[int], lookahead: int, scale_free: bool = False) -> np.ndarray:
     """The ``(len(ns), 6 + lookahead)`` float32 features of the states ``ns``."""
     ks, kept = walk(ns, lookahead, keep=(0,))
-    return state_features(kept[0], ks)
+    return state_features(kept[0], ks, scale_free)
 
 
 def drift(ks: np.ndarray) -> np.ndarray:
@@ -314,17 +318,19 @@ def pair_batch(
     weights: dict[str, float],
     closed_form_eps: float | None = None,
     base_eps: float | None = None,
+    scale_free: bool = False,
 ) -> PairBatch:
     """Features for ``states`` at every offset from one walk of ``lookahead + max(offsets)`` steps.
 
     With ``closed_form_eps`` the batch also carries V_L(n) = max_{j ≤ L} [ln T^j n + ε·j] (the
-    anchor's target); with ``base_eps``, V_L(T^j n) at every offset (the model's base).
+    anchor's target); with ``base_eps``, V_L(T^j n) at every offset (the model's base);
+    ``scale_free``: features without ln n (``state_features``).
     """
     reach = max(offsets)
     window = range(lookahead + 1) if closed_form_eps is not None else ()
     windows = range(reach + lookahead + 1) if base_eps is not None else ()
     ks, kept = walk(states, lookahead + reach, keep={*offsets, *window, *windows})
-    x = {j: state_features(kept[j], ks[:, j : j + lookahead]) for j in offsets}
+    x = {j: state_features(kept[j], ks[:, j : j + lookahead], scale_free) for j in offsets}
     growth = ks[:, 0] == 1
     src = np.asarray(source, dtype=np.int8)
     hard = src > 0
@@ -384,6 +390,7 @@ class Sampler:
         seed: int,
         closed_form_eps: float | None = None,
         base_eps: float | None = None,
+        scale_free: bool = False,
     ):
         self.protocol = protocol
         self.lookahead = lookahead
@@ -398,6 +405,7 @@ class Sampler:
         self.replay_share = replay_share
         self.closed_form_eps = closed_form_eps
         self.base_eps = base_eps
+        self.scale_free = scale_free
         self.banned = held_out_states() if protocol == "clean" else frozenset()
         self._banned_array = np.array(sorted(self.banned), dtype=np.uint64)
         if self.banned and max(self.banned) >> LIMB_BITS:  # _touching compares the lowest limb only
@@ -494,6 +502,7 @@ class Sampler:
             self.weights,
             self.closed_form_eps,
             self.base_eps,
+            self.scale_free,
         )
 
     def add_mined(self, states: Iterable[int]) -> int:
@@ -660,11 +669,16 @@ def load_export(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
 
 
 def model_values(
-    params: dict[str, np.ndarray], states: Sequence[int], lookahead: int, base_eps: float | None = None
+    params: dict[str, np.ndarray],
+    states: Sequence[int],
+    lookahead: int,
+    base_eps: float | None = None,
+    scale_free: bool = False,
 ) -> np.ndarray:
-    """An exported model's V on ``states``, with its closed-form base V_L (ε = ``base_eps``) when it has one."""
+    """An exported model's V on ``states``, with its closed-form base V_L (ε = ``base_eps``) when it
+    has one; ``scale_free``: its features leave out ln n."""
     base = None if base_eps is None else closed_form_values(states, lookahead, base_eps)
-    return mlp_values(params, features(states, lookahead), base)
+    return mlp_values(params, features(states, lookahead, scale_free), base)
 
 
 def violations(values: Iterable[np.ndarray]) -> int:

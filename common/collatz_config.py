@@ -37,6 +37,9 @@ class ModelConfig:
     # output layer starts at zero, so training starts from V_L's ranking
     base: Literal["none", "closed_form"] = "none"
     base_eps: float = 0.01
+    # the MLP's ln n input is zero: the correction depends on the window's valuations and n's
+    # residues only, the same at every scale (closed_form only: V_L carries the scale)
+    scale_free: bool = False
 
     def __post_init__(self) -> None:
         if not self.widths or any(w < 1 for w in self.widths):
@@ -44,6 +47,10 @@ class ModelConfig:
         if self.base_eps <= 0:
             raise ValueError(
                 f"model.base_eps must be > 0 (at 0 V_L ties along every window), got {self.base_eps}"
+            )
+        if self.scale_free and self.base != "closed_form":
+            raise ValueError(
+                "model.scale_free needs model.base: closed_form (without ln n nothing else grows with n)"
             )
 
     def window_eps(self) -> float | None:

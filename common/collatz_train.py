@@ -77,6 +77,20 @@ def build_sampler(cfg: CollatzConfig) -> Sampler:
         seed=cfg.seed,
         closed_form_eps=cfg.loss.target_eps if cfg.loss.target == "closed_form" else None,
         base_eps=cfg.model.window_eps(),
+        scale_free=cfg.model.scale_free,
+    )
+
+
+def one_step_pairs(cfg: CollatzConfig, states: list[int], source: list[int]) -> PairBatch:
+    """(n, T n) pairs of ``states`` with the model's inputs as configured (window, base, scale)."""
+    return pair_batch(
+        states,
+        source,
+        cfg.task.lookahead,
+        (0, 1),
+        cfg.loss.weights(),
+        base_eps=cfg.model.window_eps(),
+        scale_free=cfg.model.scale_free,
     )
 
 
@@ -84,9 +98,7 @@ def validation_batch(cfg: CollatzConfig) -> PairBatch:
     """A fixed set of random pairs (protocol-filtered, a seed of its own) for the training curves."""
     sampler = dataclasses.replace(cfg, seed=cfg.seed + VALID_SEED_OFFSET)
     states, source = build_sampler(sampler).draw(cfg.train.valid_size, hard_share=0.0)
-    return pair_batch(
-        states, source, cfg.task.lookahead, (0, 1), cfg.loss.weights(), base_eps=cfg.model.window_eps()
-    )
+    return one_step_pairs(cfg, states, source)
 
 
 def protocol_report(cfg: CollatzConfig, sampler: Sampler) -> dict[str, Any]:
@@ -120,9 +132,7 @@ def mining_due(cfg: CollatzConfig, step: int) -> bool:
 def mining_candidates(cfg: CollatzConfig, sampler: Sampler) -> PairBatch:
     """The states a mining round scores: half hard, half random (protocol-filtered)."""
     states, source = sampler.draw(cfg.mining.candidates, hard_share=0.5)
-    return pair_batch(
-        states, source, cfg.task.lookahead, (0, 1), cfg.loss.weights(), base_eps=cfg.model.window_eps()
-    )
+    return one_step_pairs(cfg, states, source)
 
 
 def add_mined(cfg: CollatzConfig, sampler: Sampler, cands: PairBatch, margin: np.ndarray) -> dict[str, Any]:
@@ -336,7 +346,8 @@ class Selection:
         if not self.segments:
             return {}
         L, eps = self.cfg.task.lookahead, self.cfg.model.window_eps()
-        count = violations(model_values(params, seg, L, eps) for seg in self.segments)
+        free = self.cfg.model.scale_free
+        count = violations(model_values(params, seg, L, eps, free) for seg in self.segments)
         if self.best is None or count < self.best:
             self.best = count
             meta = export_meta(self.cfg, self.backend, drift_coef, step)
@@ -365,6 +376,7 @@ def export_meta(cfg: CollatzConfig, backend: str, drift_coef: float, steps: int)
         "output": "softplus + 1e-6" if cfg.model.base == "none" else "softplus(V_L(n) + MLP) + 1e-6",
         "base": cfg.model.base,
         "base_eps": cfg.model.window_eps(),
+        "scale_free": cfg.model.scale_free,
         "drift_coef": drift_coef,
         "target": cfg.loss.target,
         "protocol": cfg.protocol,

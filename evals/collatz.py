@@ -175,7 +175,11 @@ PairFn = Callable[[Sequence[int], Sequence[int]], tuple[np.ndarray, np.ndarray]]
 
 
 def model_pair_values(
-    params: dict[str, np.ndarray], lookahead: int, ns: Sequence[int], base_eps: float | None = None
+    params: dict[str, np.ndarray],
+    lookahead: int,
+    ns: Sequence[int],
+    base_eps: float | None = None,
+    scale_free: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """V(n) and V(T n) from one walk of L + 1 steps per n (the model's base V_L from the same walk)."""
     keep = range(lookahead + 2) if base_eps is not None else (0, 1)
@@ -183,27 +187,32 @@ def model_pair_values(
     b0 = b1 = None
     if base_eps is not None:
         b0, b1 = window_max(kept, 0, lookahead, base_eps), window_max(kept, 1, lookahead, base_eps)
-    v0 = mlp_values(params, state_features(kept[0], ks[:, :lookahead]), b0)
-    v1 = mlp_values(params, state_features(kept[1], ks[:, 1:]), b1)
+    v0 = mlp_values(params, state_features(kept[0], ks[:, :lookahead], scale_free), b0)
+    v1 = mlp_values(params, state_features(kept[1], ks[:, 1:], scale_free), b1)
     return v0, v1
 
 
 def ranking_functions(
-    params: dict[str, np.ndarray], lookahead: int, eps: float, base_eps: float | None = None
+    params: dict[str, np.ndarray],
+    lookahead: int,
+    eps: float,
+    base_eps: float | None = None,
+    scale_free: bool = False,
 ) -> list[tuple[str, PairFn, ValueFn]]:
     """The model and the two references: ``(name, V on (n, T n) pairs, V on a list of states)``.
 
-    ``base_eps``: the model adds V_L with this ε to its output (``model.base: closed_form``).
+    ``base_eps``: the model adds V_L with this ε to its output (``model.base: closed_form``);
+    ``scale_free``: its features leave out ln n (``model.scale_free``).
     """
 
     def model(states: Sequence[int]) -> np.ndarray:
-        return model_values(params, states, lookahead, base_eps)
+        return model_values(params, states, lookahead, base_eps, scale_free)
 
     def closed(states: Sequence[int]) -> np.ndarray:
         return closed_form_values(states, lookahead, eps)
 
     return [
-        ("model", lambda ns, _t1: model_pair_values(params, lookahead, ns, base_eps), model),
+        ("model", lambda ns, _t1: model_pair_values(params, lookahead, ns, base_eps, scale_free), model),
         (f"V_{lookahead} closed form", lambda ns, t1: (closed(ns), closed(t1)), closed),
         ("V = ln n", lambda ns, t1: (log_values(ns), log_values(t1)), log_values),
     ]
@@ -351,6 +360,7 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         f"<p>backend <b>{esc(str(m['backend']))}</b>, protocol <b>{esc(out['protocol'])}</b>, L = {out['lookahead']}, "
         f"MLP {esc(str(m['widths']))}"
         + (f" on the closed form V_L (ε = {m['base_eps']})" if m.get("base") == "closed_form" else "")
+        + (" without ln n (scale-free)" if m.get("scale_free") else "")
         + f", {m['steps']} steps"
         + (
             f" (best/: the export with the fewest violations, {m['valid_orbit_violations']}, on the validation orbits)"
@@ -420,7 +430,9 @@ def evaluate(
     set_info["identical_to_notebook_csv"] = set_info["sha256"] == NOTEBOOK_SET_SHA256
 
     base_eps = meta.get("base_eps")  # exports before model.base have none
-    functions = ranking_functions(params, lookahead, eps, None if base_eps is None else float(base_eps))
+    scale_free = meta.get("scale_free") is True  # nor before model.scale_free
+    base = None if base_eps is None else float(base_eps)
+    functions = ranking_functions(params, lookahead, eps, base, scale_free)
     results = [score(*fn, data, extra_orbits) for fn in functions]
     summary = _read_summary(run)
     out = {
@@ -440,6 +452,7 @@ def evaluate(
                 "target",
                 "base",
                 "base_eps",
+                "scale_free",
                 "valid_orbit_violations",
             )
         },

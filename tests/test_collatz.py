@@ -103,6 +103,19 @@ def test_features_residues_and_clipping() -> None:
     assert features([27], 10).shape == (1, 16)
 
 
+def test_scale_free_features_leave_out_only_ln_n() -> None:
+    """27 and 27 + 2^20·81 share residues mod 81 and their first valuations: scale-free, one row."""
+    far = 27 + 2**20 * 81
+    plain = features([27, far], 3)
+    free = features([27, far], 3, scale_free=True)
+    np.testing.assert_array_equal(plain[:, 1:], free[:, 1:])
+    assert plain[0, 0] != plain[1, 0] and (free[:, 0] == 0).all()
+    np.testing.assert_array_equal(free[0], free[1])
+    b = pair_batch([27, far], [0, 0], 3, (0, 1), WEIGHTS, scale_free=True)
+    np.testing.assert_array_equal(b.x[0], free)
+    np.testing.assert_array_equal(b.x[1], features([41, syracuse(far)[0]], 3, scale_free=True))
+
+
 # ---------------------------------------------------------------------------------------------- references
 
 

@@ -124,6 +124,29 @@ def test_a_run_with_the_closed_form_base(tmp_path: Path, eval_set: Path) -> None
     assert not np.allclose(no_base, v)  # the base is really added
 
 
+def test_a_scale_free_run(tmp_path: Path, eval_set: Path) -> None:
+    """``model.scale_free``: the export says so, and the eval's V is the closed form plus a correction
+    that is the same for two states with one window and residues at very different scales."""
+    extra = ("model.base=closed_form", "model.base_eps=0.02", "model.scale_free=true", "train.steps=20")
+    assert torch_recipe.main(args(tmp_path, "f", *extra)) == 0
+    params, meta = load_export(tmp_path / "f" / "final")
+    assert meta["scale_free"] is True
+    out = evaluate(tmp_path / "f", eval_set)
+    assert out["model"]["scale_free"] is True
+    assert "without ln n (scale-free)" in (tmp_path / "f" / "eval" / "report.html").read_text()
+    (_, pairs, states), (_, _, closed), _ = collatz_eval.ranking_functions(params, 4, 0.02, 0.02, True)
+    near, far = 27, 27 + 2**30 * 81  # the same valuations for 5 steps and the same residues mod 81
+    mlp = np.log(np.expm1(states([near, far]) - 1e-6)) - closed([near, far])  # V = softplus(V_L + MLP) + 1e-6
+    np.testing.assert_allclose(mlp[0], mlp[1], atol=1e-5)
+    assert abs(mlp[0]) > 1e-4  # the correction trained away from its zero start
+    o = orbit(27)
+    v0, v1 = pairs(o[:-1], o[1:])
+    np.testing.assert_allclose(v0, states(o)[:-1], rtol=1e-9)
+    np.testing.assert_allclose(v1, states(o)[1:], rtol=1e-9)
+    plain = collatz_eval.ranking_functions(params, 4, 0.02, 0.02)[0][2](o)
+    assert not np.allclose(plain, states(o))  # ln n really is left out
+
+
 def test_validation_orbits_keep_the_best_export(
     tmp_path: Path, eval_set: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -224,6 +247,7 @@ def test_bad_values_exit_2(tmp_path: Path, eval_set: Path, capsys: pytest.Captur
         ("model.base_eps=0", "model.base_eps must be > 0"),
         ("model.base=window", "model.base"),
         ("train.valid_orbits=-1", "train.valid_orbits must be >= 0"),
+        ("model.scale_free=true", "model.scale_free needs model.base: closed_form"),
     ):
         code, last = main_exit(torch_recipe.main, [f"output_dir={tmp_path}", bad], capsys)
         assert code == 2 and message in last, last
