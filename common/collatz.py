@@ -22,7 +22,7 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -158,27 +158,60 @@ def is_growth(n: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def state_features(states: Limbs, ks: np.ndarray, scale_free: bool = False) -> np.ndarray:
+@dataclass(frozen=True)
+class View:
+    """What a model's V is computed from, one value for the sampler, the trainers' validation and
+    the eval (written to an export's model.json and read back from it).
+
+    ``lookahead``: the window of L valuations the features hold; ``base_eps``: the ε of the closed
+    form V_L(n) the model adds to its MLP's output (None: no base); ``scale_free``: the MLP's ln n
+    input is zero, so its correction is the same for every n with the same window and residues.
+    """
+
+    lookahead: int
+    base_eps: float | None = None
+    scale_free: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lookahead < 1:
+            raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
+        if self.scale_free and self.base_eps is None:
+            raise ValueError("scale_free needs a closed-form base (without ln n nothing else grows with n)")
+
+    def meta(self) -> dict[str, Any]:
+        """The export's model.json keys that rebuild this view (``from_meta``)."""
+        return {"lookahead": self.lookahead, "base_eps": self.base_eps, "scale_free": self.scale_free}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> View:
+        """The view of an export; exports from before the base or scale-free options have none."""
+        eps = meta.get("base_eps")
+        return cls(
+            int(meta["lookahead"]), None if eps is None else float(eps), meta.get("scale_free") is True
+        )
+
+
+def state_features(states: Limbs, ks: np.ndarray, view: View) -> np.ndarray:
     """Features of ``states`` given each one's next valuations ``ks`` ``(len, L)``: float32 ``(len, 6 + L)``.
 
-    ``scale_free``: the ln n column is zero, so the features (and an MLP of them) are the same for
-    every n with the same window and residues, at any scale (the column stays: one export shape).
+    A scale-free ``view`` leaves the ln n column zero (it stays: one export shape).
     """
-    lookahead = ks.shape[1]
-    out = np.empty((len(ks), BASE_FEATURES + lookahead), dtype=np.float32)
+    if ks.shape[1] != view.lookahead:
+        raise ValueError(f"{ks.shape[1]} valuations for a window of {view.lookahead}")
+    out = np.empty((len(ks), BASE_FEATURES + view.lookahead), dtype=np.float32)
     res = states.mod(81)
-    out[:, 0] = 0.0 if scale_free else states.log() / math.log(10) / 40.0
+    out[:, 0] = 0.0 if view.scale_free else states.log() / math.log(10) / 40.0
     for col, mod in enumerate((3, 9, 27, 81), start=1):
         out[:, col] = (res % np.uint64(mod)) / (mod - 1)
-    out[:, 5] = (lookahead * LOG2_3 - ks.sum(axis=1)) / 10.0
+    out[:, 5] = drift(ks) / 10.0
     out[:, BASE_FEATURES:] = np.minimum(ks, K_CLIP) / K_CLIP
     return out
 
 
-def features(ns: Sequence[int], lookahead: int, scale_free: bool = False) -> np.ndarray:
-    """The ``(len(ns), 6 + lookahead)`` float32 features of the states ``ns``."""
-    ks, kept = walk(ns, lookahead, keep=(0,))
-    return state_features(kept[0], ks, scale_free)
+def features(ns: Sequence[int], view: View) -> np.ndarray:
+    """The ``(len(ns), 6 + L)`` float32 features of the states ``ns``."""
+    ks, kept = walk(ns, view.lookahead, keep=(0,))
+    return state_features(kept[0], ks, view)
 
 
 def drift(ks: np.ndarray) -> np.ndarray:
@@ -313,24 +346,22 @@ class PairBatch:
 def pair_batch(
     states: list[int],
     source: Sequence[int],
-    lookahead: int,
+    view: View,
     offsets: Sequence[int],
     weights: dict[str, float],
     closed_form_eps: float | None = None,
-    base_eps: float | None = None,
-    scale_free: bool = False,
 ) -> PairBatch:
-    """Features for ``states`` at every offset from one walk of ``lookahead + max(offsets)`` steps.
+    """The model's inputs (``view``) for ``states`` at every offset, from one walk of L + max(offsets) steps.
 
     With ``closed_form_eps`` the batch also carries V_L(n) = max_{j ≤ L} [ln T^j n + ε·j] (the
-    anchor's target); with ``base_eps``, V_L(T^j n) at every offset (the model's base);
-    ``scale_free``: features without ln n (``state_features``).
+    anchor's target); with the view's base, V_L(T^j n) at every offset.
     """
+    lookahead, base_eps = view.lookahead, view.base_eps
     reach = max(offsets)
     window = range(lookahead + 1) if closed_form_eps is not None else ()
     windows = range(reach + lookahead + 1) if base_eps is not None else ()
     ks, kept = walk(states, lookahead + reach, keep={*offsets, *window, *windows})
-    x = {j: state_features(kept[j], ks[:, j : j + lookahead], scale_free) for j in offsets}
+    x = {j: state_features(kept[j], ks[:, j : j + lookahead], view) for j in offsets}
     growth = ks[:, 0] == 1
     src = np.asarray(source, dtype=np.int8)
     hard = src > 0
@@ -378,7 +409,7 @@ class Sampler:
         *,
         protocol: Protocol,
         seeds: Sequence[int],
-        lookahead: int,
+        view: View,
         offsets: Sequence[int],
         max_bits: int,
         hard_share: float,
@@ -389,11 +420,9 @@ class Sampler:
         replay_share: float,
         seed: int,
         closed_form_eps: float | None = None,
-        base_eps: float | None = None,
-        scale_free: bool = False,
     ):
         self.protocol = protocol
-        self.lookahead = lookahead
+        self.view = view
         self.offsets = tuple(sorted(set(offsets)))
         self.reach = max(self.offsets)
         self.max_bits = max_bits
@@ -404,8 +433,6 @@ class Sampler:
         self.pool_cap = pool_cap
         self.replay_share = replay_share
         self.closed_form_eps = closed_form_eps
-        self.base_eps = base_eps
-        self.scale_free = scale_free
         self.banned = held_out_states() if protocol == "clean" else frozenset()
         self._banned_array = np.array(sorted(self.banned), dtype=np.uint64)
         if self.banned and max(self.banned) >> LIMB_BITS:  # _touching compares the lowest limb only
@@ -497,12 +524,10 @@ class Sampler:
         return pair_batch(
             states,
             source,
-            self.lookahead,
+            self.view,
             (0, 1, *self.offsets),
             self.weights,
             self.closed_form_eps,
-            self.base_eps,
-            self.scale_free,
         )
 
     def add_mined(self, states: Iterable[int]) -> int:
@@ -652,7 +677,10 @@ def load_export(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
         params = load_file(str(directory / "model.safetensors"))
     except (OSError, ValueError, SafetensorError) as err:
         raise InputError(f"{directory}: unreadable model export ({err})") from None
-    sizes = layer_sizes(int(meta["lookahead"]), meta["widths"])
+    try:  # the view and the layer sizes, checked here so that callers can rebuild them
+        sizes = layer_sizes(View.from_meta(meta).lookahead, meta["widths"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{directory}/model.json: not a ranking-model export ({err!r})") from None
     for i, (fan_in, fan_out) in enumerate(sizes):
         w = params.get(f"layers.{i}.weight")
         if w is None or w.shape != (fan_out, fan_in):
@@ -668,17 +696,11 @@ def load_export(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
 # ---------------------------------------------------------------------------------------------
 
 
-def model_values(
-    params: dict[str, np.ndarray],
-    states: Sequence[int],
-    lookahead: int,
-    base_eps: float | None = None,
-    scale_free: bool = False,
-) -> np.ndarray:
-    """An exported model's V on ``states``, with its closed-form base V_L (ε = ``base_eps``) when it
-    has one; ``scale_free``: its features leave out ln n."""
-    base = None if base_eps is None else closed_form_values(states, lookahead, base_eps)
-    return mlp_values(params, features(states, lookahead, scale_free), base)
+def model_values(params: dict[str, np.ndarray], states: Sequence[int], view: View) -> np.ndarray:
+    """An exported model's V on ``states``: its MLP on the view's features, plus the view's
+    closed-form base V_L when it has one."""
+    base = None if view.base_eps is None else closed_form_values(states, view.lookahead, view.base_eps)
+    return mlp_values(params, features(states, view), base)
 
 
 def violations(values: Iterable[np.ndarray]) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.collatz import NOTEBOOK_TRAIN_SEEDS, Protocol
+from common.collatz import NOTEBOOK_TRAIN_SEEDS, Protocol, View
 
 
 @dataclass
@@ -196,3 +196,7 @@ class CollatzConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def view(self) -> View:
+        """What the model's V is computed from: the task's window, the model's base and inputs."""
+        return View(self.task.lookahead, self.model.window_eps(), self.model.scale_free)

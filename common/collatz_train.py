@@ -65,7 +65,7 @@ def build_sampler(cfg: CollatzConfig) -> Sampler:
     return Sampler(
         protocol=cfg.protocol,
         seeds=cfg.task.seeds,
-        lookahead=cfg.task.lookahead,
+        view=cfg.view(),
         offsets=cfg.loss.offsets(),
         max_bits=cfg.task.max_bits,
         hard_share=cfg.curriculum.hard_share,
@@ -76,22 +76,12 @@ def build_sampler(cfg: CollatzConfig) -> Sampler:
         replay_share=cfg.mining.replay if cfg.mining.enabled else 0.0,
         seed=cfg.seed,
         closed_form_eps=cfg.loss.target_eps if cfg.loss.target == "closed_form" else None,
-        base_eps=cfg.model.window_eps(),
-        scale_free=cfg.model.scale_free,
     )
 
 
 def one_step_pairs(cfg: CollatzConfig, states: list[int], source: list[int]) -> PairBatch:
-    """(n, T n) pairs of ``states`` with the model's inputs as configured (window, base, scale)."""
-    return pair_batch(
-        states,
-        source,
-        cfg.task.lookahead,
-        (0, 1),
-        cfg.loss.weights(),
-        base_eps=cfg.model.window_eps(),
-        scale_free=cfg.model.scale_free,
-    )
+    """(n, T n) pairs of ``states`` with the model's inputs as configured (``cfg.view()``)."""
+    return pair_batch(states, source, cfg.view(), (0, 1), cfg.loss.weights())
 
 
 def validation_batch(cfg: CollatzConfig) -> PairBatch:
@@ -345,9 +335,8 @@ class Selection:
         """The figure for metrics.jsonl (none when off); writes ``best/`` when it improves."""
         if not self.segments:
             return {}
-        L, eps = self.cfg.task.lookahead, self.cfg.model.window_eps()
-        free = self.cfg.model.scale_free
-        count = violations(model_values(params, seg, L, eps, free) for seg in self.segments)
+        view = self.cfg.view()
+        count = violations(model_values(params, seg, view) for seg in self.segments)
         if self.best is None or count < self.best:
             self.best = count
             meta = export_meta(self.cfg, self.backend, drift_coef, step)
@@ -370,13 +359,11 @@ def export_meta(cfg: CollatzConfig, backend: str, drift_coef: float, steps: int)
     return {
         "kind": "collatz-ranking-mlp",
         "backend": backend,
-        "lookahead": cfg.task.lookahead,
+        **cfg.view().meta(),
         "widths": list(cfg.model.widths),
         "activation": "leaky_relu(0.1)",
         "output": "softplus + 1e-6" if cfg.model.base == "none" else "softplus(V_L(n) + MLP) + 1e-6",
         "base": cfg.model.base,
-        "base_eps": cfg.model.window_eps(),
-        "scale_free": cfg.model.scale_free,
         "drift_coef": drift_coef,
         "target": cfg.loss.target,
         "protocol": cfg.protocol,

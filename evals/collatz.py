@@ -33,6 +33,7 @@ import numpy as np
 from common.collatz import (
     FALLBACK_SEED,
     TEST_SEEDS,
+    View,
     check_start,
     closed_form_values,
     leaked_transitions,
@@ -175,44 +176,35 @@ PairFn = Callable[[Sequence[int], Sequence[int]], tuple[np.ndarray, np.ndarray]]
 
 
 def model_pair_values(
-    params: dict[str, np.ndarray],
-    lookahead: int,
-    ns: Sequence[int],
-    base_eps: float | None = None,
-    scale_free: bool = False,
+    params: dict[str, np.ndarray], view: View, ns: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """V(n) and V(T n) from one walk of L + 1 steps per n (the model's base V_L from the same walk)."""
+    lookahead, base_eps = view.lookahead, view.base_eps
     keep = range(lookahead + 2) if base_eps is not None else (0, 1)
     ks, kept = walk(ns, lookahead + 1, keep=keep)
     b0 = b1 = None
     if base_eps is not None:
         b0, b1 = window_max(kept, 0, lookahead, base_eps), window_max(kept, 1, lookahead, base_eps)
-    v0 = mlp_values(params, state_features(kept[0], ks[:, :lookahead], scale_free), b0)
-    v1 = mlp_values(params, state_features(kept[1], ks[:, 1:], scale_free), b1)
+    v0 = mlp_values(params, state_features(kept[0], ks[:, :lookahead], view), b0)
+    v1 = mlp_values(params, state_features(kept[1], ks[:, 1:], view), b1)
     return v0, v1
 
 
 def ranking_functions(
-    params: dict[str, np.ndarray],
-    lookahead: int,
-    eps: float,
-    base_eps: float | None = None,
-    scale_free: bool = False,
+    params: dict[str, np.ndarray], view: View, eps: float
 ) -> list[tuple[str, PairFn, ValueFn]]:
-    """The model and the two references: ``(name, V on (n, T n) pairs, V on a list of states)``.
-
-    ``base_eps``: the model adds V_L with this ε to its output (``model.base: closed_form``);
-    ``scale_free``: its features leave out ln n (``model.scale_free``).
-    """
+    """The model (computed from ``view``) and the two references with the same window, V_L with
+    ε = ``eps`` and ln n: ``(name, V on (n, T n) pairs, V on a list of states)``."""
+    lookahead = view.lookahead
 
     def model(states: Sequence[int]) -> np.ndarray:
-        return model_values(params, states, lookahead, base_eps, scale_free)
+        return model_values(params, states, view)
 
     def closed(states: Sequence[int]) -> np.ndarray:
         return closed_form_values(states, lookahead, eps)
 
     return [
-        ("model", lambda ns, _t1: model_pair_values(params, lookahead, ns, base_eps, scale_free), model),
+        ("model", lambda ns, _t1: model_pair_values(params, view, ns), model),
         (f"V_{lookahead} closed form", lambda ns, t1: (closed(ns), closed(t1)), closed),
         ("V = ln n", lambda ns, t1: (log_values(ns), log_values(t1)), log_values),
     ]
@@ -419,7 +411,8 @@ def evaluate(
     if export not in EXPORTS:
         raise InputError(f"--export {export!r}: expected one of {', '.join(EXPORTS)}")
     params, meta = load_export(run / export)
-    lookahead = int(meta["lookahead"])
+    view = View.from_meta(meta)
+    lookahead = view.lookahead
     data = load_eval_set(eval_set)
     eval_manifest = eval_set.with_name("manifest.json")
     set_info = {
@@ -429,10 +422,7 @@ def evaluate(
     }
     set_info["identical_to_notebook_csv"] = set_info["sha256"] == NOTEBOOK_SET_SHA256
 
-    base_eps = meta.get("base_eps")  # exports before model.base have none
-    scale_free = meta.get("scale_free") is True  # nor before model.scale_free
-    base = None if base_eps is None else float(base_eps)
-    functions = ranking_functions(params, lookahead, eps, base, scale_free)
+    functions = ranking_functions(params, view, eps)
     results = [score(*fn, data, extra_orbits) for fn in functions]
     summary = _read_summary(run)
     out = {

@@ -16,6 +16,7 @@ from common.collatz import (
     TEST_SEEDS,
     Plateau,
     Sampler,
+    View,
     anchor_weight,
     check_start,
     closed_form_values,
@@ -30,6 +31,7 @@ from common.collatz import (
     pair_metrics,
     protocol_pools,
     seed_states,
+    state_features,
     syracuse,
     touches,
     trajectory_metrics,
@@ -88,32 +90,44 @@ def test_check_start_refuses_non_positive_or_even(bad: object) -> None:
 
 
 def test_features_of_27_with_three_steps() -> None:
-    f = features([27], 3)[0]  # k = 1, 2, 1 (27 → 41 → 31 → 47)
+    f = features([27], View(3))[0]  # k = 1, 2, 1 (27 → 41 → 31 → 47)
     expected = [math.log10(27) / 40, 0, 0, 0, 27 / 80, (3 * LOG2_3 - 4) / 10, 0.1, 0.2, 0.1]
     assert f.dtype == np.float32 and f.shape == (9,)
     np.testing.assert_allclose(f, expected, rtol=1e-6)
 
 
 def test_features_residues_and_clipping() -> None:
-    f7 = features([7], 2)[0]  # 7 → 11 → 17: k = 1, 1
+    f7 = features([7], View(2))[0]  # 7 → 11 → 17: k = 1, 1
     np.testing.assert_allclose(f7[1:5], [1 / 2, 7 / 8, 7 / 26, 7 / 80], rtol=1e-6)
     np.testing.assert_allclose(f7[5], (2 * LOG2_3 - 2) / 10, rtol=1e-6)
-    f = features([1365], 2)[0]  # k = 12 (clipped at 10), then 1 → 1 with k = 2
+    f = features([1365], View(2))[0]  # k = 12 (clipped at 10), then 1 → 1 with k = 2
     np.testing.assert_allclose(f[6:], [1.0, 0.2])
-    assert features([27], 10).shape == (1, 16)
+    assert features([27], View(10)).shape == (1, 16)
 
 
 def test_scale_free_features_leave_out_only_ln_n() -> None:
     """27 and 27 + 2^20·81 share residues mod 81 and their first valuations: scale-free, one row."""
     far = 27 + 2**20 * 81
-    plain = features([27, far], 3)
-    free = features([27, far], 3, scale_free=True)
+    view = View(3, 0.01, scale_free=True)
+    plain = features([27, far], View(3))
+    free = features([27, far], view)
     np.testing.assert_array_equal(plain[:, 1:], free[:, 1:])
     assert plain[0, 0] != plain[1, 0] and (free[:, 0] == 0).all()
     np.testing.assert_array_equal(free[0], free[1])
-    b = pair_batch([27, far], [0, 0], 3, (0, 1), WEIGHTS, scale_free=True)
+    b = pair_batch([27, far], [0, 0], view, (0, 1), WEIGHTS)
     np.testing.assert_array_equal(b.x[0], free)
-    np.testing.assert_array_equal(b.x[1], features([41, syracuse(far)[0]], 3, scale_free=True))
+    np.testing.assert_array_equal(b.x[1], features([41, syracuse(far)[0]], view))
+
+
+def test_view_checks_and_round_trips() -> None:
+    view = View(10, 0.05, scale_free=True)
+    assert View.from_meta(view.meta()) == view
+    assert View.from_meta({"lookahead": 10}) == View(10)  # an export from before the base
+    with pytest.raises(ValueError, match="scale_free needs a closed-form base"):
+        View(10, None, scale_free=True)
+    ks, kept = walk([27], 3, keep=(0,))
+    with pytest.raises(ValueError, match="3 valuations for a window of 4"):
+        state_features(kept[0], ks, View(4))
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -214,7 +228,7 @@ def test_faithful_pools_hold_whole_test_orbits() -> None:
 
 def test_clean_sampler_never_draws_near_a_test_orbit() -> None:
     s = Sampler(
-        protocol="clean", seeds=NOTEBOOK_TRAIN_SEEDS, lookahead=4, offsets=(1, 4), max_bits=16,
+        protocol="clean", seeds=NOTEBOOK_TRAIN_SEEDS, view=View(4), offsets=(1, 4), max_bits=16,
         hard_share=0.5, weights=WEIGHTS, mine_share=0.5, mine_direct=0.5, pool_cap=5, replay_share=0.1, seed=3,
     )  # fmt: skip
     s.set_active(len(s.seeds))
@@ -225,7 +239,7 @@ def test_clean_sampler_never_draws_near_a_test_orbit() -> None:
     assert not any(touches(n, 4, banned) for n in states)  # small bit lengths: many hits to refuse
     assert s.test_hits == set()
     faithful = Sampler(
-        protocol="faithful", seeds=(54,), lookahead=4, offsets=(1,), max_bits=16, hard_share=1.0,
+        protocol="faithful", seeds=(54,), view=View(4), offsets=(1,), max_bits=16, hard_share=1.0,
         weights=WEIGHTS, mine_share=None, mine_direct=0.3, pool_cap=5, replay_share=0.0, seed=3,
     )  # fmt: skip
     faithful.draw(200, hard_share=1.0)
@@ -234,7 +248,7 @@ def test_clean_sampler_never_draws_near_a_test_orbit() -> None:
 
 def test_sampler_state_round_trip_gives_the_same_batches() -> None:
     kw = dict(
-        protocol="clean", seeds=NOTEBOOK_TRAIN_SEEDS, lookahead=3, offsets=(1,), max_bits=64, hard_share=0.25,
+        protocol="clean", seeds=NOTEBOOK_TRAIN_SEEDS, view=View(3), offsets=(1,), max_bits=64, hard_share=0.25,
         weights=WEIGHTS, mine_share=None, mine_direct=0.3, pool_cap=10, replay_share=0.0, seed=0,
     )  # fmt: skip
     a = Sampler(**kw)
@@ -248,20 +262,20 @@ def test_sampler_state_round_trip_gives_the_same_batches() -> None:
 
 def test_pair_batch_carries_the_closed_form_target() -> None:
     states = [27, 703, 2**90 + 1, 2**127 - 1]
-    b = pair_batch(states, [0, 1, 0, 0], 5, (0, 1), WEIGHTS, closed_form_eps=0.01)
+    b = pair_batch(states, [0, 1, 0, 0], View(5), (0, 1), WEIGHTS, closed_form_eps=0.01)
     np.testing.assert_allclose(b.closed_form, closed_form_values(states, 5, 0.01), rtol=1e-6)
-    assert pair_batch(states, [0] * 4, 5, (0, 1), WEIGHTS).closed_form is None
+    assert pair_batch(states, [0] * 4, View(5), (0, 1), WEIGHTS).closed_form is None
 
 
 def test_pair_batch_weights_and_offsets() -> None:
     s = Sampler(
-        protocol="faithful", seeds=NOTEBOOK_TRAIN_SEEDS, lookahead=3, offsets=(1, 4, 8), max_bits=40,
+        protocol="faithful", seeds=NOTEBOOK_TRAIN_SEEDS, view=View(3), offsets=(1, 4, 8), max_bits=40,
         hard_share=0.5, weights=WEIGHTS, mine_share=None, mine_direct=0.3, pool_cap=10, replay_share=0.0, seed=1,
     )  # fmt: skip
     b = s.batch(16)
     assert sorted(b.x) == [0, 1, 4, 8]
     for i, n in enumerate(b.states):
-        np.testing.assert_array_equal(b.x[4][i], features([iterate(n, 4)], 3)[0])
+        np.testing.assert_array_equal(b.x[4][i], features([iterate(n, 4)], View(3))[0])
         hard = b.source[i] > 0
         growth = n % 4 == 3
         assert b.growth[i] == growth

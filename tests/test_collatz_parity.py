@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.collatz import NOTEBOOK_TRAIN_SEEDS, Sampler, closed_form_values, iterate, mlp_values
+from common.collatz import NOTEBOOK_TRAIN_SEEDS, Sampler, View, closed_form_values, iterate, mlp_values
 from common.collatz_config import LossConfig, OptimConfig
 from trainers_jax import ranking as jr
 from trainers_torch import ranking as tr
@@ -25,9 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def sampled(base_eps: float | None):
     s = Sampler(
-        protocol="clean", seeds=NOTEBOOK_TRAIN_SEEDS, lookahead=LOOKAHEAD, offsets=(1, 4, 8), max_bits=100,
+        protocol="clean", seeds=NOTEBOOK_TRAIN_SEEDS, view=View(LOOKAHEAD, base_eps), offsets=(1, 4, 8), max_bits=100,
         hard_share=0.25, weights=LOSS.weights(), mine_share=None, mine_direct=0.3, pool_cap=10,
-        replay_share=0.0, seed=5, closed_form_eps=0.01, base_eps=base_eps,
+        replay_share=0.0, seed=5, closed_form_eps=0.01,
     )  # fmt: skip
     s.set_active(10)
     return s.batch(96)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.collatz import load_export, orbit
+from common.collatz import View, load_export, orbit
 from common.collatz_config import CollatzConfig
 from common.config import load_config
 from common.runs import read_metrics
@@ -114,13 +114,13 @@ def test_a_run_with_the_closed_form_base(tmp_path: Path, eval_set: Path) -> None
     out = evaluate(tmp_path / "b", eval_set)
     assert out["model"]["base"] == "closed_form" and headline(out, {})["base"] == "closed_form"
     assert "on the closed form V_L (ε = 0.02)" in (tmp_path / "b" / "eval" / "report.html").read_text()
-    (_, pairs, states), *_ = collatz_eval.ranking_functions(params, 4, 0.01, base_eps=0.02)
+    (_, pairs, states), *_ = collatz_eval.ranking_functions(params, View(4, 0.02), 0.01)
     o = orbit(27)
     v0, v1 = pairs(o[:-1], o[1:])
     v = states(o)
     np.testing.assert_allclose(v0, v[:-1], rtol=1e-9)
     np.testing.assert_allclose(v1, v[1:], rtol=1e-9)
-    no_base = collatz_eval.ranking_functions(params, 4, 0.01)[0][2](o)
+    no_base = collatz_eval.ranking_functions(params, View(4), 0.01)[0][2](o)
     assert not np.allclose(no_base, v)  # the base is really added
 
 
@@ -134,7 +134,9 @@ def test_a_scale_free_run(tmp_path: Path, eval_set: Path) -> None:
     out = evaluate(tmp_path / "f", eval_set)
     assert out["model"]["scale_free"] is True
     assert "without ln n (scale-free)" in (tmp_path / "f" / "eval" / "report.html").read_text()
-    (_, pairs, states), (_, _, closed), _ = collatz_eval.ranking_functions(params, 4, 0.02, 0.02, True)
+    (_, pairs, states), (_, _, closed), _ = collatz_eval.ranking_functions(
+        params, View(4, 0.02, scale_free=True), 0.02
+    )
     near, far = 27, 27 + 2**30 * 81  # the same valuations for 5 steps and the same residues mod 81
     mlp = np.log(np.expm1(states([near, far]) - 1e-6)) - closed([near, far])  # V = softplus(V_L + MLP) + 1e-6
     np.testing.assert_allclose(mlp[0], mlp[1], atol=1e-5)
@@ -143,7 +145,7 @@ def test_a_scale_free_run(tmp_path: Path, eval_set: Path) -> None:
     v0, v1 = pairs(o[:-1], o[1:])
     np.testing.assert_allclose(v0, states(o)[:-1], rtol=1e-9)
     np.testing.assert_allclose(v1, states(o)[1:], rtol=1e-9)
-    plain = collatz_eval.ranking_functions(params, 4, 0.02, 0.02)[0][2](o)
+    plain = collatz_eval.ranking_functions(params, View(4, 0.02), 0.02)[0][2](o)
     assert not np.allclose(plain, states(o))  # ln n really is left out
 
 
