@@ -35,6 +35,7 @@ from common.runs import write_dir
 LOG2_3 = math.log2(3)
 K_CLIP = 10
 BASE_FEATURES = 6  # log10 n, four residues, drift
+RESIDUE_MODULI = (3, 9, 27, 81)  # the residue features n mod 3^j
 
 # ---------------------------------------------------------------------------------------------
 # The Syracuse map
@@ -165,44 +166,53 @@ class View:
 
     ``lookahead``: the window of L valuations the features hold; ``base_eps``: the ε of the closed
     form V_L(n) the model adds to its MLP's output (None: no base); ``scale_free``: the MLP's ln n
-    input is zero, so its correction is the same for every n with the same window and residues.
+    input is zero, so its correction is the same for every n with the same window and residues;
+    ``residues``: the largest modulus 3^j whose residue n mod 3^j the MLP sees (1: none). Left-out
+    inputs are zero columns, so every export has one shape.
     """
 
     lookahead: int
     base_eps: float | None = None
     scale_free: bool = False
+    residues: int = RESIDUE_MODULI[-1]
 
     def __post_init__(self) -> None:
         if self.lookahead < 1:
             raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
         if self.scale_free and self.base_eps is None:
             raise ValueError("scale_free needs a closed-form base (without ln n nothing else grows with n)")
+        if self.residues not in (1, *RESIDUE_MODULI):
+            raise ValueError(f"residues must be 1 (none) or one of {RESIDUE_MODULI}, got {self.residues}")
 
     def meta(self) -> dict[str, Any]:
         """The export's model.json keys that rebuild this view (``from_meta``)."""
-        return {"lookahead": self.lookahead, "base_eps": self.base_eps, "scale_free": self.scale_free}
+        keys = ("lookahead", "base_eps", "scale_free", "residues")
+        return {k: getattr(self, k) for k in keys}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> View:
-        """The view of an export; exports from before the base or scale-free options have none."""
+        """The view of an export; exports from before an option have none of its key (its default)."""
         eps = meta.get("base_eps")
         return cls(
-            int(meta["lookahead"]), None if eps is None else float(eps), meta.get("scale_free") is True
+            int(meta["lookahead"]),
+            None if eps is None else float(eps),
+            meta.get("scale_free") is True,
+            int(meta.get("residues", RESIDUE_MODULI[-1])),
         )
 
 
 def state_features(states: Limbs, ks: np.ndarray, view: View) -> np.ndarray:
     """Features of ``states`` given each one's next valuations ``ks`` ``(len, L)``: float32 ``(len, 6 + L)``.
 
-    A scale-free ``view`` leaves the ln n column zero (it stays: one export shape).
+    The view's left-out inputs are zero: ln n when scale-free, the residues above its modulus.
     """
     if ks.shape[1] != view.lookahead:
         raise ValueError(f"{ks.shape[1]} valuations for a window of {view.lookahead}")
     out = np.empty((len(ks), BASE_FEATURES + view.lookahead), dtype=np.float32)
     res = states.mod(81)
     out[:, 0] = 0.0 if view.scale_free else states.log() / math.log(10) / 40.0
-    for col, mod in enumerate((3, 9, 27, 81), start=1):
-        out[:, col] = (res % np.uint64(mod)) / (mod - 1)
+    for col, mod in enumerate(RESIDUE_MODULI, start=1):
+        out[:, col] = (res % np.uint64(mod)) / (mod - 1) if mod <= view.residues else 0.0
     out[:, 5] = drift(ks) / 10.0
     out[:, BASE_FEATURES:] = np.minimum(ks, K_CLIP) / K_CLIP
     return out

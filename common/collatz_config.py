@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.collatz import NOTEBOOK_TRAIN_SEEDS, Protocol, View
+from common.collatz import NOTEBOOK_TRAIN_SEEDS, RESIDUE_MODULI, Protocol, View
 
 
 @dataclass
@@ -40,6 +40,9 @@ class ModelConfig:
     # the MLP's ln n input is zero: the correction depends on the window's valuations and n's
     # residues only, the same at every scale (closed_form only: V_L carries the scale)
     scale_free: bool = False
+    # the largest modulus of the residues n mod 3, 9, 27, 81 the MLP sees (1: none; the others
+    # are zero inputs)
+    residues: int = 81
 
     def __post_init__(self) -> None:
         if not self.widths or any(w < 1 for w in self.widths):
@@ -51,6 +54,10 @@ class ModelConfig:
         if self.scale_free and self.base != "closed_form":
             raise ValueError(
                 "model.scale_free needs model.base: closed_form (without ln n nothing else grows with n)"
+            )
+        if self.residues not in (1, *RESIDUE_MODULI):
+            raise ValueError(
+                f"model.residues must be 1 (none) or one of {RESIDUE_MODULI}, got {self.residues}"
             )
 
     def window_eps(self) -> float | None:
@@ -199,4 +206,5 @@ class CollatzConfig:
 
     def view(self) -> View:
         """What the model's V is computed from: the task's window, the model's base and inputs."""
-        return View(self.task.lookahead, self.model.window_eps(), self.model.scale_free)
+        model = self.model
+        return View(self.task.lookahead, model.window_eps(), model.scale_free, model.residues)

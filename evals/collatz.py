@@ -32,6 +32,7 @@ import numpy as np
 
 from common.collatz import (
     FALLBACK_SEED,
+    RESIDUE_MODULI,
     TEST_SEEDS,
     View,
     check_start,
@@ -320,6 +321,17 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return "—" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
+def _left_out(model: dict[str, Any]) -> str:
+    """The report's words for the inputs the model's MLP does not see (``View``)."""
+    out = []
+    if model.get("scale_free"):
+        out.append("ln n (scale-free)")
+    residues = model.get("residues") or RESIDUE_MODULI[-1]  # exports before the option saw all
+    if residues < RESIDUE_MODULI[-1]:
+        out.append("residues" if residues == 1 else f"residues above mod {residues}")
+    return f" without {' or '.join(out)}" if out else ""
+
+
 def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
     esc = html.escape
     rows = []
@@ -352,7 +364,7 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         f"<p>backend <b>{esc(str(m['backend']))}</b>, protocol <b>{esc(out['protocol'])}</b>, L = {out['lookahead']}, "
         f"MLP {esc(str(m['widths']))}"
         + (f" on the closed form V_L (ε = {m['base_eps']})" if m.get("base") == "closed_form" else "")
-        + (" without ln n (scale-free)" if m.get("scale_free") else "")
+        + _left_out(m)
         + f", {m['steps']} steps"
         + (
             f" (best/: the export with the fewest violations, {m['valid_orbit_violations']}, on the validation orbits)"
@@ -443,6 +455,7 @@ def evaluate(
                 "base",
                 "base_eps",
                 "scale_free",
+                "residues",
                 "valid_orbit_violations",
             )
         },

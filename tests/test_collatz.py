@@ -119,12 +119,24 @@ def test_scale_free_features_leave_out_only_ln_n() -> None:
     np.testing.assert_array_equal(b.x[1], features([41, syracuse(far)[0]], view))
 
 
+def test_residue_inputs_above_the_views_modulus_are_zero() -> None:
+    all_in = features([7, 25], View(2))
+    for residues, kept in ((1, 0), (3, 1), (9, 2), (27, 3), (81, 4)):
+        f = features([7, 25], View(2, residues=residues))
+        np.testing.assert_array_equal(f[:, 1 : 1 + kept], all_in[:, 1 : 1 + kept])
+        assert (f[:, 1 + kept : 5] == 0).all()
+        np.testing.assert_array_equal(f[:, [0, 5, 6, 7]], all_in[:, [0, 5, 6, 7]])  # ln n, drift, window
+
+
 def test_view_checks_and_round_trips() -> None:
     view = View(10, 0.05, scale_free=True)
     assert View.from_meta(view.meta()) == view
     assert View.from_meta({"lookahead": 10}) == View(10)  # an export from before the base
+    assert View.from_meta(View(10, residues=1).meta()).residues == 1
     with pytest.raises(ValueError, match="scale_free needs a closed-form base"):
         View(10, None, scale_free=True)
+    with pytest.raises(ValueError, match="residues must be 1"):
+        View(10, residues=7)
     ks, kept = walk([27], 3, keep=(0,))
     with pytest.raises(ValueError, match="3 valuations for a window of 4"):
         state_features(kept[0], ks, View(4))

@@ -149,6 +149,25 @@ def test_a_scale_free_run(tmp_path: Path, eval_set: Path) -> None:
     assert not np.allclose(plain, states(o))  # ln n really is left out
 
 
+def test_a_run_with_fewer_residues(tmp_path: Path, eval_set: Path) -> None:
+    """``model.residues=9``: the export and the report say so, and the correction is the same for
+    two states that share the window and n mod 9 but not n mod 27."""
+    extra = ("model.base=closed_form", "model.base_eps=0.02", "model.scale_free=true", "model.residues=9")
+    assert torch_recipe.main(args(tmp_path, "r", *extra, "train.steps=20")) == 0
+    params, meta = load_export(tmp_path / "r" / "final")
+    assert meta["residues"] == 9 and View.from_meta(meta) == View(4, 0.02, True, 9)
+    out = evaluate(tmp_path / "r", eval_set)
+    assert out["model"]["residues"] == 9
+    report = (tmp_path / "r" / "eval" / "report.html").read_text()
+    assert "without ln n (scale-free) or residues above mod 9" in report
+    near, far = 27, 27 + 2**30 * 9  # the same valuations for 5 steps, n mod 9 equal, n mod 27 not
+    assert near % 9 == far % 9 and near % 27 != far % 27
+    for view, same in ((View(4, 0.02, True, 9), True), (View(4, 0.02, True, 81), False)):
+        (_, _, states), (_, _, closed), _ = collatz_eval.ranking_functions(params, view, 0.02)
+        mlp = np.log(np.expm1(states([near, far]) - 1e-6)) - closed([near, far])
+        assert np.isclose(mlp[0], mlp[1], atol=1e-6) == same, (view, mlp)
+
+
 def test_validation_orbits_keep_the_best_export(
     tmp_path: Path, eval_set: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -250,6 +269,7 @@ def test_bad_values_exit_2(tmp_path: Path, eval_set: Path, capsys: pytest.Captur
         ("model.base=window", "model.base"),
         ("train.valid_orbits=-1", "train.valid_orbits must be >= 0"),
         ("model.scale_free=true", "model.scale_free needs model.base: closed_form"),
+        ("model.residues=10", "model.residues must be 1 (none) or one of (3, 9, 27, 81)"),
     ):
         code, last = main_exit(torch_recipe.main, [f"output_dir={tmp_path}", bad], capsys)
         assert code == 2 and message in last, last
