@@ -189,6 +189,12 @@ class View:
         keys = ("lookahead", "base_eps", "scale_free", "residues")
         return {k: getattr(self, k) for k in keys}
 
+    def inputs(self) -> list[str]:
+        """The inputs the MLP sees, by name."""
+        names = [] if self.scale_free else ["ln n"]
+        names += [f"n mod {m}" for m in RESIDUE_MODULI if m <= self.residues]
+        return [*names, "drift", f"k_1..k_{self.lookahead}"]
+
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> View:
         """The view of an export; exports from before an option have none of its key (its default)."""

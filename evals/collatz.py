@@ -498,6 +498,7 @@ def headline(out: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         "protocol": out["protocol"],
         "L": out["lookahead"],
         "base": out["model"].get("base") or "none",
+        "inputs": View.from_meta(out["model"] | {"lookahead": out["lookahead"]}).inputs(),
         "violations": model["trajectory"]["violations"],
         "violations_by_seed": {s: v["violations"] for s, v in model["trajectory"]["by_seed"].items()},
         "pass": round(model["pass"], 2),

@@ -133,6 +133,8 @@ def test_view_checks_and_round_trips() -> None:
     assert View.from_meta(view.meta()) == view
     assert View.from_meta({"lookahead": 10}) == View(10)  # an export from before the base
     assert View.from_meta(View(10, residues=1).meta()).residues == 1
+    assert View(10).inputs() == ["ln n", "n mod 3", "n mod 9", "n mod 27", "n mod 81", "drift", "k_1..k_10"]
+    assert View(4, 0.05, scale_free=True, residues=1).inputs() == ["drift", "k_1..k_4"]
     with pytest.raises(ValueError, match="scale_free needs a closed-form base"):
         View(10, None, scale_free=True)
     with pytest.raises(ValueError, match="residues must be 1"):

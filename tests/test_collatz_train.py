@@ -93,7 +93,7 @@ def test_train_export_eval(backend: str, tmp_path: Path, eval_set: Path) -> None
     assert out["results"][2]["growth"] == 0.0  # ln n rises on every growth step
     assert out["faithful_leak"]["transitions"] > 0 and "extra_orbits" in out["results"][0]
     line = headline(out, summary)
-    for key in ("backend", "protocol", "L", "violations", "violations_by_seed", "pass", "weighted", "growth",
+    for key in ("backend", "protocol", "L", "inputs", "violations", "violations_by_seed", "pass", "weighted", "growth",
                 "growth_weighted", "growth_margin_min", "closed_form_violations", "closed_form_pass",
                 "faithful_leaked_transitions", "train_seconds"):  # fmt: skip
         assert key in line, key
@@ -158,6 +158,7 @@ def test_a_run_with_fewer_residues(tmp_path: Path, eval_set: Path) -> None:
     assert meta["residues"] == 9 and View.from_meta(meta) == View(4, 0.02, True, 9)
     out = evaluate(tmp_path / "r", eval_set)
     assert out["model"]["residues"] == 9
+    assert headline(out, {})["inputs"] == ["n mod 3", "n mod 9", "drift", "k_1..k_4"]
     report = (tmp_path / "r" / "eval" / "report.html").read_text()
     assert "without ln n (scale-free) or residues above mod 9" in report
     near, far = 27, 27 + 2**30 * 9  # the same valuations for 5 steps, n mod 9 equal, n mod 27 not
