@@ -8,7 +8,7 @@ Numbers are Python ints everywhere (exact at any size: orbits of 128-bit starts 
 2^128); only the features are floats. The features of a state n with window L are 6 + L
 float32 values: log10(n)/40; n mod 3, 9, 27, 81, each over (modulus - 1); drift/10 with
 drift = L·log2(3) − Σ k_i; the next L valuations k_1..k_L, clipped at 10, over 10. So V sees
-L steps ahead. Two references need no training: V = ln n, and the closed-form truncated
+L steps ahead. A ``View`` says which of them a model's MLP sees (the others are zero columns). Two references need no training: V = ln n, and the closed-form truncated
 ranking function V_L(n) = max_{j ≤ L} [ln T^j(n) + ε·j], which fails only where the orbit's
 next record lies beyond the window.
 
