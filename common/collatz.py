@@ -195,15 +195,22 @@ class View:
         names += [f"n mod {m}" for m in RESIDUE_MODULI if m <= self.residues]
         return [*names, "drift", f"k_1..k_{self.lookahead}"]
 
+    def left_out(self) -> list[str]:
+        """The inputs the MLP does not see, in words (empty when it sees them all)."""
+        out = ["ln n (scale-free)"] if self.scale_free else []
+        if self.residues < RESIDUE_MODULI[-1]:
+            out.append("residues" if self.residues == 1 else f"residues above mod {self.residues}")
+        return out
+
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> View:
         """The view of an export; exports from before an option have none of its key (its default)."""
-        eps = meta.get("base_eps")
+        eps, residues = meta.get("base_eps"), meta.get("residues")
         return cls(
             int(meta["lookahead"]),
             None if eps is None else float(eps),
             meta.get("scale_free") is True,
-            int(meta.get("residues", RESIDUE_MODULI[-1])),
+            RESIDUE_MODULI[-1] if residues is None else int(residues),
         )
 
 

@@ -32,7 +32,6 @@ import numpy as np
 
 from common.collatz import (
     FALLBACK_SEED,
-    RESIDUE_MODULI,
     TEST_SEEDS,
     View,
     check_start,
@@ -321,15 +320,9 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return "—" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
-def _left_out(model: dict[str, Any]) -> str:
-    """The report's words for the inputs the model's MLP does not see (``View``)."""
-    out = []
-    if model.get("scale_free"):
-        out.append("ln n (scale-free)")
-    residues = model.get("residues") or RESIDUE_MODULI[-1]  # exports before the option saw all
-    if residues < RESIDUE_MODULI[-1]:
-        out.append("residues" if residues == 1 else f"residues above mod {residues}")
-    return f" without {' or '.join(out)}" if out else ""
+def _view(out: dict[str, Any]) -> View:
+    """The evaluated model's view, from an eval result (``evaluate``'s ``out``)."""
+    return View.from_meta({**out["model"], "lookahead": out["lookahead"]})
 
 
 def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
@@ -364,7 +357,7 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         f"<p>backend <b>{esc(str(m['backend']))}</b>, protocol <b>{esc(out['protocol'])}</b>, L = {out['lookahead']}, "
         f"MLP {esc(str(m['widths']))}"
         + (f" on the closed form V_L (ε = {m['base_eps']})" if m.get("base") == "closed_form" else "")
-        + _left_out(m)
+        + (f" without {' or '.join(left_out)}" if (left_out := _view(out).left_out()) else "")
         + f", {m['steps']} steps"
         + (
             f" (best/: the export with the fewest violations, {m['valid_orbit_violations']}, on the validation orbits)"
@@ -498,7 +491,7 @@ def headline(out: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         "protocol": out["protocol"],
         "L": out["lookahead"],
         "base": out["model"].get("base") or "none",
-        "inputs": View.from_meta(out["model"] | {"lookahead": out["lookahead"]}).inputs(),
+        "inputs": _view(out).inputs(),
         "violations": model["trajectory"]["violations"],
         "violations_by_seed": {s: v["violations"] for s, v in model["trajectory"]["by_seed"].items()},
         "pass": round(model["pass"], 2),

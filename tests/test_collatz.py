@@ -132,6 +132,10 @@ def test_view_checks_and_round_trips() -> None:
     view = View(10, 0.05, scale_free=True)
     assert View.from_meta(view.meta()) == view
     assert View.from_meta({"lookahead": 10}) == View(10)  # an export from before the base
+    # an eval result of such an export holds the later keys as None
+    nones = {"lookahead": 10, "base_eps": None, "scale_free": None, "residues": None}
+    assert View.from_meta(nones) == View(10)
+    assert View(10, 0.05, True, 9).left_out() == ["ln n (scale-free)", "residues above mod 9"]
     assert View.from_meta(View(10, residues=1).meta()).residues == 1
     assert View(10).inputs() == ["ln n", "n mod 3", "n mod 9", "n mod 27", "n mod 81", "drift", "k_1..k_10"]
     assert View(4, 0.05, scale_free=True, residues=1).inputs() == ["drift", "k_1..k_4"]
