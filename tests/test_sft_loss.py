@@ -11,6 +11,7 @@ from common.sft_data import pack_rows, tokenize_records
 from tests.sft_data import arithmetic_records, write_records
 from trainers_torch.data import collate
 from trainers_torch.losses import IGNORE, completion_loss_sum, lm_head_loss_sum
+from trainers_torch.model import sparse_tied_embedding
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,8 +63,8 @@ def test_targets_are_exactly_the_completion(examples):
     assert batch.n_targets == sum(len(e) - e.n_prompt for e in ex[:2])
 
 
-@pytest.mark.parametrize("softcap", [None, 3.0])
-def test_chunked_loss_and_grads_equal_hf_full_loss(tiny_gemma3, examples, softcap):
+@pytest.mark.parametrize(("softcap", "sparse"), [(None, False), (3.0, False), (None, True)])
+def test_chunked_loss_and_grads_equal_hf_full_loss(tiny_gemma3, examples, softcap, sparse):
     tok, ex, _ = examples
     e = ex[1]
     ids = torch.tensor([e.ids])
@@ -75,14 +76,36 @@ def test_chunked_loss_and_grads_equal_hf_full_loss(tiny_gemma3, examples, softca
     ref_loss.backward()
 
     model = load_tiny(tiny_gemma3, softcap=softcap)
+    if sparse:  # what build_model does for full fine-tuning: the tied lookup's gradient goes in sparse
+        sparse_tied_embedding(model)
+        assert model.get_input_embeddings().sparse
     batch = collate(ex, [[1]], pad_id=tok.pad_token_id)
+    assert batch.n_targets > 7
     loss = completion_loss_sum(model, batch, chunk=7) / batch.n_targets  # several chunks
     loss.backward()
 
     assert abs(loss.item() - ref_loss.item()) < 1e-5
     ref_grads = dict(ref.named_parameters())
     for name, p in model.named_parameters():  # includes the tied embedding / lm_head weight
+        assert p.grad.layout == torch.strided, name  # dense, as the fused AdamW and clipping need
         torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_sparse_lookup_only_for_a_trained_tied_embedding(tiny_gemma3):
+    model = load_tiny(tiny_gemma3)
+    model.get_input_embeddings().weight.requires_grad_(False)  # LoRA / last-N-layer runs
+    sparse_tied_embedding(model)
+    assert not model.get_input_embeddings().sparse
+
+
+def test_chunked_loss_backward_runs_once(tiny_gemma3):
+    model = load_tiny(tiny_gemma3)
+    h = torch.randn(10, model.config.hidden_size, requires_grad=True)
+    y = torch.randint(0, model.config.vocab_size, (10,))
+    loss = lm_head_loss_sum(h, model.lm_head, y, chunk=3, softcap=None)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
 
 
 def test_head_loss_without_grad_matches(tiny_gemma3):

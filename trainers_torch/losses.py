@@ -22,16 +22,46 @@ from trainers_torch.model import causal_lm
 
 
 def _head_logits(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+    buf: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """float32 logits of one chunk, and tanh(z / cap) when soft-capping (for the gradient)."""
-    z = (h @ weight.t()).float()
+    """float32 logits of one chunk, and tanh(z / cap) when soft-capping (for the gradient).
+
+    ``buf`` (float32 [chunk, vocab], only with float32 weights) receives the logits, so a loop
+    over chunks reuses one allocation instead of faulting in a fresh [chunk, vocab] each time.
+    """
+    if buf is not None and weight.dtype == torch.float32:
+        z = torch.mm(h, weight.t(), out=buf[: h.shape[0]])
+    else:
+        z = (h @ weight.t()).float()
     if bias is not None:
         z += bias.float()
     if not softcap:
         return z, None
     t = z.div_(softcap).tanh_()
     return t * softcap, t
+
+
+def _logits_buffer(hidden: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor | None:
+    """One [chunk, vocab] float32 buffer for a chunk loop over ``hidden`` (None: one chunk or
+    low-precision weights, where the loop allocates as it goes)."""
+    if weight.dtype != torch.float32 or hidden.shape[0] <= chunk:
+        return None
+    return torch.empty((chunk, weight.shape[0]), dtype=torch.float32, device=weight.device)
+
+
+def _softmax_(z: torch.Tensor) -> torch.Tensor:
+    """Turn ``z`` [N, vocab] into softmax(z) in place; return logsumexp(z) [N].
+
+    One pass fewer and no [N, vocab] temporary, unlike ``torch.logsumexp`` then ``exp``.
+    """
+    m = z.amax(-1, keepdim=True)
+    s = z.sub_(m).exp_().sum(-1, keepdim=True)
+    z.div_(s)
+    return (s.log_() + m).squeeze(1)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -49,12 +79,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        buf = _logits_buffer(hidden, weight, chunk)
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], targets[s : s + chunk]
-            logits, t = _head_logits(h, weight, bias, softcap)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, reusing the logits buffer
+            logits, t = _head_logits(h, weight, bias, softcap, buf)
+            picked = logits.gather(1, y[:, None]).squeeze(1)
+            total += (_softmax_(logits) - picked).sum()
+            g = logits  # softmax - onehot = d loss / d logits, in the logits buffer
             g[torch.arange(y.shape[0], device=y.device), y] -= 1.0
             if t is not None:
                 g.mul_(1.0 - t * t)  # d(cap * tanh(z / cap)) / dz
@@ -64,17 +95,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_w.addmm_(g.t(), h.float())
             if grad_b is not None:
                 grad_b += g.sum(0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        # kept on ctx, not saved: backward scales them in place (a [vocab, H] copy less) and drops them
+        ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_h, grad_w, grad_b = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError("the chunked cross-entropy's backward runs once (no retain_graph)")
+        (grad_h, grad_w, grad_b), ctx.grads = ctx.grads, None
         w_dtype, b_dtype = ctx.dtypes
-        out_h = None if grad_h is None else grad_h * grad_total.to(grad_h.dtype)
-        out_w = None if grad_w is None else (grad_w * grad_total).to(w_dtype)
-        out_b = None if grad_b is None else (grad_b * grad_total).to(b_dtype)
+        out_h = None if grad_h is None else grad_h.mul_(grad_total.to(grad_h.dtype))
+        out_w = None if grad_w is None else grad_w.mul_(grad_total).to(w_dtype)
+        out_b = None if grad_b is None else grad_b.mul_(grad_total).to(b_dtype)
         return out_h, out_w, out_b, None, None, None
 
 
@@ -109,16 +143,19 @@ class _LinearLogProbs(torch.autograd.Function):
         keep_jacobian = need_h and not (need_w or need_b)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         jac = torch.empty_like(hidden) if keep_jacobian else None
+        buf = _logits_buffer(hidden, weight, chunk)
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], targets[s : s + chunk]
-            logits, t = _head_logits(h, weight, bias, softcap)
+            logits, t = _head_logits(h, weight, bias, softcap, buf)
             if inv_temp != 1.0:
                 logits.mul_(inv_temp)
-            lse = torch.logsumexp(logits, dim=-1)
-            out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - lse
-            if jac is not None:
-                g = _dlogp_dlogits(logits, lse, y, t, inv_temp)
-                jac[s : s + chunk] = g.to(weight.dtype) @ weight
+            if jac is None:
+                out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+                continue
+            picked = logits.gather(1, y[:, None]).squeeze(1)
+            out[s : s + chunk] = picked - _softmax_(logits)
+            g = _dlogp_dlogits(logits, y, t, inv_temp)
+            jac[s : s + chunk] = g.to(weight.dtype) @ weight
         ctx.chunk, ctx.softcap, ctx.inv_temp, ctx.keep_jacobian = chunk, softcap, inv_temp, keep_jacobian
         if keep_jacobian:
             ctx.save_for_backward(jac)
@@ -136,13 +173,14 @@ class _LinearLogProbs(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        buf = _logits_buffer(hidden, weight, ctx.chunk)
         for s in range(0, hidden.shape[0], ctx.chunk):
             h, y = hidden[s : s + ctx.chunk], targets[s : s + ctx.chunk]
-            logits, t = _head_logits(h, weight, bias, ctx.softcap)
+            logits, t = _head_logits(h, weight, bias, ctx.softcap, buf)
             if ctx.inv_temp != 1.0:
                 logits.mul_(ctx.inv_temp)
-            lse = torch.logsumexp(logits, dim=-1)
-            g = _dlogp_dlogits(logits, lse, y, t, ctx.inv_temp)
+            _softmax_(logits)
+            g = _dlogp_dlogits(logits, y, t, ctx.inv_temp)
             g.mul_(grad_out[s : s + ctx.chunk, None].float())
             if grad_h is not None:
                 grad_h[s : s + ctx.chunk] = g.to(weight.dtype) @ weight
@@ -156,11 +194,11 @@ class _LinearLogProbs(torch.autograd.Function):
 
 
 def _dlogp_dlogits(
-    scaled: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, inv_temp: float
+    probs: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, inv_temp: float
 ) -> torch.Tensor:
-    """d log softmax(scaled)[y] / d raw logits, in place of ``scaled`` (onehot - softmax, chained
-    through the temperature and the soft-cap)."""
-    g = scaled.sub_(lse[:, None]).exp_().neg_()
+    """d log softmax(scaled)[y] / d raw logits, in place of ``probs`` = softmax(scaled)
+    (onehot - softmax, chained through the temperature and the soft-cap)."""
+    g = probs.neg_()
     g[torch.arange(y.shape[0], device=y.device), y] += 1.0
     if inv_temp != 1.0:
         g.mul_(inv_temp)
