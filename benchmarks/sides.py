@@ -92,11 +92,13 @@ def _sft_ours(s: Settings, method: str) -> dict[str, Any]:
     import torch
 
     from trainers_torch.data import collate
-    from trainers_torch.model import build_model
+    from trainers_torch.model import build_model, keep_freed_memory
     from trainers_torch.optim import build_optimizer, build_scheduler
     from trainers_torch.sft import sft_step
 
     set_threads(s)
+    if s.device == "cpu":
+        keep_freed_memory()  # as trainers_torch.sft.train does
     cfg, tok, examples, steps = sft_setup(s, method)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.lora, cfg.train)

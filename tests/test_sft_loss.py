@@ -194,3 +194,16 @@ def test_bfloat16_training_step(tiny_gemma3, examples):
         opt.step()
         losses[dtype] = loss.item()
     assert abs(losses["bfloat16"] - losses["float32"]) / losses["float32"] < 2e-2
+
+
+def test_keep_freed_memory_sets_glibc_malloc_options():
+    import platform
+
+    from trainers_torch.model import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory() is True
+    big = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MB: past glibc's largest mmap threshold
+    big.fill_(1)
+    assert int(big.sum()) == 64 << 20  # the heap serves it

@@ -302,6 +302,23 @@ def sparse_tied_embedding(lm: Any) -> None:
         emb.sparse = emb.weight.requires_grad
 
 
+def keep_freed_memory() -> bool:
+    """glibc on CPU: serve large allocations from the heap instead of fresh ``mmap`` regions and
+    never trim it, so the big tensors a step frees and allocates again (full fine-tuning's
+    [vocab, H] head gradient and every weight gradient) reuse pages already mapped instead of
+    faulting in zeroed ones each step. Full SFT on the real Gemma 3 270M ran 1.3-1.7x faster
+    for +0.5 GB peak memory (interleaved bench runs); LoRA and GRPO steps were unchanged.
+    False where the C library has no ``mallopt`` (not glibc)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return default_device()

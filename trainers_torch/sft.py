@@ -41,6 +41,7 @@ from trainers_torch.model import (
     build_model,
     check_model_dir,
     generation_mode,
+    keep_freed_memory,
     parameter_counts,
     resolve_device,
 )
@@ -143,6 +144,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if resolve_device(cfg.model.device) == "cpu":
+        keep_freed_memory()
     run_path, resume_from = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
