@@ -97,8 +97,7 @@ def _sft_ours(s: Settings, method: str) -> dict[str, Any]:
     from trainers_torch.sft import sft_step
 
     set_threads(s)
-    if s.device == "cpu":
-        keep_freed_memory()  # as trainers_torch.sft.train does
+    keep_freed_memory(s.device)  # as trainers_torch.sft.train does
     cfg, tok, examples, steps = sft_setup(s, method)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.lora, cfg.train)

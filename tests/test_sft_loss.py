@@ -203,7 +203,8 @@ def test_keep_freed_memory_sets_glibc_malloc_options():
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert keep_freed_memory() is True
+    assert keep_freed_memory("cuda") is False  # nothing to set off the CPU
+    assert keep_freed_memory("cpu") is True
     big = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MB: past glibc's largest mmap threshold
     big.fill_(1)
     assert int(big.sum()) == 64 << 20  # the heap serves it

@@ -33,10 +33,7 @@ def _head_logits(
     ``buf`` (float32 [chunk, vocab], only with float32 weights) receives the logits, so a loop
     over chunks reuses one allocation instead of faulting in a fresh [chunk, vocab] each time.
     """
-    if buf is not None and weight.dtype == torch.float32:
-        z = torch.mm(h, weight.t(), out=buf[: h.shape[0]])
-    else:
-        z = (h @ weight.t()).float()
+    z = (h @ weight.t()).float() if buf is None else torch.mm(h, weight.t(), out=buf[: h.shape[0]])
     if bias is not None:
         z += bias.float()
     if not softcap:

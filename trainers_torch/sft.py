@@ -144,8 +144,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if resolve_device(cfg.model.device) == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(resolve_device(cfg.model.device))
     run_path, resume_from = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
