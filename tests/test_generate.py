@@ -415,13 +415,22 @@ def test_decoding_record_names_solver_answer_only_when_on():
     assert decoding_record(DecodeSettings(solver_answer=True))["solver_answer"] is True
 
 
-def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tiny):
-    """``(W·xᵀ)ᵀ`` for decode-sized inputs: the values of ``F.linear`` (bias too), a prefill-sized
-    input through the plain path, and every layer as it was once the context closes."""
+@pytest.mark.parametrize("kernel", ["onednn", "blocks"])
+def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tiny, monkeypatch, kernel):
+    """Decode-sized inputs (oneDNN's kernel, or ``(W·xᵀ)ᵀ`` in row blocks where there is none):
+    the values of ``F.linear`` (bias too); a prefill-sized input and one that builds a graph go
+    through ``F.linear`` itself (gradients included); every layer is as it was once the context
+    closes."""
     import torch
 
+    from evals import few_rows
     from evals.few_rows import CHUNK, MAX_ROWS, few_row_linears
 
+    calls: list[int] = []
+    real = few_rows.ONEDNN
+    assert real is not None  # the pinned CPU torch has oneDNN
+    counted = lambda *args: calls.append(1) or real(*args)  # noqa: E731
+    monkeypatch.setattr(few_rows, "ONEDNN", counted if kernel == "onednn" else None)
     model, _ = torch_tiny
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     ids = {
@@ -430,17 +439,23 @@ def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tin
     }
     with torch.no_grad():
         plain = {k: model(input_ids=v).logits for k, v in ids.items()}
-        with few_row_linears(model) as changed:
-            assert changed == len(linears) > 0 and all("forward" in m.__dict__ for m in linears)
+    with few_row_linears(model) as changed:
+        assert changed == len(linears) > 0 and all("forward" in m.__dict__ for m in linears)
+        with torch.no_grad():
             mine = {k: model(input_ids=v).logits for k, v in ids.items()}
-            biased = torch.nn.Linear(6, 4)
-            wide = torch.nn.Linear(6, 2 * CHUNK + 5, bias=False)  # in row blocks, the last one short
-            x = torch.randn(3, 2, 6)
-            for layer in (biased, wide):
-                with few_row_linears(layer):
-                    torch.testing.assert_close(
-                        layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)
-                    )
+        biased = torch.nn.Linear(6, 4)
+        wide = torch.nn.Linear(6, 2 * CHUNK + 5, bias=False)  # in row blocks, the last one short
+        x = torch.randn(3, 2, 6)
+        for layer in (biased, wide):
+            with few_row_linears(layer), torch.no_grad():
+                torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        with few_row_linears(biased):  # grad on: the plain op, whose backward is right
+            biased(x).square().sum().backward()
+        grad = biased.weight.grad.clone()
+        biased.weight.grad = None
+        torch.nn.functional.linear(x, biased.weight, biased.bias).square().sum().backward()
+        assert torch.equal(grad, biased.weight.grad)
     assert not any("forward" in m.__dict__ for m in [*linears, biased, wide])
     torch.testing.assert_close(mine["few"], plain["few"], rtol=1e-5, atol=1e-5)
     assert torch.equal(mine["many"], plain["many"])  # more than MAX_ROWS rows: F.linear itself
+    assert (len(calls) > 0) == (kernel == "onednn")
