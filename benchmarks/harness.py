@@ -20,7 +20,8 @@ Decoding counts 2·N_body + 2·N_head per generated token (the head only at the 
 and 2·N_body per prompt token, plus the attention pairs forward only.
 
 MFU = model FLOPs per second ÷ the float32 (or the run's dtype) matmul peak measured in the
-same run on the same threads (``matmul_peak``: the best of square ``torch.mm`` sizes).
+same run on the same threads (``matmul_peak``: the best of square sizes by ``torch.mm`` and,
+on CPU, oneDNN's linear).
 """
 
 from __future__ import annotations
@@ -187,25 +188,37 @@ class StepTimer:
 
 def matmul_peak(device: str = "cpu", dtype: str = "float32", sizes: tuple[int, ...] = (1024, 2048, 3072),
                 seconds: float = 1.5) -> dict[str, Any]:  # fmt: skip
-    """The best ``torch.mm`` FLOP/s over square sizes on this process's threads."""
+    """The best matmul FLOP/s over square sizes on this process's threads: ``torch.mm`` and, on a
+    CPU in float32 where this torch has it, oneDNN's linear (the decode loop's kernel,
+    ``evals.few_rows``), which on some CPUs beats the BLAS behind ``torch.mm``; ``kernel`` names
+    the winner and ``by_kernel`` holds each one's best."""
     import torch
 
+    from evals.few_rows import ONEDNN
+
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    kernels: dict[str, Any] = {"torch.mm": torch.mm}
+    if device == "cpu" and dt == torch.float32 and ONEDNN is not None:
+        kernels["oneDNN"] = lambda a, b: ONEDNN(a, b, None, "none", [], "")  # a·bᵀ: the same FLOPs
     best: dict[str, Any] = {"flops_per_s": 0.0}
-    for n in sizes:
-        a = torch.randn(n, n, dtype=dt, device=device)
-        b = torch.randn(n, n, dtype=dt, device=device)
-        torch.mm(a, b)  # warm-up
-        reps, t0 = 0, time.perf_counter()
-        sync(device)
-        while time.perf_counter() - t0 < seconds / len(sizes):
-            torch.mm(a, b)
-            reps += 1
-        sync(device)
-        rate = 2 * n**3 * reps / (time.perf_counter() - t0)
-        if rate > best["flops_per_s"]:
-            best = {"flops_per_s": rate, "size": n}
-    return best | {"threads": torch.get_num_threads(), "dtype": dtype, "device": device}
+    by_kernel: dict[str, float] = {}
+    for name, mm in kernels.items():
+        for n in sizes:
+            a = torch.randn(n, n, dtype=dt, device=device)
+            b = torch.randn(n, n, dtype=dt, device=device)
+            mm(a, b)  # warm-up
+            reps, t0 = 0, time.perf_counter()
+            sync(device)
+            while time.perf_counter() - t0 < seconds / len(sizes):
+                mm(a, b)
+                reps += 1
+            sync(device)
+            rate = 2 * n**3 * reps / (time.perf_counter() - t0)
+            by_kernel[name] = max(by_kernel.get(name, 0.0), rate)
+            if rate > best["flops_per_s"]:
+                best = {"flops_per_s": rate, "size": n, "kernel": name}
+    info = {"by_kernel": by_kernel, "threads": torch.get_num_threads(), "dtype": dtype, "device": device}
+    return best | info
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,6 +343,7 @@ def entry_info(
         info["ratio_to_peer"] = round(mine[rate] / theirs[rate], 3) if theirs[rate] else None
         info["peak_rss_ratio_to_peer"] = round(mine["peak_rss_mb"] / theirs["peak_rss_mb"], 3)
     info["matmul_peak_gflops"] = round(peak["flops_per_s"] / 1e9, 1)
+    info["matmul_peak_kernel"] = peak.get("kernel", "torch.mm")
     info["threads"] = peak["threads"]
     info["device"], info["dtype"] = peak["device"], peak["dtype"]
     info["xla_flags"] = os.environ.get("XLA_FLAGS") or None  # the caller's, which the JAX sides keep

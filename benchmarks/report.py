@@ -54,7 +54,7 @@ def markdown(machine: dict[str, Any], rows: list[dict[str, Any]], sources: list[
         "",
         f"{machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}, {first.get('threads')} threads, "
         f"{first.get('device')} {first.get('dtype')}; matmul peak {first.get('matmul_peak_gflops')} GFLOP/s "
-        f"measured in the same run; load: {first.get('load')}.",
+        f"({first.get('matmul_peak_kernel', 'torch.mm')}) measured in the same run; load: {first.get('load')}.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

@@ -154,6 +154,15 @@ def test_jax_trace_summary_keeps_executed_ops_and_compile_time(tmp_path: Path) -
     assert jax_trace_summary(tmp_path / "none") == {"trace_summary": "no trace written"}
 
 
+def test_matmul_peak_is_the_best_kernel_on_cpu() -> None:
+    """Both torch.mm and oneDNN's linear are timed on a float32 CPU; the peak is the faster one."""
+    peak = harness.matmul_peak("cpu", "float32", sizes=(64, 96), seconds=0.05)
+    assert set(peak["by_kernel"]) == {"torch.mm", "oneDNN"} and all(v > 0 for v in peak["by_kernel"].values())
+    assert peak["flops_per_s"] == max(peak["by_kernel"].values())
+    assert peak["by_kernel"][peak["kernel"]] == peak["flops_per_s"] and peak["size"] in (64, 96)
+    assert set(harness.matmul_peak("cpu", "bfloat16", sizes=(32,), seconds=0.02)["by_kernel"]) == {"torch.mm"}
+
+
 def test_flops_count_body_head_and_attention() -> None:
     shape = Shape(
         layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=32, windows=[2, None]
