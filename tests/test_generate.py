@@ -429,7 +429,11 @@ def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tin
     calls: list[int] = []
     real = few_rows.ONEDNN
     assert real is not None  # the pinned CPU torch has oneDNN
-    counted = lambda *args: calls.append(1) or real(*args)  # noqa: E731
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)
+
     monkeypatch.setattr(few_rows, "ONEDNN", counted if kernel == "onednn" else None)
     model, _ = torch_tiny
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
