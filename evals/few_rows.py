@@ -20,26 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from trainers_torch.kernels import ONEDNN
+
 MAX_ROWS = 64
 CHUNK = 2048  # weight rows per product of a wide layer (the fallback)
-
-
-def _onednn_linear() -> Callable[..., torch.Tensor] | None:
-    """oneDNN's linear op, or None where this torch build has none."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
-
-
-ONEDNN = _onednn_linear()
 
 
 def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,23 @@ def test_targets_are_exactly_the_completion(examples):
     assert batch.n_targets == sum(len(e) - e.n_prompt for e in ex[:2])
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "blas"])
 @pytest.mark.parametrize(("softcap", "sparse"), [(None, False), (3.0, False), (None, True)])
-def test_chunked_loss_and_grads_equal_hf_full_loss(tiny_gemma3, examples, softcap, sparse):
+def test_chunked_loss_and_grads_equal_hf_full_loss(
+    tiny_gemma3, examples, softcap, sparse, kernel, monkeypatch
+):
+    """The same loss and gradients whether the head's product runs on oneDNN (float32 CPU) or
+    on ``torch.mm`` into the reused logits buffer (no oneDNN)."""
+    from trainers_torch import kernels
+
+    real, calls = kernels.ONEDNN, []
+    assert real is not None  # the pinned CPU torch has oneDNN
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(kernels, "ONEDNN", counted if kernel == "onednn" else None)
     tok, ex, _ = examples
     e = ex[1]
     ids = torch.tensor([e.ids])
@@ -85,6 +100,7 @@ def test_chunked_loss_and_grads_equal_hf_full_loss(tiny_gemma3, examples, softca
     loss.backward()
 
     assert abs(loss.item() - ref_loss.item()) < 1e-5
+    assert (len(calls) > 0) == (kernel == "onednn")
     ref_grads = dict(ref.named_parameters())
     for name, p in model.named_parameters():  # includes the tied embedding / lm_head weight
         assert p.grad.layout == torch.strided, name  # dense, as the fused AdamW and clipping need

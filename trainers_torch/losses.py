@@ -18,6 +18,7 @@ import torch
 from common.grpo_config import LossConfig
 from common.sft_data import IGNORE
 from trainers_torch.data import Batch
+from trainers_torch.kernels import onednn_applies, onednn_linear
 from trainers_torch.model import causal_lm
 
 
@@ -30,10 +31,18 @@ def _head_logits(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """float32 logits of one chunk, and tanh(z / cap) when soft-capping (for the gradient).
 
-    ``buf`` (float32 [chunk, vocab], only with float32 weights) receives the logits, so a loop
-    over chunks reuses one allocation instead of faulting in a fresh [chunk, vocab] each time.
+    On a float32 CPU the product runs on oneDNN (``trainers_torch.kernels``): measured on a
+    2-core AMD EPYC (2 threads, idle, Gemma 3's 262,144 × 640 head, 256 rows) 509 ms against
+    807 ms by ``torch.mm`` into a reused buffer. Elsewhere ``buf`` (float32 [chunk, vocab],
+    only with float32 weights) receives the logits, so a loop over chunks reuses one
+    allocation instead of faulting in a fresh [chunk, vocab] each time.
     """
-    z = (h @ weight.t()).float() if buf is None else torch.mm(h, weight.t(), out=buf[: h.shape[0]])
+    if onednn_applies(h, weight):
+        z = onednn_linear(h, weight)
+    elif buf is None:
+        z = (h @ weight.t()).float()
+    else:
+        z = torch.mm(h, weight.t(), out=buf[: h.shape[0]])
     if bias is not None:
         z += bias.float()
     if not softcap:
@@ -43,9 +52,9 @@ def _head_logits(
 
 
 def _logits_buffer(hidden: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor | None:
-    """One [chunk, vocab] float32 buffer for a chunk loop over ``hidden`` (None: one chunk or
-    low-precision weights, where the loop allocates as it goes)."""
-    if weight.dtype != torch.float32 or hidden.shape[0] <= chunk:
+    """One [chunk, vocab] float32 buffer for a chunk loop over ``hidden`` (None: one chunk,
+    low-precision weights or oneDNN's product, where the loop allocates as it goes)."""
+    if weight.dtype != torch.float32 or hidden.shape[0] <= chunk or onednn_applies(hidden, weight):
         return None
     return torch.empty((chunk, weight.shape[0]), dtype=torch.float32, device=weight.device)
 
@@ -92,6 +101,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_w.addmm_(g.t(), h.float())
             if grad_b is not None:
                 grad_b += g.sum(0)
+            del logits, g, t  # freed before the next chunk's product allocates (oneDNN's does)
         # kept on ctx, not saved: backward scales them in place (a [vocab, H] copy less) and drops them
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
@@ -121,6 +131,7 @@ def lm_head_loss_sum(
         logits, _ = _head_logits(hidden[s : s + chunk], head.weight, bias, softcap)
         y = targets[s : s + chunk]
         total += (torch.logsumexp(logits, -1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
+        del logits
     return total
 
 
@@ -148,11 +159,13 @@ class _LinearLogProbs(torch.autograd.Function):
                 logits.mul_(inv_temp)
             if jac is None:
                 out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+                del logits, t
                 continue
             picked = logits.gather(1, y[:, None]).squeeze(1)
             out[s : s + chunk] = picked - _softmax_(logits)
             g = _dlogp_dlogits(logits, y, t, inv_temp)
             jac[s : s + chunk] = g.to(weight.dtype) @ weight
+            del logits, g, t
         ctx.chunk, ctx.softcap, ctx.inv_temp, ctx.keep_jacobian = chunk, softcap, inv_temp, keep_jacobian
         if keep_jacobian:
             ctx.save_for_backward(jac)
@@ -185,6 +198,7 @@ class _LinearLogProbs(torch.autograd.Function):
                 grad_w.addmm_(g.t(), h.float())
             if grad_b is not None:
                 grad_b += g.sum(0)
+            del logits, g, t
         out_w = None if grad_w is None else grad_w.to(weight.dtype)
         out_b = None if grad_b is None else grad_b.to(bias.dtype)
         return grad_h, out_w, out_b, None, None, None, None
@@ -227,6 +241,7 @@ def lm_head_logprobs(
             logits.mul_(inv_temp)
         y = targets[s : s + chunk]
         out[s : s + chunk] = logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+        del logits
     return out
 
 
