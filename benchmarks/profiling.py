@@ -14,7 +14,8 @@ from common.jsonl import write_json
 
 # aten ops by kind, for the profile's shares (the rest is "other": elementwise, copies, norms ...)
 OP_KINDS = {
-    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"),
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+               "mkldnn::_linear_pointwise"),  # oneDNN's linear (trainers_torch.kernels)
     "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product"),
     "softmax / cross-entropy": ("aten::_softmax", "aten::_log_softmax", "aten::nll_loss", "aten::softmax",
                                 "aten::log_softmax"),
@@ -130,7 +131,7 @@ def profile_side(
     total = sum(e.self_cpu_time_total for e in events) or 1
     shares: dict[str, float] = {}
     for e in events:
-        kind = op_kind(e.key) if e.key.startswith("aten::") else "python / framework"
+        kind = op_kind(e.key) if e.key.startswith(("aten::", "mkldnn::")) else "python / framework"
         shares[kind] = shares.get(kind, 0.0) + e.self_cpu_time_total / total
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
     summary = {

@@ -205,3 +205,11 @@ def test_report_table_chart_and_bad_input(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit) as exit_info:
         report.main(["--json", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r2")])
     assert exit_info.value.code == 2 and "not a pytest-benchmark JSON" in capsys.readouterr().err
+
+
+def test_op_kinds_count_onednn_linear_as_matmul() -> None:
+    from benchmarks.profiling import op_kind
+
+    assert op_kind("mkldnn::_linear_pointwise") == op_kind("aten::mm") == "matmul"
+    assert op_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert op_kind("aten::gelu") == "other"
