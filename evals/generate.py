@@ -163,8 +163,27 @@ def _pick_tokens(logits: Any, settings: DecodeSettings, generator: Any) -> Any:
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # the most likely token always stays
         drop = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, mass_before >= settings.top_p)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return sample_rows(logits.softmax(dim=-1), generator)
+
+
+def sample_rows(probs: Any, generator: Any) -> Any:
+    """One index per row of ``probs`` [B, V], drawn with those probabilities by the inverse CDF:
+    one uniform u per row, the first index whose cumulative mass (float64) exceeds u·total, so
+    a zero-probability index is never drawn.
+
+    ``torch.multinomial`` draws an exponential for every vocabulary entry instead: on a 2-core
+    AMD EPYC (2 threads) 42 ms against 1.8 ms for 8 rows of Gemma 3's 262,144 tokens, 13% of
+    the GRPO step's profile at 48 tokens a step.
+    """
+    import torch
+
+    cdf = probs.double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        raise ValueError("sampling: a row of next-token probabilities is not finite or sums to 0")
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
+    picked = torch.searchsorted(cdf, u * total, right=True)
+    return picked.clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
 
 def _left_pad(mask: Any, length: int) -> Any:

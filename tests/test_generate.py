@@ -406,6 +406,33 @@ def test_sampling_draws_from_the_filtered_distribution(torch_tiny):
     )
 
 
+def test_sample_rows_draws_by_probability_and_never_a_zero():
+    """The inverse-CDF sampler: frequencies within 4 sigma of the probabilities, zero-probability
+    entries (first, last, between) never drawn, the same seed the same draws, bad rows loud."""
+    import torch
+
+    from evals.generate import sample_rows
+
+    probs = torch.zeros(4, 9)
+    probs[0, [1, 4, 7]] = torch.tensor([0.2, 0.5, 0.3])
+    probs[1, 8] = 1.0  # only the last entry
+    probs[2, 0] = 1.0  # only the first
+    probs[3] = torch.full((9,), 2.0)  # unnormalised: the draw scales by the row's total
+    n = 4000
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_rows(probs, g) for _ in range(n)])  # [n, 4]
+    assert set(draws[:, 0].tolist()) <= {1, 4, 7} and set(draws[:, 1].tolist()) == {8}
+    assert set(draws[:, 2].tolist()) == {0}
+    for row, want in ((0, probs[0]), (3, probs[3] / probs[3].sum())):
+        freq = torch.bincount(draws[:, row], minlength=9).double() / n
+        sigma = (want * (1 - want) / n).sqrt()
+        assert ((freq - want).abs() <= 4 * sigma + 1e-9).all(), (row, freq, want)
+    assert torch.equal(sample_rows(probs, torch.Generator().manual_seed(0)), draws[0])
+    for bad in (torch.zeros(1, 9), torch.full((1, 9), float("nan"))):
+        with pytest.raises(ValueError, match="not finite or sums to 0"):
+            sample_rows(bad, g)
+
+
 def test_decoding_record_names_solver_answer_only_when_on():
     """Records written before solver_answer existed stay resumable: the option is named only when on."""
     from evals.generate import DecodeSettings, decoding_record
