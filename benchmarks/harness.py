@@ -194,12 +194,12 @@ def matmul_peak(device: str = "cpu", dtype: str = "float32", sizes: tuple[int, .
     ``torch.mm``; ``kernel`` names the winner and ``by_kernel`` holds each one's best."""
     import torch
 
-    from trainers_torch.kernels import ONEDNN
+    from trainers_torch.kernels import ONEDNN, onednn_linear
 
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     kernels: dict[str, Any] = {"torch.mm": torch.mm}
     if device == "cpu" and dt == torch.float32 and ONEDNN is not None:
-        kernels["oneDNN"] = lambda a, b: ONEDNN(a, b, None, "none", [], "")  # a·bᵀ: the same FLOPs
+        kernels["oneDNN"] = onednn_linear  # a·bᵀ: the same FLOPs
     best: dict[str, Any] = {"flops_per_s": 0.0}
     by_kernel: dict[str, float] = {}
     for name, mm in kernels.items():

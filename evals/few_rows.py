@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from trainers_torch.kernels import ONEDNN
+from trainers_torch.kernels import onednn_applies, onednn_linear
 
 MAX_ROWS = 64
 CHUNK = 2048  # weight rows per product of a wide layer (the fallback)
@@ -36,8 +36,8 @@ def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     graph = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
     if rows == 0 or rows > MAX_ROWS or x.device.type != "cpu" or graph:  # neither form has a backward
         return torch.nn.functional.linear(x, self.weight, self.bias)
-    if ONEDNN is not None and x.dtype == self.weight.dtype == torch.float32:
-        return ONEDNN(x, self.weight, self.bias, "none", [], "")
+    if onednn_applies(x, self.weight):
+        return onednn_linear(x, self.weight, self.bias)
     xt = x.reshape(rows, x.shape[-1]).t()
     w = self.weight
     if w.shape[0] <= 2 * CHUNK:

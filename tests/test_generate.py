@@ -450,18 +450,18 @@ def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tin
     closes."""
     import torch
 
-    from evals import few_rows
     from evals.few_rows import CHUNK, MAX_ROWS, few_row_linears
+    from trainers_torch import kernels
 
     calls: list[int] = []
-    real = few_rows.ONEDNN
+    real = kernels.ONEDNN
     assert real is not None  # the pinned CPU torch has oneDNN
 
     def counted(*args: object) -> torch.Tensor:
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(few_rows, "ONEDNN", counted if kernel == "onednn" else None)
+    monkeypatch.setattr(kernels, "ONEDNN", counted if kernel == "onednn" else None)
     model, _ = torch_tiny
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     ids = {
