@@ -248,12 +248,15 @@ def _torch_decode(
     queue runs dry: a run costs about the sum of its completions / ``batch_size`` steps, not
     each batch's longest one. Positions follow each row's own tokens (as transformers'
     ``generate`` does for left padding), so greedy tokens do not depend on the company a row keeps.
+    Greedy decoding takes its tokens from ``evals.greedy_head`` where that applies (a bfloat16 LM
+    head checked in float32: float32's argmax, faster on CPUs with native bfloat16).
     ``encode(prompt indices)`` gives their left-padded ``input_ids`` and ``attention_mask``.
     """
     import torch
     from transformers import DynamicCache
 
     from evals.few_rows import few_row_linears
+    from evals.greedy_head import GreedyHead
     from evals.kv_cache import growing_cache
 
     waiting = list(reversed(queue))
@@ -262,16 +265,15 @@ def _torch_decode(
     stop_ids: Any = None
     refill = True
 
+    head = GreedyHead.of(model) if settings.greedy else None  # a bfloat16 head where exact and faster
+
     def step(b: _Batch, input_ids: Any, positions: Any) -> Any:
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=b.mask,
-            position_ids=positions,
-            past_key_values=b.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]
-        return _pick_tokens(logits, settings, generator)
+        inputs = {"input_ids": input_ids, "attention_mask": b.mask, "position_ids": positions}
+        if head is not None:
+            hidden = model.get_decoder()(**inputs, past_key_values=b.cache, use_cache=True)
+            return head(hidden.last_hidden_state[:, -1])
+        logits = model(**inputs, past_key_values=b.cache, use_cache=True, logits_to_keep=1).logits
+        return _pick_tokens(logits[:, -1], settings, generator)
 
     def finish(b: _Batch, tokens: Any) -> list[tuple[int, list[int]]]:
         """Record each row's new token; drop the rows that are done; return them."""

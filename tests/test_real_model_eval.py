@@ -50,3 +50,23 @@ def test_greedy_generation_on_the_real_model(real_model, tmp_path, monkeypatch):
         progress=False,
     )
     assert [s["completion"] for s in single] == [r["completion"] for r in recs]
+
+
+def test_greedy_head_gives_generates_tokens_on_the_real_model(real_model, monkeypatch):
+    """The bfloat16 LM head with its float32 check (evals.greedy_head), forced on whatever this
+    CPU is: the real model's greedy tokens equal transformers' ``generate``, a freed place refilled."""
+    from evals import greedy_head
+    from tests.reference_decode import transformers_generate
+
+    monkeypatch.setattr(greedy_head, "native_bf16", lambda: True)
+    calls: list[int] = []
+    real = greedy_head.GreedyHead.__call__
+    monkeypatch.setattr(greedy_head.GreedyHead, "__call__", lambda s, h: calls.append(1) or real(s, h))
+    model, tok = load.load_for_eval(load.resolve_model(str(real_model)))
+    questions = ["What is 2 + 3?", "Tom has 3 boxes of 4 apples. How many apples?", "Say hi.", "7 * 8?"]
+    prompts = [gen.build_prompt(tok, q, "text") for q in questions]
+    settings = gen.DecodeSettings(max_new_tokens=16)
+    ours = gen.generate_completions(
+        model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True
+    )
+    assert calls and ours == transformers_generate(model, tok, prompts, settings, return_ids=True)

@@ -1,0 +1,97 @@
+"""Greedy decoding's next tokens from a bfloat16 LM head, equal to float32's argmax.
+
+A decode step on CPU spends most of its time in the LM head (262,144 × 640 on Gemma 3: 671 MB
+of float32 weight read per step). Where the CPU has native bfloat16 dot products (AVX512_BF16
+or AMX), ``GreedyHead`` multiplies a bfloat16 copy of the head instead (half the bytes, twice
+the arithmetic rate), then scores again in float32, from the float32 weight, every token whose
+bfloat16 logit lies close enough to the top to be float32's maximum, and takes the argmax of
+those. Measured on a 2-core AMD EPYC (AVX512_BF16, 2 threads, idle; real decode hidden states of
+the SFT default run): 32 rows 53 vs 91 ms for oneDNN's float32 head + argmax, 19 rows 44 vs 69,
+8 rows 36 vs 51; 2.4 candidates per row on average (at most 17).
+
+Why the candidates hold the argmax: rounding ``x`` and ``w`` to bfloat16 (unit roundoff
+u = 2⁻⁸), the float32 accumulation of D products and the bfloat16 output move a logit by at
+most (3u + D·2⁻²⁴ + O(u²))·Σ|xⱼwⱼ| ≤ 0.0118·‖x‖·‖w‖ (Cauchy–Schwarz); ``BOUND`` = 2⁻⁶ leaves
+a margin. So the float32 maximum's bfloat16 logit is at least the bfloat16 top minus twice the
+bound, with ‖w‖ the largest row norm, and every token above that line is scored again. The
+float32 scores are summed in their own order, so they equal the full float32 product's to
+rounding: only logits tied to within float32 rounding may pick differently (as oneDNN's and the
+BLAS's products already may). A row with no candidate (a non-finite hidden state) or more than
+``MAX_CANDIDATES`` takes the full float32 head.
+
+Applies to decoder-then-head causal LMs only (``MODEL_TYPES``: their forward is the decoder's
+last hidden state through the head, with nothing after it), float32 on CPU, a plain bias-free
+``nn.Linear`` head; ``GreedyHead.of`` returns None elsewhere and the caller takes the model's
+own logits.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BOUND = 2.0**-6  # ≥ the bfloat16 head's error per unit of ‖x‖·‖w‖ (0.0118, see above)
+MAX_CANDIDATES = 1024  # per row; a flatter row takes the full float32 head
+MODEL_TYPES = frozenset({"gemma", "gemma3_text", "llama", "mistral", "qwen2", "qwen3"})
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (elsewhere a bfloat16 head is slower)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class GreedyHead:
+    """The argmax of ``hidden · weightᵀ`` per row, by a bfloat16 product and a float32 check."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight.detach()
+        self.low = self.weight.to(torch.bfloat16)
+        self.max_norm = float(self.weight.norm(dim=1).max())
+
+    @classmethod
+    def of(cls, model: Any) -> GreedyHead | None:
+        """The greedy head for ``model``, or None where it does not apply (see the module doc)."""
+        from transformers import PreTrainedModel
+
+        head: Any = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+        config = getattr(model, "config", None)
+        if (
+            type(head) is not torch.nn.Linear
+            or getattr(head, "bias", None) is not None  # (typed non-optional, may be None)
+            or getattr(config, "model_type", None) not in MODEL_TYPES
+            or getattr(config, "final_logit_softcapping", None) is not None
+            or head.weight.dtype != torch.float32
+            or head.weight.device.type != "cpu"
+            or not native_bf16()
+        ):
+            return None
+        return cls(head.weight)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` [N, D] float32 -> the token ids [N] float32's argmax picks."""
+        x = hidden.reshape(-1, hidden.shape[-1])
+        low = torch.nn.functional.linear(x.to(torch.bfloat16), self.low)
+        line = low.amax(dim=1).float() - 2 * BOUND * self.max_norm * x.norm(dim=1)
+        line = (line - line.abs() * 2.0**-7).to(torch.bfloat16)  # rounded down, never up
+        rows, idx = (low >= line[:, None]).nonzero(as_tuple=True)
+        counts = torch.bincount(rows, minlength=x.shape[0])
+        full = (counts == 0) | (counts > MAX_CANDIDATES)
+        if bool(full.any()):
+            keep = ~full[rows]
+            rows, idx = rows[keep], idx[keep]
+        score = (x[rows] * self.weight[idx]).sum(dim=1)
+        best = score.new_full((x.shape[0],), float("-inf")).scatter_reduce(0, rows, score, "amax")
+        top = score == best[rows]
+        tokens = idx.new_full((x.shape[0],), self.weight.shape[0])
+        tokens = tokens.scatter_reduce(0, rows[top], idx[top], "amin")  # the first of equal ones
+        if bool(full.any()):
+            tokens[full] = torch.nn.functional.linear(x[full], self.weight).argmax(dim=1)
+        return tokens
