@@ -1,17 +1,19 @@
-"""Linear layers for the decode loop on CPU: oneDNN's kernel when ``x`` has few rows.
+"""Linear layers for the decode loop on CPU: oneDNN's kernel for a decode step of few rows.
 
 A decode step multiplies a few rows (one per sequence of the batch) by every weight of the
 model, Gemma 3 270M's LM head (262,144 × 640) above all. ``F.linear`` asks the CPU BLAS (MKL)
 for ``x·Wᵀ``, and with few rows and a wide weight that kernel runs far below both the memory
-bandwidth and the arithmetic peak. While the context is open, float32 calls of at most
-``MAX_ROWS`` rows on CPU run oneDNN's linear instead (``torch.ops.mkldnn._linear_pointwise``,
+bandwidth and the arithmetic peak. While the context is open, float32 decode-step calls of at
+most ``MAX_ROWS`` rows on CPU run oneDNN's linear instead (``torch.ops.mkldnn._linear_pointwise``,
 the kernel torch's own CPU compiler emits for linear layers). Measured on a 2-core AMD EPYC (2
 threads, idle, the real head): 32 rows 245 ms with ``F.linear``, 186 ms as ``W·xᵀ`` in
 2,048-row blocks (this module's form before), 103 ms with oneDNN; 8 rows 131 / 129 / 52 ms; a
 decoder projection (2,048 × 640) at 64 rows 54 vs 106 GFLOP/s. Its values differ from
-``F.linear``'s in the last bits (about 1e-5 on the head's logits). Prefill-sized inputs keep
-``F.linear``: oneDNN there gave the decode loop no time and 2.4 GB more peak memory. Where this
-torch has no oneDNN, or the input is not float32, few rows take ``(W·xᵀ)ᵀ`` (a wide weight in
+``F.linear``'s in the last bits (about 1e-5 on the head's logits). Only decode steps (one new
+token per sequence) take it; prefills keep ``F.linear``, short ones too (one prompt's own tokens
+after the shared prefix, ``evals.generate``): oneDNN there gave the decode loop no time and more
+peak memory (2.4 GB on whole prompts; 1.2 GB more over the 100-item decode benchmark on short
+prefills: 4.3 vs 3.1 GB, measured). Where this torch has no oneDNN, or the input is not float32, few rows take ``(W·xᵀ)ᵀ`` (a wide weight in
 row blocks that stay in cache). Neither form has a backward: an input that builds a graph takes
 ``F.linear``.
 """
@@ -34,7 +36,8 @@ CHUNK = 2048  # weight rows per product of a wide layer (the fallback)
 def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     graph = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-    if rows == 0 or rows > MAX_ROWS or x.device.type != "cpu" or graph:  # neither form has a backward
+    step = x.dim() < 3 or x.shape[-2] == 1  # one new token per sequence: a decode step
+    if not step or rows == 0 or rows > MAX_ROWS or x.device.type != "cpu" or graph:  # no backward
         return torch.nn.functional.linear(x, self.weight, self.bias)
     if onednn_applies(x, self.weight):
         return onednn_linear(x, self.weight, self.bias)

@@ -36,6 +36,7 @@ from common.runs import library_versions, now_iso, seed_everything, sha256_file
 from evals.load import load_for_eval, model_provenance, resolve_model, tokenizer_dir
 
 StopReason = Literal["end_of_turn", "eos", "max_new_tokens"]
+SHARED_PREFIX_MIN = 16  # shared prompt tokens worth a prefix cache (evals.generate._torch_decode)
 PROMPT_STYLES = ("text", "yaml", "plain")  # trace instruction (text / yaml) or the bare question
 
 
@@ -238,6 +239,7 @@ def _torch_decode(
     batch_size: int,
     stops: set[int],
     generator: Any,
+    prefix_ids: list[int] | None = None,
 ) -> Iterator[list[tuple[int, list[int]]]]:
     """Decode the prompts ``queue`` names with a KV cache, at most ``batch_size`` rows at a time;
     yield ``[(prompt, its tokens up to and including its stop), ...]`` as rows finish.
@@ -251,19 +253,25 @@ def _torch_decode(
     Greedy decoding takes its tokens from ``evals.greedy_head`` where that applies (a bfloat16 LM
     head checked in float32: float32's argmax, faster on CPUs with native bfloat16).
     ``encode(prompt indices)`` gives their left-padded ``input_ids`` and ``attention_mask``.
+
+    ``prefix_ids``: tokens every prompt starts with (the instruction of a chat prompt), whose keys
+    and values are computed once and copied into each new row's cache; a refill then runs only
+    its rows' own tokens through the model (with a growing cache, when the refill's prompts fit
+    in every sliding window, so no window cuts the copied prefix differently).
     """
     import torch
     from transformers import DynamicCache
 
+    from evals import kv_cache
     from evals.few_rows import few_row_linears
     from evals.greedy_head import GreedyHead
-    from evals.kv_cache import growing_cache
 
     waiting = list(reversed(queue))
     out: dict[int, list[int]] = {}
     batch: _Batch | None = None
     stop_ids: Any = None
     refill = True
+    shared: Any = None  # the cache of ``prefix_ids`` (one row), built at the first refill
 
     head = GreedyHead.of(model) if settings.greedy else None  # a bfloat16 head where exact and faster
 
@@ -290,22 +298,47 @@ def _torch_decode(
             b.rows = []
         return done
 
+    def prefill(take: list[int]) -> tuple[_Batch, Any]:
+        """The prompts ``take`` through the model: a batch of them and each one's next token."""
+        nonlocal stop_ids, refill, shared
+        input_ids, mask = encode(take)
+        if stop_ids is None:
+            stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=input_ids.device)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = kv_cache.growing_cache(model.config)
+        refill = refill and cache is not None  # other cache layers: rows only leave
+        if cache is None:
+            new = _Batch(DynamicCache(config=model.config), mask, None, positions[:, -1], take)
+            return new, step(new, input_ids, positions)
+        width, p = input_ids.shape[1], len(prefix_ids or [])
+        window = kv_cache.window(cache)
+        if p == 0 or (window is not None and width > window):
+            new = _Batch(cache, mask, None, positions[:, -1], take)
+            return new, step(new, input_ids, positions)
+        if shared is None:
+            shared = cache
+            ids = torch.tensor([prefix_ids], device=input_ids.device)
+            model.get_decoder()(input_ids=ids, past_key_values=shared, use_cache=True)
+        gaps = width - mask.sum(dim=1)  # each row's left padding
+        own = torch.arange(width - p, device=mask.device) >= gaps[:, None]  # its tokens after the prefix
+        step_mask = torch.cat([mask.new_ones((len(take), p)), own.to(mask.dtype)], dim=1)
+        cache = kv_cache.repeat(shared, len(take), room=width - p + kv_cache.ROOM)
+        new = _Batch(cache, step_mask, None, positions[:, -1], take)
+        tokens = step(new, input_ids[:, p:], positions[:, p:])
+        kv_cache.move_prefix(new.cache, p, gaps)  # [prefix | gap | own] -> [gap | prefix | own]
+        new.mask = mask
+        return new, tokens
+
     def advance() -> list[tuple[int, list[int]]]:
         """Refill the free places when prompts wait, else one decode step of the batch."""
-        nonlocal batch, stop_ids, refill
+        nonlocal batch
         free = batch_size - (len(batch.rows) if batch is not None else 0)
         if waiting and free > 0 and (refill or batch is None or not batch.rows):
             take = [waiting.pop() for _ in range(min(free, len(waiting)))]
-            input_ids, mask = encode(take)
-            if stop_ids is None:
-                stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=input_ids.device)
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            cache = growing_cache(model.config)
-            refill = refill and cache is not None  # other cache layers: rows only leave
-            new = _Batch(cache or DynamicCache(config=model.config), mask, None, positions[:, -1], take)
             for r in take:
                 out[r] = []
-            done = finish(new, step(new, input_ids, positions))
+            new, tokens = prefill(take)
+            done = finish(new, tokens)
             if new.rows:
                 if batch is None or not batch.rows:
                     batch = new
@@ -336,7 +369,8 @@ def _torch_batches(
 
     stops = stop_token_ids(tokenizer, settings)
     device = next(model.parameters()).device
-    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    ids = [tokenizer(p).input_ids for p in prompts]
+    lengths = [len(i) for i in ids]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # little padding per batch
 
     def encode(idx: list[int]) -> tuple[Any, Any]:
@@ -350,8 +384,21 @@ def _torch_batches(
     generator = None
     if not settings.greedy:
         generator = torch.Generator(device=device).manual_seed(settings.seed * 1_000_003)
-    for done in _torch_decode(model, encode, order, settings, batch_size, set(stops), generator):
+    prefix = shared_prefix(ids, SHARED_PREFIX_MIN)
+    for done in _torch_decode(model, encode, order, settings, batch_size, set(stops), generator, prefix):
         yield [(i, _finish(tokenizer, new, stops, lengths[i], return_ids)) for i, new in done]
+
+
+def shared_prefix(ids: list[list[int]], least: int = SHARED_PREFIX_MIN) -> list[int]:
+    """The tokens every one of several prompts starts with, leaving each at least one of its
+    own; empty when fewer than ``least``."""
+    if len(ids) < 2:
+        return []
+    n = min(len(i) for i in ids) - 1
+    first = ids[0]
+    for other in ids[1:]:
+        n = next((k for k in range(n) if other[k] != first[k]), n)
+    return list(first[:n]) if n >= least else []
 
 
 def _next_pow2(n: int) -> int:

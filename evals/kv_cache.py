@@ -8,6 +8,9 @@ writes one column and hands attention a view. Rows are right-aligned (every row'
 position is the last column, shorter rows padded on the left, the padding masked), so rows
 leave (``batch_select_indices``), columns no row uses any more are dropped from the left for
 free (``fit``), and another batch's rows join (``join``) after both are padded to one length.
+A prompt prefix every row shares is cached once and copied into new rows (``repeat``); their
+own tokens are appended after it and the prefix then moved right past each row's padding
+(``move_prefix``), which restores the right alignment.
 
 A sliding-window layer keeps every column but gives attention only the last ``window - 1``
 cached ones plus the new token, and reports the mask sizes transformers'
@@ -16,6 +19,7 @@ cached ones plus the new token, and reports the mask sizes transformers'
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -99,6 +103,30 @@ class GrowingLayer(DynamicLayer):
         self.buf_k[..., :length, :], self.buf_v[..., :length, :] = k, v
         self.start, self.end = 0, length
 
+    def repeat(self, rows: int, room: int) -> GrowingLayer:
+        """A new layer holding this one's single row ``rows`` times, ``room`` free columns after."""
+        assert self.buf_k is not None and self.buf_v is not None and self.buf_k.shape[0] == 1
+        layer = GrowingLayer(self.window)
+        layer.dtype, layer.device, layer.is_initialized = self.dtype, self.device, True
+        length = self.get_seq_length()
+        shape = (rows, self.buf_k.shape[1], length + room, self.buf_k.shape[-1])
+        layer.buf_k, layer.buf_v = self.buf_k.new_empty(shape), self.buf_v.new_empty(shape)
+        layer.buf_k[..., :length, :] = self.buf_k[..., self.start : self.end, :]
+        layer.buf_v[..., :length, :] = self.buf_v[..., self.start : self.end, :]
+        layer.start, layer.end = 0, length
+        return layer
+
+    def move_prefix(self, prefix: int, gaps: torch.Tensor) -> None:
+        """Row r holds ``[prefix columns | gaps[r] masked columns | its own]``: move its prefix
+        right by ``gaps[r]``, so the masked columns come first (the loop's right alignment)."""
+        assert self.buf_k is not None and self.buf_v is not None
+        j = torch.arange(self.get_seq_length(), device=gaps.device)[None]
+        g = gaps[:, None]
+        src = torch.where(j < prefix + g, (j - g).clamp(min=0), j) + self.start  # [rows, columns]
+        for buf in (self.buf_k, self.buf_v):
+            index = src[:, None, :, None].expand(-1, buf.shape[1], -1, buf.shape[-1])
+            buf[..., self.start : self.end, :] = buf.gather(2, index)
+
     # -- buffers -------------------------------------------------------------------------------
 
     def _allocate(self, like: torch.Tensor, columns: int) -> None:
@@ -160,3 +188,23 @@ def join(cache: DynamicCache, other: DynamicCache) -> None:
     fit(other, length)
     for mine, theirs in zip(_layers(cache), _layers(other), strict=True):
         mine.join(theirs)
+
+
+def window(cache: DynamicCache) -> int | None:
+    """The smallest sliding window of a growing cache's layers (None: no sliding layer)."""
+    windows = [layer.window for layer in _layers(cache) if layer.window is not None]
+    return min(windows) if windows else None
+
+
+def repeat(cache: DynamicCache, rows: int, room: int = ROOM) -> DynamicCache:
+    """A growing cache whose ``rows`` rows each hold the one row of ``cache`` (a shared prompt
+    prefix), with ``room`` free columns after it."""
+    out = copy.copy(cache)
+    out.layers = [layer.repeat(rows, room) for layer in _layers(cache)]
+    return out
+
+
+def move_prefix(cache: DynamicCache, prefix: int, gaps: torch.Tensor) -> None:
+    """``GrowingLayer.move_prefix`` on every layer."""
+    for layer in _layers(cache):
+        layer.move_prefix(prefix, gaps)

@@ -444,8 +444,8 @@ def test_decoding_record_names_solver_answer_only_when_on():
 
 @pytest.mark.parametrize("kernel", ["onednn", "blocks"])
 def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tiny, monkeypatch, kernel):
-    """Decode-sized inputs (oneDNN's kernel, or ``(W·xᵀ)ᵀ`` in row blocks where there is none):
-    the values of ``F.linear`` (bias too); a prefill-sized input and one that builds a graph go
+    """Decode steps (oneDNN's kernel, or ``(W·xᵀ)ᵀ`` in row blocks where there is none):
+    the values of ``F.linear`` (bias too); a prefill, short or long, and an input that builds a graph go
     through ``F.linear`` itself (gradients included); every layer is as it was once the context
     closes."""
     import torch
@@ -465,8 +465,9 @@ def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tin
     model, _ = torch_tiny
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     ids = {
-        "few": torch.tensor([[2, 5, 7]]),
-        "many": torch.randint(3, model.config.vocab_size, (2, MAX_ROWS // 2 + 1)),
+        "few": torch.tensor([[2], [5], [7]]),  # a decode step: one token per sequence
+        "prompt": torch.tensor([[2, 5, 7]]),  # a short prefill
+        "many": torch.randint(3, model.config.vocab_size, (2 * MAX_ROWS + 1, 1)),
     }
     with torch.no_grad():
         plain = {k: model(input_ids=v).logits for k, v in ids.items()}
@@ -476,7 +477,7 @@ def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tin
             mine = {k: model(input_ids=v).logits for k, v in ids.items()}
         biased = torch.nn.Linear(6, 4)
         wide = torch.nn.Linear(6, 2 * CHUNK + 5, bias=False)  # in row blocks, the last one short
-        x = torch.randn(3, 2, 6)
+        x = torch.randn(3, 1, 6)
         for layer in (biased, wide):
             with few_row_linears(layer), torch.no_grad():
                 torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
@@ -489,4 +490,45 @@ def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tin
     assert not any("forward" in m.__dict__ for m in [*linears, biased, wide])
     torch.testing.assert_close(mine["few"], plain["few"], rtol=1e-5, atol=1e-5)
     assert torch.equal(mine["many"], plain["many"])  # more than MAX_ROWS rows: F.linear itself
+    assert torch.equal(mine["prompt"], plain["prompt"])  # several tokens a row: F.linear itself
     assert (len(calls) > 0) == (kernel == "onednn")
+
+
+def test_shared_prefix_leaves_each_prompt_a_token_of_its_own():
+    assert gen.shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]], least=1) == [1, 2]
+    assert gen.shared_prefix([[1, 2, 3], [1, 2, 3, 4]], least=1) == [1, 2]  # [1, 2, 3] keeps one
+    assert gen.shared_prefix([[1, 2, 3], [1, 2, 3, 4]], least=3) == []  # too short to be worth it
+    assert (
+        gen.shared_prefix([[7, 1], [8, 1]], least=1) == [] and gen.shared_prefix([[1, 2, 3]], least=1) == []
+    )
+
+
+@pytest.mark.parametrize("window", [256, 16])
+def test_shared_prefix_cache_gives_generates_tokens_while_rows_leave_and_join(tmp_path, monkeypatch, window):
+    """The prompts' shared tokens run once and their cache is copied into every refill's rows
+    (window 256: every refill fits); a window the prompts overflow (16) prefills them whole."""
+    from evals import kv_cache
+    from tests.tiny import build_gemma3
+    from trainers_torch.model import load_model
+
+    model, tok = load_model(build_gemma3(tmp_path / "m", sliding_window=window))
+    questions = ["Hi", "2+3?", "x", "Add 7 and 11.", "zzz", "Q?", "What is 6 times 7, then minus 2?"]
+    prompts = [gen.build_prompt(tok, q, "plain") for q in questions]
+    ids = [tok(p).input_ids for p in prompts]
+    monkeypatch.setattr(gen, "SHARED_PREFIX_MIN", 4)
+    assert len(gen.shared_prefix(ids, least=4)) >= 4 and max(map(len, ids)) > 16
+    settings = DecodeSettings(max_new_tokens=30)
+    free = generate_completions(model, tok, prompts, settings, batch_size=8, progress=False, return_ids=True)
+    counts = Counter(t for r in free for t in set(r["completion_ids"][:20]))
+    stop = max(counts, key=lambda t: (counts[t] < len(prompts), counts[t]))  # ends some rows, not all
+    monkeypatch.setattr(gen, "stop_token_ids", lambda tokenizer, s: {stop: "eos"})
+    moved: list[int] = []
+    real_move = kv_cache.move_prefix
+    monkeypatch.setattr(kv_cache, "move_prefix", lambda c, p, g: moved.append(len(g)) or real_move(c, p, g))
+    joins: list[int] = []
+    real_join = gen._Batch.join
+    monkeypatch.setattr(gen._Batch, "join", lambda b, other: joins.append(1) or real_join(b, other))
+    ours = generate_completions(model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True)
+    assert len({r["completion_tokens"] for r in ours}) >= 3 and joins  # rows left and others joined
+    assert bool(moved) == (window == 256)
+    assert ours == transformers_generate(model, tok, prompts, settings, return_ids=True)

@@ -44,7 +44,9 @@ def build_tokenizer(out: Path, chat: str = "gemma") -> None:
     fast.save_pretrained(out)
 
 
-def build_gemma3(out: Path, layers: int = 2, seed: int = 0, vocab_size: int = 128) -> Path:
+def build_gemma3(
+    out: Path, layers: int = 2, seed: int = 0, vocab_size: int = 128, sliding_window: int = 16
+) -> Path:
     """Save a random Gemma 3 text model (HF safetensors) plus tokenizer to ``out``."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -59,7 +61,7 @@ def build_gemma3(out: Path, layers: int = 2, seed: int = 0, vocab_size: int = 12
         num_key_value_heads=1,
         head_dim=32,
         query_pre_attn_scalar=32,
-        sliding_window=16,
+        sliding_window=sliding_window,
         max_position_embeddings=512,
         pad_token_id=0,
         eos_token_id=1,
