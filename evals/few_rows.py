@@ -13,9 +13,9 @@ decoder projection (2,048 × 640) at 64 rows 54 vs 106 GFLOP/s. Its values diffe
 token per sequence) take it; prefills keep ``F.linear``, short ones too (one prompt's own tokens
 after the shared prefix, ``evals.generate``): oneDNN there gave the decode loop no time and more
 peak memory (2.4 GB on whole prompts; 1.2 GB more over the 100-item decode benchmark on short
-prefills: 4.3 vs 3.1 GB, measured). Where this torch has no oneDNN, or the input is not float32, few rows take ``(W·xᵀ)ᵀ`` (a wide weight in
-row blocks that stay in cache). Neither form has a backward: an input that builds a graph takes
-``F.linear``.
+prefills: 4.3 vs 3.1 GB, measured). Where this torch has no oneDNN, or the input is not
+float32, few rows take ``(W·xᵀ)ᵀ`` (a wide weight in row blocks that stay in cache). Neither
+form has a backward: an input that builds a graph takes ``F.linear``.
 """
 
 from __future__ import annotations
