@@ -23,7 +23,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -239,7 +239,7 @@ def _torch_decode(
     batch_size: int,
     stops: set[int],
     generator: Any,
-    prefix_ids: list[int] | None = None,
+    prefix_ids: Sequence[int] = (),
 ) -> Iterator[list[tuple[int, list[int]]]]:
     """Decode the prompts ``queue`` names with a KV cache, at most ``batch_size`` rows at a time;
     yield ``[(prompt, its tokens up to and including its stop), ...]`` as rows finish.
@@ -274,11 +274,12 @@ def _torch_decode(
     shared: Any = None  # the cache of ``prefix_ids`` (one row), built at the first refill
 
     head = GreedyHead.of(model) if settings.greedy else None  # a bfloat16 head where exact and faster
+    decoder: Any = model.get_decoder() if head is not None or prefix_ids else None  # body, no head
 
     def step(b: _Batch, input_ids: Any, positions: Any) -> Any:
         inputs = {"input_ids": input_ids, "attention_mask": b.mask, "position_ids": positions}
         if head is not None:
-            hidden = model.get_decoder()(**inputs, past_key_values=b.cache, use_cache=True)
+            hidden = decoder(**inputs, past_key_values=b.cache, use_cache=True)
             return head(hidden.last_hidden_state[:, -1])
         logits = model(**inputs, past_key_values=b.cache, use_cache=True, logits_to_keep=1).logits
         return _pick_tokens(logits[:, -1], settings, generator)
@@ -307,18 +308,15 @@ def _torch_decode(
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         cache = kv_cache.growing_cache(model.config)
         refill = refill and cache is not None  # other cache layers: rows only leave
-        if cache is None:
-            new = _Batch(DynamicCache(config=model.config), mask, None, positions[:, -1], take)
-            return new, step(new, input_ids, positions)
-        width, p = input_ids.shape[1], len(prefix_ids or [])
-        window = kv_cache.window(cache)
-        if p == 0 or (window is not None and width > window):
-            new = _Batch(cache, mask, None, positions[:, -1], take)
+        width, p = input_ids.shape[1], len(prefix_ids)
+        window = kv_cache.window(cache) if cache is not None else None
+        if cache is None or p == 0 or (window is not None and width > window):  # the whole prompts
+            new = _Batch(cache or DynamicCache(config=model.config), mask, None, positions[:, -1], take)
             return new, step(new, input_ids, positions)
         if shared is None:
             shared = cache
-            ids = torch.tensor([prefix_ids], device=input_ids.device)
-            model.get_decoder()(input_ids=ids, past_key_values=shared, use_cache=True)
+            ids = torch.tensor([list(prefix_ids)], device=input_ids.device)
+            decoder(input_ids=ids, past_key_values=shared, use_cache=True)
         gaps = width - mask.sum(dim=1)  # each row's left padding
         own = torch.arange(width - p, device=mask.device) >= gaps[:, None]  # its tokens after the prefix
         step_mask = torch.cat([mask.new_ones((len(take), p)), own.to(mask.dtype)], dim=1)
@@ -389,7 +387,7 @@ def _torch_batches(
         yield [(i, _finish(tokenizer, new, stops, lengths[i], return_ids)) for i, new in done]
 
 
-def shared_prefix(ids: list[list[int]], least: int = SHARED_PREFIX_MIN) -> list[int]:
+def shared_prefix(ids: list[list[int]], least: int) -> list[int]:
     """The tokens every one of several prompts starts with, leaving each at least one of its
     own; empty when fewer than ``least``."""
     if len(ids) < 2:
