@@ -274,7 +274,7 @@ def _torch_decode(
     shared: Any = None  # the cache of ``prefix_ids`` (one row), built at the first refill
 
     head = GreedyHead.of(model) if settings.greedy else None  # a bfloat16 head where exact and faster
-    decoder: Any = model.get_decoder() if head is not None or prefix_ids else None  # body, no head
+    decoder: Any = model.get_decoder() if head is not None else None  # the body, without its head
 
     def step(b: _Batch, input_ids: Any, positions: Any) -> Any:
         inputs = {"input_ids": input_ids, "attention_mask": b.mask, "position_ids": positions}
@@ -316,7 +316,7 @@ def _torch_decode(
         if shared is None:
             shared = cache
             ids = torch.tensor([list(prefix_ids)], device=input_ids.device)
-            decoder(input_ids=ids, past_key_values=shared, use_cache=True)
+            model.get_decoder()(input_ids=ids, past_key_values=shared, use_cache=True)
         gaps = width - mask.sum(dim=1)  # each row's left padding
         own = torch.arange(width - p, device=mask.device) >= gaps[:, None]  # its tokens after the prefix
         step_mask = torch.cat([mask.new_ones((len(take), p)), own.to(mask.dtype)], dim=1)
