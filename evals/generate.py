@@ -251,7 +251,8 @@ def _torch_decode(
     each batch's longest one. Positions follow each row's own tokens (as transformers'
     ``generate`` does for left padding), so greedy tokens do not depend on the company a row keeps.
     Greedy decoding takes its tokens from ``evals.greedy_head`` where that applies (a bfloat16 LM
-    head checked in float32: float32's argmax, faster on CPUs with native bfloat16).
+    head checked in float32: float32's argmax, faster on CPUs with native bfloat16); decode steps
+    of a grouped-query model attend without repeated keys and values (``evals.gqa_step``).
     ``encode(prompt indices)`` gives their left-padded ``input_ids`` and ``attention_mask``.
 
     ``prefix_ids``: tokens every prompt starts with (the instruction of a chat prompt), whose keys
@@ -264,6 +265,7 @@ def _torch_decode(
 
     from evals import kv_cache
     from evals.few_rows import few_row_linears
+    from evals.gqa_step import gqa_step_attention
     from evals.greedy_head import GreedyHead
 
     waiting = list(reversed(queue))
@@ -349,7 +351,8 @@ def _torch_decode(
         return finish(batch, step(batch, batch.tokens[:, None], batch.positions[:, None]))
 
     while waiting or (batch is not None and batch.rows):
-        with torch.inference_mode(), few_row_linears(model):  # not held while the caller runs between yields
+        # not held while the caller runs between yields
+        with torch.inference_mode(), few_row_linears(model), gqa_step_attention(model):
             done = advance()
         if done:
             yield done

@@ -54,7 +54,8 @@ def test_greedy_generation_on_the_real_model(real_model, tmp_path, monkeypatch):
 
 def test_greedy_head_gives_generates_tokens_on_the_real_model(real_model, monkeypatch):
     """The bfloat16 LM head with its float32 check (evals.greedy_head), forced on whatever this
-    CPU is: the real model's greedy tokens equal transformers' ``generate``, a freed place refilled."""
+    CPU is: the real model's greedy tokens equal transformers' ``generate``, a freed place refilled
+    (its decode steps also attend with ``evals.gqa_step``: 4 query heads on one key/value head)."""
     from evals import greedy_head
     from tests.reference_decode import transformers_generate
 
