@@ -9,22 +9,25 @@ keys and values read once, no copies. Measured on the real Gemma 3 270M (2 threa
 17 rows, 350 cached positions, profiled): attention 28.5 of a body step's 85 ms with
 ``repeat_kv``, 18.4 ms this way. Values differ from ``repeat_kv``'s in the last bits (about 5e-7).
 
-While ``gqa_step_attention(model)`` is open, a model on transformers' ``sdpa`` attention runs
-this function instead (registered with transformers' ``AttentionInterface`` under ``NAME``, with
-``sdpa``'s masks); anything but a plain grouped-query decode step (several query tokens, one
-query head per key/value head, a mask with a head or query axis of its own, dropout) goes to
-``sdpa`` unchanged.
+While ``gqa_step_attention(model)`` is open, a model on transformers' ``sdpa`` attention (or the
+trainers' ``packed_sdpa``, which is ``sdpa`` on any call without packed rows, as in decoding)
+runs ``step_attention`` for such steps instead: the model's implementation is switched to one
+registered with transformers' ``AttentionInterface`` (``PREFIX`` + its name, with its masks);
+anything but a plain grouped-query decode step (several query tokens, one query head per
+key/value head, a mask with a head or query axis of its own, dropout) goes to the model's own
+implementation unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-NAME = "showwork_sdpa_gqa_step"
+PREFIX = "gqa_step_"
+SDPA_BASED = frozenset({"sdpa", "packed_sdpa"})  # packed_sdpa: trainers_torch.model
 
 
 def _applies(module: Any, query: torch.Tensor, mask: torch.Tensor | None, dropout: float) -> bool:
@@ -33,60 +36,61 @@ def _applies(module: Any, query: torch.Tensor, mask: torch.Tensor | None, dropou
     return query.shape[2] == 1 and groups > 1 and flat_mask and dropout == 0.0
 
 
-def attention(
-    module: Any,
+def step_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    is_causal: bool | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function signature: ``query`` [B, H, T, D], ``key``/``value``
-    [B, K, S, D] -> ([B, T, H, D], None)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if not _applies(module, query, attention_mask, dropout):
-        return sdpa_attention_forward(
-            module,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=dropout,
-            scaling=scaling,
-            is_causal=is_causal,
-            **kwargs,
-        )
+    mask: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """One decode step's attention: ``query`` [B, H, 1, D], ``key``/``value`` [B, K, S, D] with
+    H = K·G, ``mask`` [B, 1, 1, S] or None -> [B, 1, H, D] (transformers' output layout)."""
     b, h, _, d = query.shape
     rows = query.reshape(b, key.shape[1], h // key.shape[1], d)  # head k·G + g -> row g of head k
-    out = torch.nn.functional.scaled_dot_product_attention(
-        rows, key, value, attn_mask=attention_mask, scale=scaling
-    )
-    return out.reshape(b, 1, h, d), None
+    out = torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(b, 1, h, d)
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+def over(original: Callable[..., Any]) -> Callable[..., tuple[torch.Tensor, None]]:
+    """An attention function with transformers' signature: ``step_attention`` where it applies,
+    else ``original``."""
 
-    AttentionInterface.register(NAME, attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    def attention(
+        module: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        if not _applies(module, query, attention_mask, dropout):
+            return original(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        return step_attention(query, key, value, attention_mask, scaling), None
+
+    return attention
 
 
 @contextlib.contextmanager
 def gqa_step_attention(model: Any) -> Iterator[bool]:
-    """``model`` attends with ``attention`` while the context is open, if it runs transformers'
-    ``sdpa``; yields whether it does."""
+    """``model`` attends through ``over`` its own attention while the context is open, if that
+    is ``sdpa`` based (``SDPA_BASED``); yields whether it does."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
     config: Any = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa":
+    original = getattr(config, "_attn_implementation", None)
+    if original not in SDPA_BASED or original not in ALL_ATTENTION_FUNCTIONS:
         yield False
         return
-    _register()
-    config._attn_implementation = NAME
+    name = PREFIX + original
+    AttentionInterface.register(name, over(ALL_ATTENTION_FUNCTIONS[original]))
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+    config._attn_implementation = name
     try:
         yield True
     finally:
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = original

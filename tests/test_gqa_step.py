@@ -37,14 +37,15 @@ def test_a_decode_step_attends_as_sdpa_with_repeated_keys(kv_heads, masked):
     module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
     q, k, v = _qkv(rows, heads, kv_heads, 1, keys)
     mask = _padded(rows, keys) if masked else None
-    ours, none = gqa_step.attention(module, q, k, v, mask, scaling=0.25)
+    ours = gqa_step.step_attention(q, k, v, mask, 0.25)
     theirs, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)
-    assert none is None and ours.shape == theirs.shape == (rows, 1, heads, 16)
+    assert ours.shape == theirs.shape == (rows, 1, heads, 16)
+    assert torch.equal(gqa_step.over(sdpa_attention_forward)(module, q, k, v, mask, scaling=0.25)[0], ours)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
     # head k·G + g attends with key/value head k: head 0's keys changed move heads 0..G-1 only
     k2 = k.clone()
     k2[:, 0] += 1.0
-    moved = (gqa_step.attention(module, q, k2, v, mask, scaling=0.25)[0] != ours).any(dim=(0, 1, 3))
+    moved = (gqa_step.step_attention(q, k2, v, mask, 0.25) != ours).any(dim=(0, 1, 3))
     assert moved.tolist() == [h < heads // kv_heads for h in range(heads)]
 
 
@@ -63,8 +64,9 @@ def test_anything_but_a_grouped_decode_step_is_sdpa_itself():
             torch.rand(rows, 4, 1, keys) > 0.3,
         ),
     }
+    attention = gqa_step.over(sdpa_attention_forward)
     for name, (module, (q, k, v), mask) in cases.items():
-        ours, _ = gqa_step.attention(module, q, k, v, mask, scaling=0.5)
+        ours, _ = attention(module, q, k, v, mask, scaling=0.5)
         theirs, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.5)
         assert torch.equal(ours, theirs), name
 
@@ -83,7 +85,7 @@ def test_the_context_switches_an_sdpa_model_and_always_switches_it_back(torch_ti
     model, _ = torch_tiny
     plain = _step_logits(model)
     with gqa_step.gqa_step_attention(model) as on:
-        assert on and model.config._attn_implementation == gqa_step.NAME
+        assert on and model.config._attn_implementation == gqa_step.PREFIX + "sdpa"
         ours = _step_logits(model)
     assert model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
@@ -95,22 +97,23 @@ def test_the_context_switches_an_sdpa_model_and_always_switches_it_back(torch_ti
         assert not on and eager.config._attn_implementation == "eager"
 
 
-def test_the_decode_loop_attends_with_it_and_keeps_generates_tokens(torch_tiny, monkeypatch):
+@pytest.mark.parametrize("implementation", ["sdpa", "packed_sdpa"])
+def test_the_decode_loop_attends_with_it_and_keeps_generates_tokens(torch_tiny, monkeypatch, implementation):
+    """Eval models (sdpa) and trained ones (the trainers' packed_sdpa, GRPO's policy) alike."""
+    from trainers_torch.model import register_packed_sdpa
+
     model, tok = torch_tiny
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped queries
+    register_packed_sdpa()
+    monkeypatch.setattr(model.config, "_attn_implementation", implementation)
     steps: list[int] = []
-    real = gqa_step.attention
-
-    def counted(module, query, *args, **kwargs):
-        steps.append(query.shape[2] == 1)
-        return real(module, query, *args, **kwargs)
-
-    monkeypatch.setattr(gqa_step, "attention", counted)
+    real = gqa_step.step_attention
+    monkeypatch.setattr(gqa_step, "step_attention", lambda *a: steps.append(1) or real(*a))
     prompts = [gen.build_prompt(tok, q, "plain") for q in ["Hi", "2+3?", "What is 6 times 7?"]]
     settings = DecodeSettings(max_new_tokens=24)
     ours = generate_completions(model, tok, prompts, settings, batch_size=2, progress=False, return_ids=True)
-    assert any(steps) and not all(steps)  # decode steps and prefills both went through it
-    assert model.config._attn_implementation == "sdpa"
+    assert steps  # decode steps went through it
+    assert model.config._attn_implementation == implementation
     assert ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
 
 
