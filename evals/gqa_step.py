@@ -9,9 +9,8 @@ keys and values read once, no copies. Measured on the real Gemma 3 270M (2 threa
 17 rows, 350 cached positions, profiled): attention 28.5 of a body step's 85 ms with
 ``repeat_kv``, 18.4 ms this way. Values differ from ``repeat_kv``'s in the last bits (about 5e-7).
 
-While ``gqa_step_attention(model)`` is open, a model on transformers' ``sdpa`` attention (or the
-trainers' ``packed_sdpa``, which is ``sdpa`` on any call without packed rows, as in decoding)
-runs ``step_attention`` for such steps instead: the model's implementation is switched to one
+While ``gqa_step_attention(model)`` is open, a model on transformers' ``sdpa`` attention runs
+``step_attention`` for such steps instead: the model's implementation is switched to one
 registered with transformers' ``AttentionInterface`` (``PREFIX`` + its name, with its masks);
 anything but a plain grouped-query decode step (several query tokens, one query head per
 key/value head, a mask with a head or query axis of its own, dropout) goes to the model's own
@@ -27,7 +26,11 @@ from typing import Any
 import torch
 
 PREFIX = "gqa_step_"
-SDPA_BASED = frozenset({"sdpa", "packed_sdpa"})  # packed_sdpa: trainers_torch.model
+# Only models on transformers' sdpa (eval decoding). The trainers' packed_sdpa (GRPO's policy) is
+# sdpa on decode calls too, but there it gave little (the suite's GRPO step, the same tokens: 14.4
+# -> 14.0 s, 2 pairs) and the last bits it moves change GRPO's samples: in the step after, one
+# completion stopped early (344 of 384 tokens), against the suite's premise of equal work.
+SDPA_BASED = frozenset({"sdpa"})
 
 
 def _applies(module: Any, query: torch.Tensor, mask: torch.Tensor | None, dropout: float) -> bool:
