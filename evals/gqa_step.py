@@ -11,7 +11,7 @@ keys and values read once, no copies. Measured on the real Gemma 3 270M (2 threa
 
 While ``gqa_step_attention(model)`` is open, a model on transformers' ``sdpa`` attention runs
 ``step_attention`` for such steps instead: the model's implementation is switched to one
-registered with transformers' ``AttentionInterface`` (``PREFIX`` + its name, with its masks);
+registered with transformers' ``AttentionInterface`` (``NAME``, with ``sdpa``'s masks);
 anything but a plain grouped-query decode step (several query tokens, one query head per
 key/value head, a mask with a head or query axis of its own, dropout) goes to the model's own
 implementation unchanged.
@@ -20,6 +20,7 @@ implementation unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,7 +31,7 @@ PREFIX = "gqa_step_"
 # sdpa on decode calls too, but there it gave little (the suite's GRPO step, the same tokens: 14.4
 # -> 14.0 s, 2 pairs) and the last bits it moves change GRPO's samples: in the step after, one
 # completion stopped early (344 of 384 tokens), against the suite's premise of equal work.
-SDPA_BASED = frozenset({"sdpa"})
+NAME = PREFIX + "sdpa"
 
 
 def _applies(module: Any, query: torch.Tensor, mask: torch.Tensor | None, dropout: float) -> bool:
@@ -77,23 +78,27 @@ def over(original: Callable[..., Any]) -> Callable[..., tuple[torch.Tensor, None
     return attention
 
 
-@contextlib.contextmanager
-def gqa_step_attention(model: Any) -> Iterator[bool]:
-    """``model`` attends through ``over`` its own attention while the context is open, if that
-    is ``sdpa`` based (``SDPA_BASED``); yields whether it does."""
+@functools.cache
+def _register() -> None:
+    """``over`` sdpa, with sdpa's masks, as ``NAME`` in transformers' registries (once a process)."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+    AttentionInterface.register(NAME, over(ALL_ATTENTION_FUNCTIONS["sdpa"]))
+    AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+@contextlib.contextmanager
+def gqa_step_attention(model: Any) -> Iterator[bool]:
+    """``model`` attends through ``over`` sdpa while the context is open, if it runs transformers'
+    ``sdpa``; yields whether it does. Entered once a decode step: only the config changes."""
     config: Any = getattr(model, "config", None)
-    original = getattr(config, "_attn_implementation", None)
-    if original not in SDPA_BASED or original not in ALL_ATTENTION_FUNCTIONS:
+    if getattr(config, "_attn_implementation", None) != "sdpa":
         yield False
         return
-    name = PREFIX + original
-    AttentionInterface.register(name, over(ALL_ATTENTION_FUNCTIONS[original]))
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
-    config._attn_implementation = name
+    _register()
+    config._attn_implementation = NAME
     try:
         yield True
     finally:
-        config._attn_implementation = original
+        config._attn_implementation = "sdpa"
