@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from common.prompts import end_of_turn
 from common.runs import write_dir
 
@@ -17,6 +19,7 @@ def export(model: Any, tok: Any, method: str, run_path: Path) -> dict[str, str]:
     """``final/``: the PEFT adapter (LoRA) or the full model; ``merged/``: HF safetensors + tokenizer.
 
     The merged model's generation config also stops at the end-of-turn token the targets end with.
+    A LoRA run on a low-precision base (``model.dtype: bfloat16``) merges and saves in float32.
     """
     final, merged = run_path / "final", run_path / "merged"
     eot_id = tok.convert_tokens_to_ids(end_of_turn(tok))
@@ -37,7 +40,9 @@ def export(model: Any, tok: Any, method: str, run_path: Path) -> dict[str, str]:
             tok.save_pretrained(d)
 
         write_dir(final, save_adapter)
-        merged_lm = model.merge_and_unload()
+        # A LoRA delta is far below a bfloat16 weight's rounding step, so it merges in float32:
+        # merged/ = the trained base's own values plus the whole delta.
+        merged_lm = model.to(torch.float32).merge_and_unload()
         write_dir(merged, lambda d: save_hf(merged_lm, d))
     else:
         write_dir(merged, lambda d: save_hf(model, d))
