@@ -12,16 +12,17 @@ from trainers_torch.export import export
 from trainers_torch.model import apply_lora, load_model
 
 
-def test_a_lora_on_a_bfloat16_base_merges_its_whole_delta_in_float32(tiny_gemma3: Path, tmp_path: Path) -> None:
+def test_a_bfloat16_lora_run_merges_its_whole_delta_in_float32(tiny_gemma3: Path, tmp_path: Path) -> None:
     lm, tok = load_model(tiny_gemma3, dtype="bfloat16")
     model = apply_lora(lm, LoraConfig(rank=4, alpha=8.0, dropout=0.0), trainable_layers=None)
     layer = model.get_base_model().model.layers[0].self_attn.q_proj
-    assert layer.base_layer.weight.dtype == torch.bfloat16 and layer.lora_A["default"].weight.dtype == torch.float32
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert layer.base_layer.weight.dtype == torch.bfloat16 and a.dtype == torch.float32
     torch.manual_seed(0)
     with torch.no_grad():  # a delta far below bfloat16's rounding step of the base weights
-        layer.lora_B["default"].weight.normal_(0.0, 1e-4)
+        b.normal_(0.0, 1e-4)
     base = layer.base_layer.weight.detach().float().clone()
-    delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach() * layer.scaling["default"]
+    delta = (b @ a).detach() * layer.scaling["default"]
 
     export(model, tok, "lora", tmp_path)
 

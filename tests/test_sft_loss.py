@@ -190,10 +190,13 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examp
         torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7, msg=n)
 
 
-def test_bfloat16_training_step(tiny_gemma3, examples):
+def test_bfloat16_training_step(tiny_gemma3, examples, monkeypatch, capsys):
+    import trainers_torch.model
     from common.sft_config import load_sft_config
     from trainers_torch.model import build_model
     from trainers_torch.optim import build_optimizer
+
+    monkeypatch.setattr(trainers_torch.model, "native_cpu_bfloat16", lambda: False)
 
     tok, ex, _ = examples
     batch = collate(ex, [[0, 1]], tok.pad_token_id)
@@ -202,6 +205,8 @@ def test_bfloat16_training_step(tiny_gemma3, examples):
         torch.manual_seed(0)
         cfg = load_sft_config(None, [f"model.path={tiny_gemma3}", f"model.dtype={dtype}", "lora.dropout=0.0"])
         model = build_model(cfg.model, cfg.lora, cfg.train).train()
+        warned = "model.dtype=bfloat16 is many times slower" in "".join(capsys.readouterr())
+        assert warned == (dtype == "bfloat16")  # said on a CPU without native bfloat16 (patched)
         opt = build_optimizer(model, cfg.optim)
         loss = completion_loss_sum(model, batch, 64) / batch.n_targets
         loss.backward()
