@@ -27,25 +27,15 @@ own logits.
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainers_torch.kernels import native_bf16
+
 BOUND = 2.0**-6  # ≥ the bfloat16 head's error per unit of ‖x‖·‖w‖ (0.0118, see above)
 MAX_CANDIDATES = 1024  # per row; a flatter row takes the full float32 head
 MODEL_TYPES = frozenset({"gemma", "gemma3_text", "llama", "mistral", "qwen2", "qwen3"})
-
-
-@functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (elsewhere a bfloat16 head is slower)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class GreedyHead:

@@ -196,7 +196,7 @@ def test_bfloat16_training_step(tiny_gemma3, examples, monkeypatch, capsys):
     from trainers_torch.model import build_model
     from trainers_torch.optim import build_optimizer
 
-    monkeypatch.setattr(trainers_torch.model, "native_cpu_bfloat16", lambda: False)
+    monkeypatch.setattr(trainers_torch.model, "native_bf16", lambda: False)
 
     tok, ex, _ = examples
     batch = collate(ex, [[0, 1]], tok.pad_token_id)

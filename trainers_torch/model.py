@@ -17,6 +17,7 @@ from common.errors import InputError
 from common.prompts import load_tokenizer
 from common.runs import say
 from common.sft_config import LoraConfig, ModelConfig
+from trainers_torch.kernels import native_bf16
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,12 +26,6 @@ def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise InputError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def native_cpu_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX); without, torch's bfloat16
-    matmuls run many times slower than float32 ones."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -358,7 +353,7 @@ def build_model(model_cfg: ModelConfig, lora: LoraConfig, train: Tuning) -> Any:
         str(path), dtype=torch_dtype(model_cfg.dtype), attn_implementation=attention
     )
     device = resolve_device(model_cfg.device)
-    if device == "cpu" and model_cfg.dtype == "bfloat16" and not native_cpu_bfloat16():
+    if device == "cpu" and model_cfg.dtype == "bfloat16" and not native_bf16():
         say(
             "warning: this CPU has no AVX512_BF16 or AMX: model.dtype=bfloat16 is many times slower than float32"
         )
