@@ -132,6 +132,66 @@ def test_frozen_head_loss_matches_the_recomputing_one(softcap):
     assert float(jnp.abs(ge_full).max()) > 0 and float(jnp.abs(ge_frozen).max()) == 0.0
 
 
+def test_frozen_head_gradient_keeps_the_hidden_dtype():
+    """A bfloat16 hidden state gets a bfloat16 gradient from the frozen-head loss (the float32
+    loss scale must not promote it: the model's own backward pass needs its dtype), close to the
+    float32 one."""
+    import jax
+    import jax.numpy as jnp
+
+    from trainers_jax.losses import head_loss_sum
+
+    rng = np.random.default_rng(1)
+    hidden = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+    embedding = jnp.asarray(rng.normal(size=(40, 8)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 40, 16), jnp.int32)
+    valid = jnp.ones(16, jnp.bool_)
+
+    def grad(h, e):
+        return jax.grad(lambda x: 0.5 * head_loss_sum(x, e, targets, valid, 8, None, False))(h)
+
+    g16 = grad(hidden.astype(jnp.bfloat16), embedding.astype(jnp.bfloat16))
+    g32 = grad(hidden, embedding)
+    assert g16.dtype == jnp.bfloat16 and g32.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(g16, np.float32), np.asarray(g32), rtol=0.05, atol=0.02)
+
+
+def test_bfloat16_lora_step_trains_and_exports_float32(tiny6, rows):
+    """``model.dtype=bfloat16`` with LoRA (the YAML-trace recipe's setting): one step runs, its
+    loss is the float32 step's to bfloat16 precision, and the merged weights come out float32."""
+    import jax.numpy as jnp
+
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.export import merged_weights
+    from trainers_jax.lora import build_model, trainable_filter
+    from trainers_jax.losses import device_arrays
+    from trainers_jax.model import make_mesh
+    from trainers_jax.optim import build_optimizer, train_step
+
+    examples, packed, _ = rows
+    batch = sft_data.collate(examples, packed[:1], 0)
+    arrays = [device_arrays(batch, CHUNK, 1024)]
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = load_sft_config(None, [f"model.path={tiny6}", f"model.dtype={dtype}", "lora.rank=4", "lora.alpha=8",
+                                     "optim.lr=1e-2", "optim.warmup_steps=0", f"train.loss_chunk_tokens={CHUNK}"])  # fmt: skip
+        mesh = make_mesh(1, 1)
+        model, _ = build_model(cfg, mesh)
+        wrt = trainable_filter(cfg.train, model.config.num_layers)
+        with mesh:
+            optimizer = build_optimizer(model, cfg, wrt, total_steps=2)
+            first = train_step(model, optimizer, arrays, batch.n_targets, CHUNK, wrt)
+            second = train_step(model, optimizer, arrays, batch.n_targets, CHUNK, wrt)
+        out[dtype] = (first, second, model)
+    (l32, n32), after32, _ = out["float32"]
+    (l16, n16), after16, model16 = out["bfloat16"]
+    assert model16.embedder.input_embedding[...].dtype == jnp.bfloat16
+    assert abs(l16 - l32) / l32 < 0.02 and abs(n16 - n32) / n32 < 0.1, (l16, l32, n16, n32)
+    assert after16[0] < l16 and after32[0] < l32  # B starts at zero: the second step sees the first's update
+    weights = merged_weights(model16, 8.0)
+    assert {w.dtype for w in weights.values()} == {np.dtype(np.float32)}
+
+
 def test_head_trains_follows_the_trainable_filter(tiny6):
     from trainers_jax.config import load_sft_config
     from trainers_jax.lora import build_model, trainable_filter

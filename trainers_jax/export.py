@@ -29,8 +29,11 @@ def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray
     }
 
     def flat(kind: Any) -> dict[str, np.ndarray]:
+        # merged in float32: numpy has no bfloat16 einsum, and a LoRA delta is smaller than
+        # bfloat16's rounding step of the base weights (the export is float32 anyway)
         return {
-            ".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, kind))
+            ".".join(map(str, p)): np.asarray(v[...], dtype=np.float32)
+            for p, v in nnx.to_flat_state(nnx.state(model, kind))
         }
 
     weights, loras = flat(nnx.Param), flat(nnx.LoRAParam)

@@ -130,7 +130,9 @@ def _frozen_bwd(
     chunk: int, softcap: float | None, res: tuple[jax.Array, jax.Array], ct: jax.Array
 ) -> tuple[Any, ...]:
     jac, embedding = res
-    return ct * jac, jnp.zeros_like(embedding), None, None
+    # the cotangent of ``hidden`` in its own dtype: the float32 loss scale times a bfloat16
+    # d loss / d hidden would promote to float32 and break the bfloat16 model's backward pass
+    return (ct * jac).astype(jac.dtype), jnp.zeros_like(embedding), None, None
 
 
 frozen_head_loss_sum.defvjp(_frozen_fwd, _frozen_bwd)
