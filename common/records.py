@@ -17,6 +17,7 @@ string or int ``difficulty`` (other meta keys are free). Ids are unique within a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,18 @@ from common.prompts import format_target
 FIELDS = ("id", "question", "answer", "reasoning", "steps", "meta")
 TEXT_FIELDS = ("id", "question", "answer", "reasoning")
 NO_CATEGORY = "(none)"  # the category of a record whose meta names none
+
+
+def allot(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """``total`` split by ``weights`` with largest remainders (ties by name)."""
+    norm = sum(weights.values())
+    if total == 0 or norm <= 0:
+        return dict.fromkeys(weights, 0)
+    raw = {k: total * w / norm for k, w in weights.items()}
+    out = {k: math.floor(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: (out[k] - raw[k], k))[: total - sum(out.values())]:
+        out[k] += 1
+    return out
 
 
 def category_of(record: dict[str, Any]) -> str:

@@ -41,6 +41,9 @@ class DataConfig:
     train: str = "data/built/gsm8k/train.jsonl"
     valid: str | None = "data/built/gsm8k/valid.jsonl"
     train_limit: int | None = None  # train on a seeded sample of this many records
+    # The sample's share of each meta.category (e.g. YAML-trace experts), drawn per category;
+    # categories left out are not drawn. None: one sample over the whole file.
+    train_shares: dict[str, float] | None = None
     # More training files added to `train`, each with its own sample size: e.g. synthetic YAML
     # traces in `train` and converted GSM8K traces in the mix.
     mix: list[MixPart] = field(default_factory=list)
@@ -59,6 +62,14 @@ class DataConfig:
             )
         if self.max_len < 8:
             raise ValueError("data.max_len must be >= 8")
+        if self.train_shares is not None:
+            if self.train_limit is None:
+                raise ValueError("data.train_shares needs data.train_limit (the sample it divides)")
+            bad = {k: v for k, v in self.train_shares.items() if not v >= 0}
+            if bad or not sum(self.train_shares.values()) > 0:
+                raise ValueError(
+                    f"data.train_shares: shares must be >= 0 with a positive sum, got {self.train_shares}"
+                )
 
 
 @dataclass

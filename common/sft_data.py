@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 
 from common.errors import InputError
 from common.prompts import end_of_turn, format_prompt, format_target
-from common.records import iter_records
+from common.records import allot, category_of, iter_records
 from common.sft_config import DataConfig
 
 IGNORE = -100  # target id of positions without loss
@@ -39,13 +40,47 @@ class Example:
         return len(self.ids)
 
 
+def sample_by_category(
+    records: list[dict[str, Any]], limit: int, shares: dict[str, float], seed: int | None, path: str | Path
+) -> list[int]:
+    """Indices (in file order) of ``limit`` records split over ``meta.category`` by ``shares``
+    (largest remainders), each category's part a seeded sample of its records."""
+    by_cat: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        by_cat.setdefault(category_of(rec), []).append(i)
+    want = allot(limit, shares)
+    chosen: list[int] = []
+    for cat, n in sorted(want.items()):
+        have = by_cat.get(cat, [])
+        if not have:
+            raise InputError(
+                f"{path}: data.train_shares.{cat}: no record has meta.category {cat!r} "
+                f"(categories: {', '.join(sorted(by_cat))})"
+            )
+        if n > len(have):
+            raise InputError(
+                f"{path}: data.train_shares.{cat}: {n} of data.train_limit={limit} wanted, "
+                f"but the file has {len(have)} usable records of that category"
+            )
+        order = list(have)
+        random.Random(f"subset-{seed}/{cat}").shuffle(order)
+        chosen += order[:n]
+    return sorted(chosen)
+
+
 def tokenize_records(
-    path: str | Path, tok: Any, cfg: DataConfig, limit: int | None = None, seed: int | None = None
+    path: str | Path,
+    tok: Any,
+    cfg: DataConfig,
+    limit: int | None = None,
+    seed: int | None = None,
+    shares: dict[str, float] | None = None,
 ) -> tuple[list[Example], list[dict[str, Any]], dict[str, Any]]:
     """Tokenize a record file into examples; return ``(examples, records, report)``.
 
     ``limit`` keeps a sample of that many records (seeded shuffle when ``seed`` is given,
-    else the first ones). Records whose prompt + target exceed ``max_len`` are counted and
+    else the first ones); with ``shares`` the sample is drawn per ``meta.category``
+    (``sample_by_category``). Records whose prompt + target exceed ``max_len`` are counted and
     dropped, or raise ``InputError`` naming the first one (``on_overflow: fail``). Records
     marked ``meta.has_reasoning: false`` carry no worked reasoning and are skipped.
     """
@@ -85,7 +120,12 @@ def tokenize_records(
         "overflow_longest": {"id": longest.id, "tokens": len(longest)} if longest else None,
         "overflow_ids": [ex.id for ex in overflow[:20]],
     }
-    if limit is not None and limit < len(examples):
+    if shares is not None and limit is not None:
+        chosen = sample_by_category(records, limit, shares, seed, path)
+        report["by_category"] = dict(Counter(category_of(records[i]) for i in chosen))
+        examples = [examples[i] for i in chosen]
+        records = [records[i] for i in chosen]
+    elif limit is not None and limit < len(examples):
         order = list(range(len(examples)))
         if seed is not None:
             random.Random(f"subset-{seed}").shuffle(order)
@@ -103,7 +143,7 @@ def tokenize_records(
 def tokenize_train(cfg: DataConfig, tok: Any, seed: int) -> tuple[list[Example], dict[str, Any]]:
     """The training examples: ``train`` (sampled to ``train_limit``) plus each ``mix`` part
     (sampled to its ``n``), in that order; and one report over all of them (``parts``: each file's)."""
-    examples, _, report = tokenize_records(cfg.train, tok, cfg, cfg.train_limit, seed)
+    examples, _, report = tokenize_records(cfg.train, tok, cfg, cfg.train_limit, seed, cfg.train_shares)
     if not cfg.mix:
         return examples, report
     parts = [report]
@@ -128,6 +168,8 @@ def tokenize_train(cfg: DataConfig, tok: Any, seed: int) -> tuple[list[Example],
     for key in ("records", "skipped_no_reasoning", "overflow_count", "used", "tokens", "target_tokens"):
         combined[key] = sum(r[key] for r in parts)
     combined["overflow_share"] = round(combined["overflow_count"] / considered, 6) if considered else 0.0
+    if "by_category" in report:
+        combined["by_category"] = report["by_category"]
     return examples, combined
 
 
@@ -136,6 +178,10 @@ def overflow_line(report: dict[str, Any]) -> str:
     text = f"{report['file']}: {report['records']} records, {report['used']} used; over max_len={report['max_len']}: {n} ({share:.1%})"
     if longest:
         text += f", longest {longest['id']} with {longest['tokens']} tokens (dropped)"
+    if report.get("by_category"):
+        text += "; data.train by category: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(report["by_category"].items())
+        )
     if report["skipped_no_reasoning"]:
         text += f"; {report['skipped_no_reasoning']} without reasoning skipped"
     return text

@@ -246,3 +246,56 @@ def test_a_limit_keeps_records_and_examples_aligned(tok: object, tmp_path: Path)
 
 def test_a_new_row_starts_empty() -> None:
     assert pack_rows([3, 2, 2], [0, 1, 2], 4) == [[0], [1, 2]]
+
+
+def _with_category(records: list[dict], category: str) -> list[dict]:
+    return [dict(r, meta=dict(r["meta"], category=category)) for r in records]
+
+
+def test_train_shares_draw_each_category_its_seeded_share(tok: object, tmp_path: Path) -> None:
+    recs = (
+        _with_category(arithmetic_records(10, seed=1, prefix="a"), "alpha")
+        + _with_category(arithmetic_records(6, seed=2, prefix="b"), "beta")
+        + _with_category(arithmetic_records(4, seed=3, prefix="c"), "gamma")
+    )
+    path = write_records(tmp_path / "t.jsonl", recs)
+    # 9 split 2:1:0 -> 6 alpha, 3 beta; gamma is left out
+    cfg = DataConfig(
+        train=str(path), train_limit=9, train_shares={"alpha": 2, "beta": 1, "gamma": 0},
+        max_len=4000, pack_tokens=4000,
+    )  # fmt: skip
+    picks = set()
+    for seed in range(3):
+        ex, report = tokenize_train(cfg, tok, seed)
+        ids = [e.id for e in ex]
+        assert sum(i.startswith("a-") for i in ids) == 6 and sum(i.startswith("b-") for i in ids) == 3
+        assert report["by_category"] == {"alpha": 6, "beta": 3} and report["used"] == 9
+        assert ids == sorted(ids)  # file order kept
+        assert ids == [e.id for e in tokenize_train(cfg, tok, seed)[0]]  # seeded
+        picks.add(tuple(ids))
+    assert len(picks) > 1
+    assert "data.train by category: alpha 6, beta 3" in overflow_line(report)
+    cfg.mix = [MixPart(str(path), n=2)]
+    assert tokenize_train(cfg, tok, 0)[1]["by_category"] == {"alpha": 6, "beta": 3}
+
+
+def test_train_shares_errors_name_the_file_and_the_category(tok: object, tmp_path: Path) -> None:
+    recs = _with_category(arithmetic_records(4, prefix="a"), "alpha") + _with_category(
+        arithmetic_records(2, prefix="b"), "beta"
+    )
+    path = write_records(tmp_path / "t.jsonl", recs)
+    base = {"train": str(path), "max_len": 4000, "pack_tokens": 4000}
+    with pytest.raises(
+        InputError, match=r"t\.jsonl: data\.train_shares\.delta: no record has meta\.category 'delta'"
+    ):
+        tokenize_train(DataConfig(**base, train_limit=2, train_shares={"alpha": 1, "delta": 1}), tok, 0)
+    with pytest.raises(
+        InputError, match=r"data\.train_shares\.beta: 3 of data\.train_limit=6 wanted.* has 2"
+    ):
+        tokenize_train(DataConfig(**base, train_limit=6, train_shares={"alpha": 1, "beta": 1}), tok, 0)
+    with pytest.raises(ValueError, match="data.train_shares needs data.train_limit"):
+        DataConfig(**base, train_shares={"alpha": 1})
+    with pytest.raises(ValueError, match="positive sum"):
+        DataConfig(**base, train_limit=2, train_shares={"alpha": 0})
+    with pytest.raises(ValueError, match="shares must be >= 0"):
+        DataConfig(**base, train_limit=2, train_shares={"alpha": -1, "beta": 2})

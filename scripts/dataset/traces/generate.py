@@ -18,7 +18,6 @@ remaining phrasings with its own random stream (held out by seed). Everything fo
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from common.errors import InputError
 from common.prompts import format_target
+from common.records import allot
 from common.traces import parse_trace
 from scripts.dataset.text import normalise
 from scripts.dataset.traces.expr import ExprError
@@ -161,18 +161,6 @@ def make_sample(
     if result.value != value:
         raise Reject("solver_disagrees", f"trace gives {result.value}, answer expression {value}")
     return Sample(question, trace, answer, k)
-
-
-def allot(total: int, weights: dict[str, float]) -> dict[str, int]:
-    """``total`` split by ``weights`` with largest remainders (ties by name)."""
-    norm = sum(weights.values())
-    if total == 0 or norm <= 0:
-        return dict.fromkeys(weights, 0)
-    raw = {k: total * w / norm for k, w in weights.items()}
-    out = {k: math.floor(v) for k, v in raw.items()}
-    for k in sorted(raw, key=lambda k: (out[k] - raw[k], k))[: total - sum(out.values())]:
-        out[k] += 1
-    return out
 
 
 def pattern_counts(patterns: list[Pattern], total: int, shares: dict[str, float]) -> dict[str, int]:
