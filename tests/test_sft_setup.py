@@ -310,6 +310,16 @@ def test_yaml_trace_configs_load():
     grpo = load_config(GRPOConfig, ROOT / "configs" / "grpo_yaml_traces_270m_cpu.yaml")
     assert grpo.rewards.names[0] == "yaml_trace" and grpo.init.sft_run == f"runs/{cfg.run_name}"
     assert grpo.train.trainable_layers == cfg.train.trainable_layers and grpo.lora.rank == cfg.lora.rank
+    # the recipe's per-expert draw fits in the train split that configs/data/yaml_traces.yaml builds
+    import yaml
+
+    from common.records import allot
+
+    built = yaml.safe_load((ROOT / "configs" / "data" / "yaml_traces.yaml").read_text())["yaml_traces"]
+    have = allot(built["sizes"]["train"], built["shares"])
+    assert cfg.data.train_limit and cfg.data.train_shares and set(cfg.data.train_shares) <= set(have)
+    want = allot(cfg.data.train_limit, cfg.data.train_shares)
+    assert all(0 < want[e] <= have[e] for e in want), (want, have)
 
 
 def test_yaml_format_prompt_asks_for_the_trace_and_target_holds_it(tiny_gemma3, tmp_path):
