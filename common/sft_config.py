@@ -65,8 +65,8 @@ class DataConfig:
         if self.train_shares is not None:
             if self.train_limit is None:
                 raise ValueError("data.train_shares needs data.train_limit (the sample it divides)")
-            bad = {k: v for k, v in self.train_shares.items() if not v >= 0}
-            if bad or not sum(self.train_shares.values()) > 0:
+            shares = self.train_shares.values()
+            if any(not v >= 0 for v in shares) or not sum(shares) > 0:
                 raise ValueError(
                     f"data.train_shares: shares must be >= 0 with a positive sum, got {self.train_shares}"
                 )

@@ -120,16 +120,16 @@ def tokenize_records(
         "overflow_longest": {"id": longest.id, "tokens": len(longest)} if longest else None,
         "overflow_ids": [ex.id for ex in overflow[:20]],
     }
+    chosen: list[int] | None = None
     if shares is not None and limit is not None:
         chosen = sample_by_category(records, limit, shares, seed, path)
         report["by_category"] = dict(Counter(category_of(records[i]) for i in chosen))
-        examples = [examples[i] for i in chosen]
-        records = [records[i] for i in chosen]
     elif limit is not None and limit < len(examples):
         order = list(range(len(examples)))
         if seed is not None:
             random.Random(f"subset-{seed}").shuffle(order)
         chosen = sorted(order[:limit])
+    if chosen is not None:
         examples = [examples[i] for i in chosen]
         records = [records[i] for i in chosen]
     report["used"] = len(examples)
