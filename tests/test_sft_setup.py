@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from common.errors import InputError
 from common.prompts import load_tokenizer
+from common.records import allot
 from common.sft_config import DataConfig, load_sft_config
 from common.sft_data import DataPlan, pack_rows, tokenize_records
 from tests.sft_data import arithmetic_records, write_records
@@ -311,10 +313,6 @@ def test_yaml_trace_configs_load():
     assert grpo.rewards.names[0] == "yaml_trace" and grpo.init.sft_run == f"runs/{cfg.run_name}"
     assert grpo.train.trainable_layers == cfg.train.trainable_layers and grpo.lora.rank == cfg.lora.rank
     # the recipe's per-expert draw fits in the train split that configs/data/yaml_traces.yaml builds
-    import yaml
-
-    from common.records import allot
-
     built = yaml.safe_load((ROOT / "configs" / "data" / "yaml_traces.yaml").read_text())["yaml_traces"]
     have = allot(built["sizes"]["train"], built["shares"])
     assert cfg.data.train_limit and cfg.data.train_shares and set(cfg.data.train_shares) <= set(have)
