@@ -121,6 +121,12 @@ class OptimConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still logged)
+    # LoRA+ (Hayou et al., 2024): the LoRA B matrices learn at lr * lora_b_lr_ratio (1: plain LoRA)
+    lora_b_lr_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lora_b_lr_ratio <= 0:
+            raise ValueError(f"optim.lora_b_lr_ratio must be > 0, got {self.lora_b_lr_ratio}")
 
 
 @dataclass

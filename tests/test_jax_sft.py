@@ -192,6 +192,51 @@ def test_bfloat16_lora_step_trains_and_exports_float32(tiny6, rows):
     assert {w.dtype for w in weights.values()} == {np.dtype(np.float32)}
 
 
+def test_lora_plus_scales_only_the_b_matrices_update(tiny6, rows):
+    """``optim.lora_b_lr_ratio`` (LoRA+), as on torch: on the first step (B = 0, so A has no
+    gradient) the B matrices move ratio times as far, nothing else moves; a model without LoRA
+    refuses the setting."""
+    import jax
+    from flax import nnx
+
+    from common.errors import InputError
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.lora import build_model, trainable_filter
+    from trainers_jax.losses import device_arrays
+    from trainers_jax.model import make_mesh
+    from trainers_jax.optim import build_optimizer, lora_b_mask, train_step
+
+    examples, packed, _ = rows
+    batch = sft_data.collate(examples, packed[:1], 0)
+    arrays = [device_arrays(batch, CHUNK, 1024)]
+    moved = {}
+    for ratio in (1.0, 4.0):
+        cfg = load_sft_config(None, [f"model.path={tiny6}", "lora.rank=4", "lora.alpha=8", "optim.lr=1e-3",
+                                     "optim.warmup_steps=0", f"optim.lora_b_lr_ratio={ratio}",
+                                     f"train.loss_chunk_tokens={CHUNK}"])  # fmt: skip
+        mesh = make_mesh(1, 1)
+        model, _ = build_model(cfg, mesh)
+        wrt = trainable_filter(cfg.train, model.config.num_layers)
+        before = jax.tree.map(np.asarray, nnx.state(model, wrt))
+        with mesh:
+            train_step(
+                model, build_optimizer(model, cfg, wrt, total_steps=10), arrays, batch.n_targets, CHUNK, wrt
+            )
+        moved[ratio] = jax.tree.map(lambda a, b: np.asarray(a) - b, nnx.state(model, wrt), before)
+    is_b = jax.tree.leaves(lora_b_mask(moved[1.0]))
+    assert any(is_b) and not all(is_b)
+    for b, d1, d4 in zip(is_b, jax.tree.leaves(moved[1.0]), jax.tree.leaves(moved[4.0]), strict=True):
+        if b:
+            assert np.abs(d1).max() > 0
+            np.testing.assert_allclose(d4, 4.0 * d1, rtol=1e-5, atol=1e-9)
+        else:
+            assert np.abs(d1).max() == 0 and np.abs(d4).max() == 0  # A: no gradient yet
+    full = load_sft_config(None, [f"model.path={tiny6}", "train.method=full", "optim.lora_b_lr_ratio=4"])
+    model, _ = build_model(full, make_mesh(1, 1))
+    with pytest.raises(InputError, match="lora_b_lr_ratio=4.0: the model has no LoRA B"):
+        build_optimizer(model, full, trainable_filter(full.train, model.config.num_layers), total_steps=2)
+
+
 def test_head_trains_follows_the_trainable_filter(tiny6):
     from trainers_jax.config import load_sft_config
     from trainers_jax.lora import build_model, trainable_filter

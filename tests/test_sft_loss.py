@@ -217,6 +217,53 @@ def test_bfloat16_training_step(tiny_gemma3, examples, monkeypatch, capsys):
     assert abs(losses["bfloat16"] - losses["float32"]) / losses["float32"] < 2e-2
 
 
+def test_lora_plus_scales_only_the_b_matrices_rate(tiny_gemma3, examples):
+    """``optim.lora_b_lr_ratio`` (LoRA+): the B matrices' group runs at lr x ratio through the
+    schedule; on the first step (B = 0, so A has no gradient) B moves ratio times as far."""
+    from common.errors import InputError
+    from common.sft_config import load_sft_config
+    from trainers_torch.model import build_model
+    from trainers_torch.optim import build_optimizer, build_scheduler, is_lora_b
+
+    tok, ex, _ = examples
+    batch = collate(ex, [[0, 1]], tok.pad_token_id)
+    moved = {}
+    for ratio in (1.0, 4.0):
+        torch.manual_seed(0)
+        cfg = load_sft_config(None, [f"model.path={tiny_gemma3}", "lora.dropout=0.0", "optim.lr=1e-3",
+                                     "optim.warmup_steps=0", f"optim.lora_b_lr_ratio={ratio}"])  # fmt: skip
+        model = build_model(cfg.model, cfg.lora, cfg.train).train()
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        opt = build_optimizer(model, cfg.optim)
+        sched = build_scheduler(opt, 10, cfg.optim)
+        (completion_loss_sum(model, batch, 64) / batch.n_targets).backward()
+        opt.step()
+        moved[ratio] = {n: p.detach() - before[n] for n, p in model.named_parameters() if p.requires_grad}
+        sched.step()
+        sched.step()  # two steps into the cosine: both groups' rates scaled by the same factor
+        names = {id(p): n for n, p in model.named_parameters()}
+        rate = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+        rate_a = {r for n, r in rate.items() if ".lora_A." in n}
+        rate_b = {r for n, r in rate.items() if is_lora_b(n)}
+        (ra,), (rb,) = rate_a, rate_b
+        assert ra < 1e-3 and rb == pytest.approx(ra * ratio)  # both scheduled down from their start
+    b_names = [n for n in moved[1.0] if is_lora_b(n)]
+    assert b_names and len(b_names) < len(moved[1.0])
+    for n, d in moved[1.0].items():
+        if is_lora_b(n):
+            assert d.abs().max() > 0
+            torch.testing.assert_close(moved[4.0][n], 4.0 * d, rtol=1e-5, atol=1e-9, msg=n)
+        else:
+            assert moved[4.0][n].abs().max() == 0 and d.abs().max() == 0, n  # A: no gradient yet
+    full = load_sft_config(
+        None, [f"model.path={tiny_gemma3}", "train.method=full", "optim.lora_b_lr_ratio=4"]
+    )
+    with pytest.raises(InputError, match="lora_b_lr_ratio=4.0: the model has no LoRA B"):
+        build_optimizer(build_model(full.model, full.lora, full.train), full.optim)
+    with pytest.raises(InputError, match="lora_b_lr_ratio must be > 0"):
+        load_sft_config(None, ["optim.lora_b_lr_ratio=0"])
+
+
 def test_keep_freed_memory_sets_glibc_malloc_options():
     import platform
 

@@ -33,13 +33,29 @@ def optax_transform(o: OptimConfig, total_steps: int) -> optax.GradientTransform
         )
     else:
         tx = optax.adafactor(schedule, weight_decay_rate=o.weight_decay or None, weight_decay_mask=decay_mask)
+    if o.lora_b_lr_ratio != 1.0:  # LoRA+: B's whole update (step and decay) scaled, as torch's group lr
+        tx = optax.chain(tx, optax.masked(optax.scale(o.lora_b_lr_ratio), lora_b_mask))
     if o.max_grad_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(o.max_grad_norm), tx)
     return tx
 
 
+def lora_b_mask(params: Any) -> Any:
+    """True on qwix's LoRA B matrices (``*_lora_b``), False elsewhere."""
+
+    def is_b(path: tuple[Any, ...], _: Any) -> bool:
+        return any(str(getattr(k, "key", "")).endswith("_lora_b") for k in path)
+
+    return jax.tree_util.tree_map_with_path(is_b, params)
+
+
 def build_optimizer(model: Any, cfg: SFTConfig, wrt: Any, total_steps: int) -> nnx.Optimizer:
     """The optimizer of the trainable parameters (``optax_transform``)."""
+    ratio = cfg.optim.lora_b_lr_ratio
+    if ratio != 1.0 and not any(jax.tree.leaves(lora_b_mask(nnx.state(model, wrt)))):
+        raise InputError(
+            f"optim.lora_b_lr_ratio={ratio}: the model has no LoRA B matrices (train.method: lora)"
+        )
     return nnx.Optimizer(model, optax_transform(cfg.optim, total_steps), wrt=wrt)
 
 

@@ -11,14 +11,32 @@ from common.errors import InputError
 from common.sft_config import OptimConfig, lr_factor
 
 
+def is_lora_b(name: str) -> bool:
+    """Whether a parameter name is a PEFT LoRA B matrix (``...lora_B.<adapter>.weight``)."""
+    return ".lora_B." in name
+
+
 def build_optimizer(model: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Groups: matrices with weight decay, the rest without, LoRA B matrices at ``lr *
+    lora_b_lr_ratio`` (LoRA+); the scheduler scales every group's lr by the same factor."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     if not params:
         raise InputError("no trainable parameters (check train.method / train.trainable_layers)")
-    decay = [p for p in params if p.ndim >= 2]
+    ratio = cfg.lora_b_lr_ratio
+    decay = [p for n, p in named if p.ndim >= 2 and not (ratio != 1.0 and is_lora_b(n))]
+    lora_b = [p for n, p in named if ratio != 1.0 and is_lora_b(n)]
     no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": lora_b, "weight_decay": cfg.weight_decay, "lr": cfg.lr * ratio},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
+    if ratio != 1.0 and not lora_b:
+        raise InputError(
+            f"optim.lora_b_lr_ratio={ratio}: the model has no LoRA B matrices (train.method: lora)"
+        )
     if cfg.name == "adamw":
         if len(cfg.betas) != 2:
             raise InputError(f"optim.betas: expected two numbers, got {cfg.betas}")
