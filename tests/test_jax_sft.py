@@ -192,6 +192,37 @@ def test_bfloat16_lora_step_trains_and_exports_float32(tiny6, rows):
     assert {w.dtype for w in weights.values()} == {np.dtype(np.float32)}
 
 
+def test_lora_a_is_drawn_as_peft_draws_it(tiny6):
+    """Both backends draw LoRA A uniform in ±1/sqrt(fan_in) (PEFT's ``kaiming_uniform_(a=sqrt(5))``;
+    qwix's default is sqrt(6) times wider), so one config starts both trainings alike."""
+    import jax
+    from flax import nnx
+
+    from common.sft_config import load_sft_config as torch_config
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.lora import build_model
+    from trainers_jax.model import make_mesh
+    from trainers_torch.model import build_model as torch_model
+
+    def spread(a: np.ndarray, fan_in: int) -> float:  # max |a| in units of 1/sqrt(fan_in)
+        return float(np.abs(a).max() * np.sqrt(fan_in))
+
+    cfg = load_sft_config(None, [f"model.path={tiny6}", "lora.rank=4", "lora.alpha=8"])
+    model, _ = build_model(cfg, make_mesh(1, 1))
+    flat = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.LoRAParam))[0]
+    jax_a = [
+        spread(np.asarray(v), int(np.prod(v.shape[:-1])))
+        for p, v in flat
+        if "lora_a" in jax.tree_util.keystr(p)
+    ]
+    tcfg = torch_config(None, [f"model.path={tiny6}", "lora.rank=4", "lora.alpha=8"])
+    peft = torch_model(tcfg.model, tcfg.lora, tcfg.train)
+    torch_a = [spread(p.detach().numpy(), p.shape[1]) for n, p in peft.named_parameters() if ".lora_A." in n]
+    assert jax_a and torch_a
+    for s in jax_a + torch_a:  # uniform draws of >= 64 values reach close to their bound
+        assert 0.8 < s <= 1.0 + 1e-6, (jax_a, torch_a)
+
+
 def test_lora_plus_scales_only_the_b_matrices_update(tiny6, rows):
     """``optim.lora_b_lr_ratio`` (LoRA+), as on torch: on the first step (B = 0, so A has no
     gradient) the B matrices move ratio times as far, nothing else moves; a model without LoRA

@@ -42,12 +42,21 @@ def lora_module_path(model: Any, lora: LoraConfig, trainable_layers: int | None)
     return rf"layers/({layers})/(attn|mlp)/({'|'.join(sorted(modules))})"
 
 
+# PEFT's LoRA A init (``kaiming_uniform_(a=sqrt(5))``): uniform in ±1/sqrt(fan_in). qwix's default,
+# he_uniform, is sqrt(6) = 2.45x wider, so the same config would train differently on each backend.
+PEFT_LORA_A_INIT = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 def apply_lora(model: Any, lora: LoraConfig, trainable_layers: int | None, seed: int) -> Any:
-    """``model`` with qwix LoRA adapters (B zero-initialised: the wrapped model starts as ``model``)."""
+    """``model`` with qwix LoRA adapters: A drawn as PEFT draws it, B zero-initialised (the
+    wrapped model starts as ``model``)."""
     import qwix
 
     provider = qwix.LoraProvider(
-        module_path=lora_module_path(model, lora, trainable_layers), rank=lora.rank, alpha=lora.alpha
+        module_path=lora_module_path(model, lora, trainable_layers),
+        rank=lora.rank,
+        alpha=lora.alpha,
+        lora_a_initializer=PEFT_LORA_A_INIT,
     )
     return qwix.apply_lora_to_model(
         model, provider, rngs=nnx.Rngs(seed), **model.get_model_input()
