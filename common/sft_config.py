@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.config import load_config
+from common.errors import InputError
 
 
 @dataclass
@@ -127,6 +128,13 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lora_b_lr_ratio <= 0:
             raise ValueError(f"optim.lora_b_lr_ratio must be > 0, got {self.lora_b_lr_ratio}")
+
+    def check_lora_b(self, found: bool) -> None:
+        """Refuse a LoRA+ ratio for a model without LoRA B matrices (both backends' check)."""
+        if self.lora_b_lr_ratio != 1.0 and not found:
+            raise InputError(
+                f"optim.lora_b_lr_ratio={self.lora_b_lr_ratio}: the model has no LoRA B matrices (train.method: lora)"
+            )
 
 
 @dataclass

@@ -51,11 +51,7 @@ def lora_b_mask(params: Any) -> Any:
 
 def build_optimizer(model: Any, cfg: SFTConfig, wrt: Any, total_steps: int) -> nnx.Optimizer:
     """The optimizer of the trainable parameters (``optax_transform``)."""
-    ratio = cfg.optim.lora_b_lr_ratio
-    if ratio != 1.0 and not any(jax.tree.leaves(lora_b_mask(nnx.state(model, wrt)))):
-        raise InputError(
-            f"optim.lora_b_lr_ratio={ratio}: the model has no LoRA B matrices (train.method: lora)"
-        )
+    cfg.optim.check_lora_b(any(jax.tree.leaves(lora_b_mask(nnx.state(model, wrt)))))
     return nnx.Optimizer(model, optax_transform(cfg.optim, total_steps), wrt=wrt)
 
 

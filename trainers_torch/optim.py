@@ -23,20 +23,17 @@ def build_optimizer(model: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for _, p in named]
     if not params:
         raise InputError("no trainable parameters (check train.method / train.trainable_layers)")
-    ratio = cfg.lora_b_lr_ratio
-    decay = [p for n, p in named if p.ndim >= 2 and not (ratio != 1.0 and is_lora_b(n))]
-    lora_b = [p for n, p in named if ratio != 1.0 and is_lora_b(n)]
+    split_b = cfg.lora_b_lr_ratio != 1.0  # B in its own group only when its rate differs
+    decay = [p for n, p in named if p.ndim >= 2 and not (split_b and is_lora_b(n))]
+    lora_b = [p for n, p in named if split_b and is_lora_b(n)]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": lora_b, "weight_decay": cfg.weight_decay, "lr": cfg.lr * ratio},
+        {"params": lora_b, "weight_decay": cfg.weight_decay, "lr": cfg.lr * cfg.lora_b_lr_ratio},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    if ratio != 1.0 and not lora_b:
-        raise InputError(
-            f"optim.lora_b_lr_ratio={ratio}: the model has no LoRA B matrices (train.method: lora)"
-        )
+    cfg.check_lora_b(any(is_lora_b(n) for n, _ in named))
     if cfg.name == "adamw":
         if len(cfg.betas) != 2:
             raise InputError(f"optim.betas: expected two numbers, got {cfg.betas}")
