@@ -24,6 +24,21 @@ class ModelConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
     init_adapter: str | None = None  # start LoRA from this PEFT adapter dir (curriculum stages)
 
+    def lost_updates_note(self, method: str, adapters_in_float32: bool) -> str | None:
+        """The warning for trained weights kept in a low-precision dtype (None when there are
+        none): AdamW updates them in place with no float32 master copy, so an update under half
+        the spacing of bfloat16 values near a weight rounds away. ``adapters_in_float32``: the
+        backend keeps LoRA adapters in float32 over a low-precision base (torch/PEFT does; Tunix's
+        adapters take the base's dtype)."""
+        if self.dtype == "float32" or (method == "lora" and adapters_in_float32):
+            return None
+        what = "the LoRA adapters are" if method == "lora" else "the trained weights are"
+        return (
+            f"model.dtype={self.dtype} with train.method={method}: {what} {self.dtype} and the "
+            f"optimizer updates them in place (no float32 master copy), so an update under half a "
+            f"{self.dtype} step (2^-9 to 2^-8 of the weight) is lost; model.dtype=float32 keeps every update"
+        )
+
 
 @dataclass
 class MixPart:

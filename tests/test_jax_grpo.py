@@ -212,3 +212,15 @@ def test_torch_and_jax_read_the_yaml_into_the_same_values():
     assert {k: as_dict[k] for k in shared} == dataclasses.asdict(torch_cfg)
     assert jax_cfg.grpo.beta == 0.04 and jax_cfg.generation.top_k == 20 and jax_cfg.grpo.epsilon_high == 0.28
     assert J.LOSS_AGG[jax_cfg.grpo.loss_type] == "token-mean"  # dapo
+
+
+def test_bfloat16_adapters_are_announced():
+    """Tunix's LoRA adapters take the base's dtype: on a bfloat16 model the JAX GRPO trainer
+    announces that small updates are lost (torch keeps its adapters in float32 and does not)."""
+    import trainers_jax.grpo as J
+    from trainers_jax.config import load_grpo_config
+
+    path = ROOT / "configs/grpo_gemma3_270m_cpu.yaml"
+    for dtype in ("float32", "bfloat16"):
+        notes = J.jax_notes(load_grpo_config(path, [f"model.dtype={dtype}"]))
+        assert any("the LoRA adapters are bfloat16" in n for n in notes) == (dtype == "bfloat16")

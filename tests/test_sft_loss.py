@@ -276,3 +276,53 @@ def test_keep_freed_memory_sets_glibc_malloc_options():
     big = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MB: past glibc's largest mmap threshold
     big.fill_(1)
     assert int(big.sum()) == 64 << 20  # the heap serves it
+
+
+def test_full_bfloat16_warns_that_small_updates_are_lost(tiny_gemma3, examples, capsys):
+    """``train.method=full`` on a bfloat16 model trains the bfloat16 weights in place: the trainer
+    says so, and it is true (an AdamW step at lr 1e-5 leaves most trained weights bit for bit
+    as they were, where float32 moves every one). LoRA keeps its adapters in float32: no warning."""
+    from common.sft_config import load_sft_config
+    from trainers_torch.model import build_model
+    from trainers_torch.optim import build_optimizer
+
+    tok, ex, _ = examples
+    batch = collate(ex, [[0, 1]], tok.pad_token_id)
+    unchanged = {}
+    for method, dtype in (("full", "float32"), ("full", "bfloat16"), ("lora", "bfloat16")):
+        torch.manual_seed(0)
+        cfg = load_sft_config(None, [f"model.path={tiny_gemma3}", f"model.dtype={dtype}", f"train.method={method}",
+                                     "train.trainable_layers=1", "optim.lr=1e-5", "optim.warmup_steps=0",
+                                     "optim.weight_decay=0.0", "lora.dropout=0.0"])  # fmt: skip
+        model = build_model(cfg.model, cfg.lora, cfg.train).train()
+        warned = "is lost; model.dtype=float32 keeps every update" in "".join(capsys.readouterr())
+        assert warned == (method == "full" and dtype == "bfloat16"), (method, dtype)
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if method == "lora":
+            assert {p.dtype for p in trained.values()} == {torch.float32}
+            continue
+        before = {n: p.detach().clone() for n, p in trained.items() if p.ndim == 2}
+        opt = build_optimizer(model, cfg.optim)
+        (completion_loss_sum(model, batch, 64) / batch.n_targets).backward()
+        opt.step()
+        same = sum(int((trained[n].detach() == w).sum()) for n, w in before.items())
+        unchanged[dtype] = same / sum(w.numel() for w in before.values())
+    assert unchanged["float32"] < 0.01 and unchanged["bfloat16"] > 0.5, unchanged
+
+
+@pytest.mark.parametrize(
+    ("dtype", "method", "adapters_in_float32", "says"),
+    [
+        ("float32", "full", False, False),
+        ("bfloat16", "full", True, True),
+        ("bfloat16", "lora", True, False),
+        ("bfloat16", "lora", False, True),
+    ],
+)
+def test_lost_updates_note_names_what_trains_in_low_precision(dtype, method, adapters_in_float32, says):
+    from common.sft_config import ModelConfig
+
+    note = ModelConfig(dtype=dtype).lost_updates_note(method, adapters_in_float32)
+    assert (note is not None) == says
+    if note:
+        assert f"train.method={method}" in note and ("LoRA adapters" in note) == (method == "lora")

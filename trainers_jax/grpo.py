@@ -135,6 +135,9 @@ def jax_notes(cfg: JaxGRPOConfig) -> list[str]:
             notes.append(f"{key}={value} is torch-only; not applied by trainers_jax.grpo")
     if cfg.lora.dropout > 0:
         notes.append(f"lora.dropout={cfg.lora.dropout} is not applied (deterministic LoRA)")
+    lost = cfg.model.lost_updates_note(cfg.train.method, adapters_in_float32=False)
+    if lost:
+        notes.append(lost)
     if cfg.init.sft_run and cfg.init.sft_mode == "continue":
         notes.append(
             "init.sft_mode=continue: JAX starts a fresh LoRA on the SFT run's merged/ export "

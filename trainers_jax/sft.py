@@ -132,6 +132,9 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
         notes.append(
             f"lora.dropout={cfg.lora.dropout} is not applied by the JAX trainer (deterministic LoRA)"
         )
+    lost = cfg.model.lost_updates_note(cfg.train.method, adapters_in_float32=False)
+    if lost:
+        notes.append(lost)
     run = RunDir.start(
         run_path,
         cfg,

@@ -372,6 +372,9 @@ def build_model(model_cfg: ModelConfig, lora: LoraConfig, train: Tuning) -> Any:
             raise InputError(
                 "model.init_adapter applies to train.method=lora; for full, point model.path at a merged/ dir"
             )
+        note = model_cfg.lost_updates_note(train.method, adapters_in_float32=True)
+        if note:
+            say(f"warning: {note}")
         freeze_for_full(lm, train)
         sparse_tied_embedding(lm)
         model = lm
