@@ -189,8 +189,8 @@ class StepTimer:
 def matmul_peak(device: str = "cpu", dtype: str = "float32", sizes: tuple[int, ...] = (1024, 2048, 3072),
                 seconds: float = 1.5) -> dict[str, Any]:  # fmt: skip
     """The best matmul FLOP/s over square sizes on this process's threads: ``torch.mm`` and, on a
-    CPU in float32 where this torch has it, oneDNN's linear (the kernel of the decode loop and
-    the LM-head losses, ``trainers_torch.kernels``), which on some CPUs beats the BLAS behind
+    CPU in float32 where this torch has it, oneDNN's linear (the decode loop's kernel,
+    ``trainers_torch.kernels``), which on some CPUs beats the BLAS behind
     ``torch.mm``; ``kernel`` names the winner and ``by_kernel`` holds each one's best."""
     import torch
 

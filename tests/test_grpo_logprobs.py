@@ -23,7 +23,9 @@ def reference_logprobs(hidden, weight, targets, softcap, temperature):
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("train_head", [False, True])
-def test_chunked_head_logprobs_equal_full_log_softmax(softcap, temperature, train_head):
+@pytest.mark.parametrize("block", [2048, 32])  # the vocabulary in one block; in 4, the last short
+def test_chunked_head_logprobs_equal_full_log_softmax(softcap, temperature, train_head, block, monkeypatch):
+    monkeypatch.setattr("trainers_torch.losses.VOCAB_BLOCK", block)
     torch.manual_seed(0)
     n, h, v = 37, 16, 101
     hidden = torch.randn(n, h, dtype=torch.float64, requires_grad=True)

@@ -3,8 +3,7 @@
 ``ONEDNN`` is ``torch.ops.mkldnn._linear_pointwise`` (``x·Wᵀ``, the kernel torch's own CPU
 compiler emits for linear layers), or None where this torch build has no oneDNN. Its values
 differ from ``torch.mm``'s in the last bits. It has no backward: callers use it where no graph
-is built (the decode loop, ``evals.few_rows``; the chunked LM-head losses, which compute their
-own gradients, ``trainers_torch.losses``).
+is built (the decode loop, ``evals.few_rows``).
 
 ``native_bf16`` says whether this CPU multiplies bfloat16 natively (the decode loop's bfloat16
 head, ``evals.greedy_head``; the trainers' warning for ``model.dtype: bfloat16``).
