@@ -21,8 +21,9 @@ from trainers_torch.data import Batch
 from trainers_torch.model import causal_lm
 
 VOCAB_BLOCK = 2048
-"""Vocabulary columns per block of the chunked head: one chunk's [256, 2,048] float32 block
-(2 MiB) stays in cache between its softmax pass and its gradient product."""
+"""Vocabulary columns per block of the chunked head on a CPU: one chunk's [256, 2,048] float32
+block (2 MiB) stays in cache between its softmax pass and its gradient product. Elsewhere the
+vocabulary is one block (a GPU would pay ~10 kernel launches per block)."""
 
 
 class _Head:
@@ -50,7 +51,8 @@ class _Head:
     ) -> None:
         rows, vocab = h.shape[0], weight.shape[0]
         self.h, self.weight, self.softcap, self.inv_temp = h, weight, softcap, inv_temp
-        self.bounds = [(s, min(s + VOCAB_BLOCK, vocab)) for s in range(0, vocab, VOCAB_BLOCK)]
+        width = VOCAB_BLOCK if h.device.type == "cpu" else vocab
+        self.bounds = [(s, min(s + width, vocab)) for s in range(0, vocab, width)]
         self.blocks: list[torch.Tensor] = []
         lses = torch.empty((rows, len(self.bounds)), dtype=torch.float32, device=h.device)
         for i, (s, e) in enumerate(self.bounds):
@@ -69,11 +71,11 @@ class _Head:
             lses[:, i] = torch.logsumexp(zf, -1)
             self.blocks.append(z)
         self.lse = torch.logsumexp(lses, -1)
-        blk = torch.div(y, VOCAB_BLOCK, rounding_mode="floor")
-        start = blk * VOCAB_BLOCK
-        width = (vocab - start).clamp(max=VOCAB_BLOCK)
+        blk = torch.div(y, width, rounding_mode="floor")
+        start = blk * width
+        cols = (vocab - start).clamp(max=width)
         rows_idx = torch.arange(rows, device=h.device)
-        self.picked = buf[rows * start + rows_idx * width + (y - start)].float()
+        self.picked = buf[rows * start + rows_idx * cols + (y - start)].float()
         # rows whose target lies in each block (the -1 of the onehot, subtracted in float32)
         order = torch.argsort(blk)
         counts = torch.bincount(blk, minlength=len(self.bounds)).tolist()
