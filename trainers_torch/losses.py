@@ -11,6 +11,7 @@ the (tied) embedding chunk by chunk, with the gradient computed in the same pass
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ class _Head:
         buf: torch.Tensor,
     ) -> None:
         rows, vocab = h.shape[0], weight.shape[0]
-        self.h, self.weight, self.softcap, self.inv_temp = h, weight, softcap, inv_temp
+        self.h, self.weight, self.softcap, self.inv_temp, self.y = h, weight, softcap, inv_temp, y
         width = VOCAB_BLOCK if h.device.type == "cpu" else vocab
         self.bounds = [(s, min(s + width, vocab)) for s in range(0, vocab, width)]
         self.blocks: list[torch.Tensor] = []
@@ -76,33 +77,36 @@ class _Head:
         cols = (vocab - start).clamp(max=width)
         rows_idx = torch.arange(rows, device=h.device)
         self.picked = buf[rows * start + rows_idx * cols + (y - start)].float()
-        # rows whose target lies in each block (the -1 of the onehot, subtracted in float32)
-        order = torch.argsort(blk)
-        counts = torch.bincount(blk, minlength=len(self.bounds)).tolist()
-        self.targets_in: list[tuple[torch.Tensor, torch.Tensor]] = []
-        at = 0
+        self.block_of_target = blk
+
+    def _targets_in_blocks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For each block, the rows whose target lies in it and the target's column there."""
+        order = torch.argsort(self.block_of_target)
+        counts = torch.bincount(self.block_of_target, minlength=len(self.bounds)).tolist()
+        out, at = [], 0
         for (s, _), n in zip(self.bounds, counts, strict=True):
             r = order[at : at + n]
-            self.targets_in.append((r, y[r] - s))
+            out.append((r, self.y[r] - s))
             at += n
+        return out
 
     def grads(
         self,
         row_scale: torch.Tensor | float,
-        need_h: bool,
+        grad_h: torch.Tensor | None,
         grad_w: torch.Tensor | None,
         grad_b: torch.Tensor | None,
-    ) -> torch.Tensor | None:
+    ) -> None:
         """``row_scale`` · d(logsumexp - target logit) / d(raw logits), pushed through the head:
-        returned for the hidden rows (float32 [rows, H], when ``need_h``) and added into float32
-        ``grad_w`` [vocab, H] and ``grad_b`` [vocab]."""
+        written into ``grad_h`` [rows, H] (summed in float32) and added into float32 ``grad_w``
+        [vocab, H] and ``grad_b`` [vocab]; the -1 of the onehot is subtracted in float32."""
         factor = row_scale * self.inv_temp
         if isinstance(factor, torch.Tensor):
             factor = factor[:, None]
         h32 = self.h.float()
-        grad_h = torch.zeros(self.h.shape, dtype=torch.float32, device=self.h.device) if need_h else None
+        acc = None if grad_h is None else torch.zeros(self.h.shape, dtype=torch.float32, device=self.h.device)
         cap = self.softcap * self.inv_temp if self.softcap else None
-        for (s, e), z, (r, c) in zip(self.bounds, self.blocks, self.targets_in, strict=True):
+        for (s, e), z, (r, c) in zip(self.bounds, self.blocks, self._targets_in_blocks(), strict=True):
             g = z.to(torch.float32, copy=True).sub_(self.lse[:, None]).exp_()
             if r.numel():
                 g[r, c] -= 1.0
@@ -111,22 +115,35 @@ class _Head:
                 g.mul_(1.0 - t * t)
             if not isinstance(factor, float) or factor != 1.0:
                 g.mul_(factor)
-            if grad_h is not None:
+            if acc is not None:
                 if self.weight.dtype == torch.float32:
-                    grad_h.addmm_(g, self.weight[s:e])
+                    acc.addmm_(g, self.weight[s:e])
                 else:
-                    grad_h += g.to(self.weight.dtype) @ self.weight[s:e]
+                    acc += g.to(self.weight.dtype) @ self.weight[s:e]
             if grad_w is not None:
                 grad_w[s:e].addmm_(g.t(), h32)
             if grad_b is not None:
                 grad_b[s:e] += g.sum(0)
-        return grad_h
+        if grad_h is not None and acc is not None:
+            grad_h.copy_(acc)
 
 
-def _head_buffer(hidden: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor:
-    """One flat buffer for a chunk's logits in the weight's dtype, reused across chunks."""
-    rows = min(chunk, hidden.shape[0])
-    return torch.empty(rows * weight.shape[0], dtype=weight.dtype, device=weight.device)
+def _heads(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+    inv_temp: float,
+    targets: torch.Tensor,
+    chunk: int,
+) -> Iterator[tuple[slice, _Head]]:
+    """Each chunk's rows and its ``_Head``, all sharing one flat logits buffer in the weight's
+    dtype ([chunk, vocab] of memory, whatever the number of rows)."""
+    n = hidden.shape[0]
+    buf = torch.empty(min(chunk, n) * weight.shape[0], dtype=weight.dtype, device=weight.device)
+    for s in range(0, n, chunk):
+        rows = slice(s, s + chunk)
+        yield rows, _Head(hidden[rows], weight, bias, softcap, inv_temp, targets[rows], buf)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -144,13 +161,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
-        buf = _head_buffer(hidden, weight, chunk)
-        for s in range(0, hidden.shape[0], chunk):
-            head = _Head(hidden[s : s + chunk], weight, bias, softcap, 1.0, targets[s : s + chunk], buf)
+        for rows, head in _heads(hidden, weight, bias, softcap, 1.0, targets, chunk):
             total += (head.lse - head.picked).sum()
-            gh = head.grads(1.0, grad_h is not None, grad_w, grad_b)
-            if grad_h is not None and gh is not None:
-                grad_h[s : s + chunk] = gh
+            head.grads(1.0, None if grad_h is None else grad_h[rows], grad_w, grad_b)
         # kept on ctx, not saved: backward scales them in place (a [vocab, H] copy less) and drops them
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
@@ -176,9 +189,7 @@ def lm_head_loss_sum(
     if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, head.weight, bias, targets, chunk, softcap)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    buf = _head_buffer(hidden, head.weight, chunk)
-    for s in range(0, hidden.shape[0], chunk):
-        part = _Head(hidden[s : s + chunk], head.weight, bias, softcap, 1.0, targets[s : s + chunk], buf)
+    for _, part in _heads(hidden, head.weight, bias, softcap, 1.0, targets, chunk):
         total += (part.lse - part.picked).sum()
     return total
 
@@ -199,14 +210,10 @@ class _LinearLogProbs(torch.autograd.Function):
         keep_jacobian = need_h and not (need_w or need_b)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         jac = torch.empty_like(hidden) if keep_jacobian else None
-        buf = _head_buffer(hidden, weight, chunk)
-        for s in range(0, hidden.shape[0], chunk):
-            head = _Head(hidden[s : s + chunk], weight, bias, softcap, inv_temp, targets[s : s + chunk], buf)
-            out[s : s + chunk] = head.picked - head.lse
-            if jac is not None:
-                g = head.grads(-1.0, True, None, None)  # d logp / d hidden = -d(lse - picked) / d hidden
-                assert g is not None
-                jac[s : s + chunk] = g
+        for rows, head in _heads(hidden, weight, bias, softcap, inv_temp, targets, chunk):
+            out[rows] = head.picked - head.lse
+            if jac is not None:  # d logp / d hidden = -d(lse - picked) / d hidden
+                head.grads(-1.0, jac[rows], None, None)
         ctx.chunk, ctx.softcap, ctx.inv_temp, ctx.keep_jacobian = chunk, softcap, inv_temp, keep_jacobian
         if keep_jacobian:
             ctx.save_for_backward(jac)
@@ -224,13 +231,8 @@ class _LinearLogProbs(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
-        buf = _head_buffer(hidden, weight, ctx.chunk)
-        for s in range(0, hidden.shape[0], ctx.chunk):
-            h, y = hidden[s : s + ctx.chunk], targets[s : s + ctx.chunk]
-            head = _Head(h, weight, bias, ctx.softcap, ctx.inv_temp, y, buf)
-            gh = head.grads(-grad_out[s : s + ctx.chunk].float(), grad_h is not None, grad_w, grad_b)
-            if grad_h is not None and gh is not None:
-                grad_h[s : s + ctx.chunk] = gh
+        for rows, head in _heads(hidden, weight, bias, ctx.softcap, ctx.inv_temp, targets, ctx.chunk):
+            head.grads(-grad_out[rows].float(), None if grad_h is None else grad_h[rows], grad_w, grad_b)
         out_w = None if grad_w is None else grad_w.to(weight.dtype)
         out_b = None if grad_b is None else grad_b.to(bias.dtype)
         return grad_h, out_w, out_b, None, None, None, None
@@ -253,10 +255,8 @@ def lm_head_logprobs(
     if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
         return _LinearLogProbs.apply(hidden, head.weight, bias, targets, chunk, softcap, inv_temp)
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    buf = _head_buffer(hidden, head.weight, chunk)
-    for s in range(0, hidden.shape[0], chunk):
-        part = _Head(hidden[s : s + chunk], head.weight, bias, softcap, inv_temp, targets[s : s + chunk], buf)
-        out[s : s + chunk] = part.picked - part.lse
+    for rows, part in _heads(hidden, head.weight, bias, softcap, inv_temp, targets, chunk):
+        out[rows] = part.picked - part.lse
     return out
 
 
