@@ -106,10 +106,12 @@ def test_loss_and_one_adamw_step_match_torch(model_fixture, rows, request):
     assert abs(t1 - j1) / t1 < 1e-4, (t1, j1)
 
 
+@pytest.mark.parametrize("block", [None, 10])
 @pytest.mark.parametrize("softcap", [None, 3.0])
-def test_frozen_head_loss_matches_the_recomputing_one(softcap):
+def test_frozen_head_loss_matches_the_recomputing_one(softcap, block):
     """The frozen-head path (d loss / d hidden formed in the forward pass) gives the same loss and
-    hidden gradient as the checkpointed one, padding slots included, and no head gradient."""
+    hidden gradient as the checkpointed one, padding slots included, and no head gradient, with
+    the vocabulary in one block and in five."""
     import jax
     import jax.numpy as jnp
 
@@ -122,7 +124,7 @@ def test_frozen_head_loss_matches_the_recomputing_one(softcap):
     valid = jnp.asarray(np.arange(24) < 19)  # the last five slots are padding
 
     def loss(h, e, trains):
-        return head_loss_sum(h, e, targets, valid, 8, softcap, trains)
+        return head_loss_sum(h, e, targets, valid, 8, softcap, trains, block)
 
     (full, (gh_full, ge_full)) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, embedding, True)
     (frozen, (gh_frozen, ge_frozen)) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, embedding, False)
@@ -132,10 +134,19 @@ def test_frozen_head_loss_matches_the_recomputing_one(softcap):
     assert float(jnp.abs(ge_full).max()) > 0 and float(jnp.abs(ge_frozen).max()) == 0.0
 
 
+def test_vocab_block_divides_the_vocabulary():
+    """On a CPU the frozen head's block is the largest divisor of the vocabulary up to 2,048
+    columns (none of at least 256: one block)."""
+    from trainers_jax.losses import vocab_block
+
+    vocabs = (262_144, 256_000, 128_256, 32_000, 50, 4_099)
+    assert [vocab_block(v) for v in vocabs] == [2048, 2048, 2004, 2000, 50, 4_099]
+
+
 def test_frozen_head_gradient_keeps_the_hidden_dtype():
     """A bfloat16 hidden state gets a bfloat16 gradient from the frozen-head loss (the float32
     loss scale must not promote it: the model's own backward pass needs its dtype), close to the
-    float32 one."""
+    float32 one, with the vocabulary in five blocks."""
     import jax
     import jax.numpy as jnp
 
@@ -148,7 +159,7 @@ def test_frozen_head_gradient_keeps_the_hidden_dtype():
     valid = jnp.ones(16, jnp.bool_)
 
     def grad(h, e):
-        return jax.grad(lambda x: 0.5 * head_loss_sum(x, e, targets, valid, 8, None, False))(h)
+        return jax.grad(lambda x: 0.5 * head_loss_sum(x, e, targets, valid, 8, None, False, 8))(h)
 
     g16 = grad(hidden.astype(jnp.bfloat16), embedding.astype(jnp.bfloat16))
     g32 = grad(hidden, embedding)

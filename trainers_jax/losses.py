@@ -56,6 +56,7 @@ def head_loss_sum(
     chunk: int,
     softcap: float | None = None,
     head_trains: bool = True,
+    block: int | None = None,
 ) -> jax.Array:
     """Sum of ``-log softmax(z)[target]`` over valid rows, ``chunk`` rows at a time, where
     ``z = hidden @ E.T`` in float32, soft-capped to ``softcap * tanh(z / softcap)`` when the model
@@ -65,10 +66,14 @@ def head_loss_sum(
     ``head_trains``: E gets a gradient, so each chunk's logits are recomputed in the backward
     pass (``jax.checkpoint``). Otherwise (LoRA: the head is frozen) the forward pass also forms
     d loss / d hidden, one [chunk, D] block per chunk, and the backward pass only scales it:
-    two passes over E per chunk instead of three (``frozen_head_loss_sum``).
+    two passes over E per chunk instead of three (``frozen_head_loss_sum``), ``block`` vocabulary
+    columns at a time (default ``vocab_block``).
     """
     if not head_trains:
-        return frozen_head_loss_sum(hidden, jax.lax.stop_gradient(embedding), targets, valid, chunk, softcap)
+        width = block or vocab_block(embedding.shape[0])
+        return frozen_head_loss_sum(
+            hidden, jax.lax.stop_gradient(embedding), targets, valid, chunk, softcap, width
+        )
 
     @jax.checkpoint
     def one(h: jax.Array, y: jax.Array, v: jax.Array) -> jax.Array:
@@ -89,25 +94,67 @@ def _chunk_loss(
     return jnp.sum(jnp.where(v, lse - picked, 0.0)), logits, lse
 
 
+VOCAB_BLOCK = 2048  # on a CPU: the head's columns per block (the logits block stays in cache)
+
+
+def vocab_block(vocab: int) -> int:
+    """Columns per block of the frozen head: on a CPU the largest divisor of ``vocab`` in [256,
+    ``VOCAB_BLOCK``] (one block when there is none), elsewhere the whole vocabulary (a GPU or
+    TPU would run a loop of small products)."""
+    if jax.default_backend() == "cpu":
+        for width in range(min(VOCAB_BLOCK, vocab), 255, -1):
+            if vocab % width == 0:
+                return width
+    return vocab
+
+
+def _frozen_chunk(
+    h: jax.Array, y: jax.Array, v: jax.Array, embedding: jax.Array, softcap: float | None, block: int
+) -> tuple[jax.Array, jax.Array]:
+    """One chunk's ``(loss sum, d loss_sum / d h)``, the head ``block`` vocabulary columns at a
+    time: pass 1 keeps each block's logits and log-sum-exp, pass 2 forms softmax − onehot in
+    float32 (the onehot taken before any bfloat16 rounding) and multiplies it back through
+    that block of the head, accumulating in float32. On a CPU this runs the [rows, V] × [V, D]
+    product about 1.3-1.5x faster than in one piece (README, Benchmarks)."""
+    rows, n_blocks = h.shape[0], embedding.shape[0] // block
+    heads = embedding.reshape(n_blocks, block, embedding.shape[1])
+
+    def logits(_: None, e: jax.Array) -> tuple[None, tuple[jax.Array, jax.Array]]:
+        z = _head_logits(h, e, softcap)
+        return None, (z, jax.nn.logsumexp(z, axis=-1))
+
+    _, (z, block_lse) = jax.lax.scan(logits, None, heads)  # [n_blocks, rows, block], [n_blocks, rows]
+    lse = jax.nn.logsumexp(block_lse, axis=0)
+    picked = z[y // block, jnp.arange(rows), y % block]
+    loss = jnp.sum(jnp.where(v, lse - picked, 0.0))
+
+    def grad(acc: jax.Array, x: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        zb, e, first = x
+        g = jnp.exp(zb - lse[:, None]) - (y[:, None] == first + jnp.arange(block)).astype(zb.dtype)
+        if softcap:
+            g = g * (1.0 - jnp.square(zb / softcap))  # through the cap: d(c tanh(z/c))/dz
+        g = jnp.where(v[:, None], g, 0.0)
+        return acc + jnp.dot(g.astype(e.dtype), e, preferred_element_type=jnp.float32), None
+
+    firsts = jnp.arange(n_blocks, dtype=y.dtype) * block
+    dh, _ = jax.lax.scan(grad, jnp.zeros(h.shape, jnp.float32), (z, heads, firsts))
+    return loss, dh
+
+
 def _frozen_head_forward(*args: Any) -> tuple[jax.Array, jax.Array]:
     """``(loss sum, d loss_sum / d hidden)`` chunk by chunk, from ``frozen_head_loss_sum``'s arguments."""
-    hidden, embedding, targets, valid, chunk, softcap = args
+    hidden, embedding, targets, valid, chunk, softcap, block = args
 
     def one(acc: jax.Array, x: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
         h, y, v = x
-        loss, logits, lse = _chunk_loss(h, y, v, embedding, softcap)
-        g = jnp.exp(logits - lse[:, None])  # d(lse - picked)/d logits = softmax - onehot
-        g = g.at[jnp.arange(g.shape[0]), y].add(-1.0)
-        if softcap:
-            g = g * (1.0 - jnp.square(logits / softcap))  # through the cap: d(c tanh(z/c))/dz
-        g = jnp.where(v[:, None], g, 0.0)
-        return acc + loss, jnp.dot(g.astype(embedding.dtype), embedding)
+        loss, dh = _frozen_chunk(h, y, v, embedding, softcap, block)
+        return acc + loss, dh
 
     total, jac = jax.lax.scan(one, jnp.zeros((), jnp.float32), _chunks(chunk, hidden, targets, valid))
     return total, jac.reshape(hidden.shape).astype(hidden.dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def frozen_head_loss_sum(
     hidden: jax.Array,
     embedding: jax.Array,
@@ -115,9 +162,11 @@ def frozen_head_loss_sum(
     valid: jax.Array,
     chunk: int,
     softcap: float | None,
+    block: int,
 ) -> jax.Array:
-    """``head_loss_sum`` for a head that gets no gradient (its cotangent is zero)."""
-    return _frozen_head_forward(hidden, embedding, targets, valid, chunk, softcap)[0]
+    """``head_loss_sum`` for a head that gets no gradient (its cotangent is zero), its
+    vocabulary ``block`` columns at a time (a divisor of the vocabulary)."""
+    return _frozen_head_forward(hidden, embedding, targets, valid, chunk, softcap, block)[0]
 
 
 def _frozen_fwd(*args: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -127,7 +176,7 @@ def _frozen_fwd(*args: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
 
 
 def _frozen_bwd(
-    chunk: int, softcap: float | None, res: tuple[jax.Array, jax.Array], ct: jax.Array
+    chunk: int, softcap: float | None, block: int, res: tuple[jax.Array, jax.Array], ct: jax.Array
 ) -> tuple[Any, ...]:
     jac, embedding = res
     # the cotangent of ``hidden`` in its own dtype: the float32 loss scale times a bfloat16
