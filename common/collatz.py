@@ -18,6 +18,7 @@ Sections: the map → features → seeds and protocols (faithful / clean) → th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -256,6 +257,7 @@ HARD_SEEDS = (
 )  # fmt: skip
 NOTEBOOK_TRAIN_SEEDS = tuple(s for s in HARD_SEEDS if s not in TEST_SEEDS)  # 49 seeds
 ORBIT_PREFIX = 300  # a hard sample is a random state among the first 300 of its seed's orbit
+CLIMBER_SEED = 7  # the climbers' draw (fixed: runs with different seeds train on the same ones)
 FALLBACK_SEED = 27  # the notebook's seed when the hard pool is empty (a test seed: faithful only)
 
 Protocol = Literal["faithful", "clean"]
@@ -293,8 +295,7 @@ def validation_segments(
     rng = random.Random(seed)
     found: list[list[int]] = []
     while len(found) < count * pool:
-        b = rng.randint(*bits)
-        n = (1 << (b - 1)) | rng.getrandbits(b - 1) | 1
+        n = _odd_start(rng, bits)
         if n in banned:
             continue
         states = [n]
@@ -307,6 +308,32 @@ def validation_segments(
             found.append(states)
     found.sort(key=lambda st: math.log(st[0]) - max(math.log(x) for x in st))
     return found[:count]
+
+
+def _odd_start(rng: random.Random, bits: tuple[int, int]) -> int:
+    """A seeded odd number whose bit length is uniform in ``bits``."""
+    b = rng.randint(*bits)
+    return (1 << (b - 1)) | rng.getrandbits(b - 1) | 1
+
+
+@functools.cache
+def climber_seeds(
+    count: int, bits: tuple[int, int], seed: int = CLIMBER_SEED, pool: int = 20
+) -> tuple[int, ...]:
+    """Hard training seeds at scales the notebook's list lacks: the ``count`` longest climbers
+    (largest ln max − ln start over ``seed_states``) among ``count × pool`` seeded odd starts of
+    ``bits`` bit lengths, longest first. Most of the notebook's seeds are small numbers whose
+    orbits run into the test orbits, so the clean protocol keeps 1,981 of their states; climbers
+    give the hard draws long climbs again, away from the test orbits (the protocol still filters
+    their pools). Starts above 24 bits stay off the validation segments' starts."""
+    rng = random.Random(seed)
+    ranked = []
+    for _ in range(count * pool):
+        n = _odd_start(rng, bits)
+        states = seed_states(n)
+        ranked.append((math.log(max(states)) - math.log(n), n))
+    ranked.sort(reverse=True)
+    return tuple(n for _, n in ranked[:count])
 
 
 def touches(n: int, reach: int, banned: frozenset[int]) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.collatz import NOTEBOOK_TRAIN_SEEDS, RESIDUE_MODULI, Protocol, View
+from common.collatz import NOTEBOOK_TRAIN_SEEDS, RESIDUE_MODULI, Protocol, View, climber_seeds
 
 
 @dataclass
@@ -18,6 +18,10 @@ class TaskConfig:
     lookahead: int = 10  # L: the features see the next L valuations k_1..k_L
     max_bits: int = 128  # random training states have bit length uniform in [3, max_bits - 3]
     seeds: list[int] = field(default_factory=lambda: list(NOTEBOOK_TRAIN_SEEDS))  # curriculum order
+    # generated hard seeds after ``seeds``: the longest climbers among seeded odd starts of
+    # ``climber_bits`` bit lengths (``common.collatz.climber_seeds``)
+    climbers: int = 0
+    climber_bits: list[int] = field(default_factory=lambda: [28, 64])
 
     def __post_init__(self) -> None:
         if self.lookahead < 1:
@@ -27,6 +31,21 @@ class TaskConfig:
         bad = [s for s in self.seeds if s <= 0]
         if bad:
             raise ValueError(f"task.seeds: {bad[0]} is not a positive integer")
+        if self.climbers < 0:
+            raise ValueError(f"task.climbers must be >= 0, got {self.climbers}")
+        if len(self.climber_bits) != 2 or not 3 <= self.climber_bits[0] <= self.climber_bits[1]:
+            raise ValueError(
+                f"task.climber_bits must be [low, high] with 3 <= low <= high, got {self.climber_bits}"
+            )
+
+    def training_seeds(self) -> list[int]:
+        """``seeds``, then ``climbers`` generated climbers not already among them."""
+        extra = (
+            climber_seeds(self.climbers, (self.climber_bits[0], self.climber_bits[1]))
+            if self.climbers
+            else ()
+        )
+        return self.seeds + [s for s in extra if s not in self.seeds]
 
 
 @dataclass

@@ -64,7 +64,7 @@ def prepare_run_dir(cfg: CollatzConfig, has_checkpoint: bool) -> Path:
 def build_sampler(cfg: CollatzConfig) -> Sampler:
     return Sampler(
         protocol=cfg.protocol,
-        seeds=cfg.task.seeds,
+        seeds=cfg.task.training_seeds(),
         view=cfg.view(),
         offsets=cfg.loss.offsets(),
         max_bits=cfg.task.max_bits,
@@ -93,14 +93,15 @@ def validation_batch(cfg: CollatzConfig) -> PairBatch:
 
 def protocol_report(cfg: CollatzConfig, sampler: Sampler) -> dict[str, Any]:
     """Which training seeds the protocol kept and dropped (for the manifest and summary)."""
-    dropped = [s for s in cfg.task.seeds if s not in sampler.pools]
+    seeds = cfg.task.training_seeds()
+    dropped = [s for s in seeds if s not in sampler.pools]
     return {
         "protocol": cfg.protocol,
         "test_seeds": list(TEST_SEEDS),
         "seeds_kept": len(sampler.seeds),
         "seeds_dropped": dropped,
         "pool_states": sum(len(p) for p in sampler.pools.values()),
-        "pool_states_before_filter": sum(len(seed_states(s)) for s in cfg.task.seeds),
+        "pool_states_before_filter": sum(len(seed_states(s)) for s in seeds),
     }
 
 
@@ -252,7 +253,7 @@ def start_run(
     elif cfg.resume:
         say(f"resume=true but {run.checkpoints} holds no complete checkpoint: starting from step 0")
     say(
-        f"{cfg.protocol} protocol: {len(sampler.seeds)} of {len(cfg.task.seeds)} training seeds kept; "
+        f"{cfg.protocol} protocol: {len(sampler.seeds)} of {len(cfg.task.training_seeds())} training seeds kept; "
         f"MLP {cfg.model.widths}, {parameters:,} parameters; {cfg.train.steps} steps of {cfg.train.batch_size}"
     )
     return run

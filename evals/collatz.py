@@ -231,7 +231,7 @@ def score(
 
 def faithful_leak(cfg: CollatzConfig) -> dict[str, Any]:
     """How many of the 429 test steps start from a state the faithful protocol samples as "hard"."""
-    pools = protocol_pools("faithful", cfg.task.seeds, 1, frozenset())
+    pools = protocol_pools("faithful", cfg.task.training_seeds(), 1, frozenset())
     states = {s for p in pools.values() for s in p} | set(seed_states(FALLBACK_SEED))
     by_seed = leaked_transitions(states)
     return {"transitions": sum(by_seed.values()), "by_seed": {str(k): v for k, v in by_seed.items()}}

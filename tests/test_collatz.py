@@ -19,6 +19,7 @@ from common.collatz import (
     View,
     anchor_weight,
     check_start,
+    climber_seeds,
     closed_form_values,
     curriculum_count,
     features,
@@ -39,6 +40,7 @@ from common.collatz import (
     violations,
     walk,
 )
+from common.collatz_config import TaskConfig
 from common.errors import InputError
 from evals.collatz import draw_eval_rows, standard_map_stats
 
@@ -212,6 +214,26 @@ def test_validation_segments_are_seeded_climbs_off_the_test_orbits() -> None:
         )  # cut just before a test state
         climbs.append(max(math.log(x) for x in seg) - math.log(seg[0]))
     assert climbs == sorted(climbs, reverse=True) and climbs[0] > 0
+
+
+def test_climber_seeds_are_the_seeded_longest_climbs() -> None:
+    seeds = climber_seeds(5, (20, 30), seed=3, pool=4)
+    assert seeds == climber_seeds(5, (20, 30), seed=3, pool=4) != climber_seeds(5, (20, 30), seed=4, pool=4)
+    assert all(s % 2 == 1 and 20 <= s.bit_length() <= 30 for s in seeds)
+    climbs = [math.log(max(seed_states(s))) - math.log(s) for s in seeds]
+    assert climbs == sorted(climbs, reverse=True)
+    # the 5 kept climb at least as far as every other start of the same draw of 20
+    rng = random.Random(3)
+    drawn = []
+    for _ in range(20):
+        b = rng.randint(20, 30)
+        drawn.append((1 << (b - 1)) | rng.getrandbits(b - 1) | 1)
+    others = [math.log(max(seed_states(n))) - math.log(n) for n in drawn if n not in seeds]
+    assert len(others) == 15 and max(others) <= climbs[-1]
+    # the config's climbers follow its seeds, once each
+    top = climber_seeds(3, (28, 64))
+    assert TaskConfig(seeds=[27, top[1]], climbers=3).training_seeds() == [27, top[1], top[0], top[2]]
+    assert TaskConfig(seeds=[27]).training_seeds() == [27]
 
 
 # ---------------------------------------------------------------------------------------------- protocols

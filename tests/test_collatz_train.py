@@ -271,6 +271,8 @@ def test_bad_values_exit_2(tmp_path: Path, eval_set: Path, capsys: pytest.Captur
         ("train.valid_orbits=-1", "train.valid_orbits must be >= 0"),
         ("model.scale_free=true", "model.scale_free needs model.base: closed_form"),
         ("model.residues=10", "model.residues must be 1 (none) or one of (3, 9, 27, 81)"),
+        ("task.climbers=-1", "task.climbers must be >= 0"),
+        ("task.climber_bits=[40,30]", "task.climber_bits must be [low, high] with 3 <= low <= high"),
     ):
         code, last = main_exit(torch_recipe.main, [f"output_dir={tmp_path}", bad], capsys)
         assert code == 2 and message in last, last
