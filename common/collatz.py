@@ -295,7 +295,7 @@ def validation_segments(
     rng = random.Random(seed)
     found: list[list[int]] = []
     while len(found) < count * pool:
-        n = _odd_start(rng, bits)
+        n = odd_start(rng, bits)
         if n in banned:
             continue
         states = [n]
@@ -306,11 +306,16 @@ def validation_segments(
             states.append(nxt)
         if len(states) > min_steps:
             found.append(states)
-    found.sort(key=lambda st: math.log(st[0]) - max(math.log(x) for x in st))
+    found.sort(key=climb, reverse=True)
     return found[:count]
 
 
-def _odd_start(rng: random.Random, bits: tuple[int, int]) -> int:
+def climb(states: Sequence[int]) -> float:
+    """How far an orbit segment climbs above its start: ln max − ln start."""
+    return max(math.log(x) for x in states) - math.log(states[0])
+
+
+def odd_start(rng: random.Random, bits: tuple[int, int]) -> int:
     """A seeded odd number whose bit length is uniform in ``bits``."""
     b = rng.randint(*bits)
     return (1 << (b - 1)) | rng.getrandbits(b - 1) | 1
@@ -327,12 +332,8 @@ def climber_seeds(
     give the hard draws long climbs again, away from the test orbits (the protocol still filters
     their pools). Starts above 24 bits stay off the validation segments' starts."""
     rng = random.Random(seed)
-    ranked = []
-    for _ in range(count * pool):
-        n = _odd_start(rng, bits)
-        states = seed_states(n)
-        ranked.append((math.log(max(states)) - math.log(n), n))
-    ranked.sort(reverse=True)
+    starts = [odd_start(rng, bits) for _ in range(count * pool)]
+    ranked = sorted(((climb(seed_states(n)), n) for n in starts), reverse=True)
     return tuple(n for _, n in ranked[:count])
 
 

@@ -27,6 +27,7 @@ from common.collatz import (
     iterate,
     leaked_transitions,
     log_values,
+    odd_start,
     orbit,
     pair_batch,
     pair_metrics,
@@ -224,10 +225,7 @@ def test_climber_seeds_are_the_seeded_longest_climbs() -> None:
     assert climbs == sorted(climbs, reverse=True)
     # the 5 kept climb at least as far as every other start of the same draw of 20
     rng = random.Random(3)
-    drawn = []
-    for _ in range(20):
-        b = rng.randint(20, 30)
-        drawn.append((1 << (b - 1)) | rng.getrandbits(b - 1) | 1)
+    drawn = [odd_start(rng, (20, 30)) for _ in range(20)]
     others = [math.log(max(seed_states(n))) - math.log(n) for n in drawn if n not in seeds]
     assert len(others) == 15 and max(others) <= climbs[-1]
     # the config's climbers follow its seeds, once each
