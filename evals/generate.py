@@ -200,22 +200,52 @@ def _left_pad(mask: Any, length: int) -> Any:
 class _Batch:
     """The running rows of the decode loop: their KV cache (``evals.kv_cache``: right-aligned,
     left padding masked), attention mask, the next token to feed and its position, and which
-    prompt each row decodes."""
+    prompt each row decodes (-1: its prompt is done; the row waits for a newcomer or to be dropped)."""
 
     def __init__(self, cache: Any, mask: Any, tokens: Any, positions: Any, rows: list[int]) -> None:
         self.cache, self.mask, self.tokens, self.positions, self.rows = cache, mask, tokens, positions, rows
 
+    @property
+    def live(self) -> int:
+        """How many rows still decode a prompt."""
+        return sum(r >= 0 for r in self.rows)
+
     def keep(self, keep: Any) -> None:
         """Only the rows at ``keep``; then the columns no row uses any more are dropped."""
-        from evals import kv_cache
-
         self.cache.batch_select_indices(keep)
         self.mask, self.tokens, self.positions = self.mask[keep], self.tokens[keep], self.positions[keep]
         self.rows = [self.rows[k] for k in keep.tolist()]
-        first = int(self.mask.any(dim=0).int().argmax())  # the first column a row still uses
-        if first > 0 and isinstance(self.cache.layers[0], kv_cache.GrowingLayer):
-            self.mask = self.mask[:, first:]
-            kv_cache.fit(self.cache, self.mask.shape[1])
+        self._trim()
+
+    def compact(self) -> None:
+        """Drop the rows whose prompt is done."""
+        import torch
+
+        live = [i for i, r in enumerate(self.rows) if r >= 0]
+        if len(live) < len(self.rows):
+            self.keep(torch.tensor(live, device=self.tokens.device))
+
+    def fill(self, other: _Batch) -> None:
+        """Add ``other``'s rows: into the places of rows that are done when there are enough of
+        them (only the newcomers' keys and values are copied), else after the others (``join``)."""
+        import torch
+
+        from evals import kv_cache
+
+        free = [i for i, r in enumerate(self.rows) if r < 0]
+        if len(free) < len(other.rows):
+            self.compact()
+            self.join(other)
+            return
+        slots = torch.tensor(free[: len(other.rows)], device=self.tokens.device)
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        kv_cache.place(self.cache, slots, other.cache)
+        self.mask = _left_pad(self.mask, length)
+        self.mask[slots] = _left_pad(other.mask, length)
+        self.tokens[slots], self.positions[slots] = other.tokens, other.positions
+        for i, r in zip(slots.tolist(), other.rows, strict=True):
+            self.rows[i] = r
+        self._trim()
 
     def join(self, other: _Batch) -> None:
         """Append ``other``'s rows, both caches left-padded to the longer one."""
@@ -229,6 +259,15 @@ class _Batch:
         self.tokens = torch.cat([self.tokens, other.tokens])
         self.positions = torch.cat([self.positions, other.positions])
         self.rows += other.rows
+
+    def _trim(self) -> None:
+        """Drop the columns no row uses any more (a growing cache drops them for free)."""
+        from evals import kv_cache
+
+        first = int(self.mask.any(dim=0).int().argmax())  # the first column a row still uses
+        if first > 0 and isinstance(self.cache.layers[0], kv_cache.GrowingLayer):
+            self.mask = self.mask[:, first:]
+            kv_cache.fit(self.cache, self.mask.shape[1])
 
 
 def _torch_decode(
@@ -244,10 +283,10 @@ def _torch_decode(
     """Decode the prompts ``queue`` names with a KV cache, at most ``batch_size`` rows at a time;
     yield ``[(prompt, its tokens up to and including its stop), ...]`` as rows finish.
 
-    Continuous batching: a row that stops leaves the batch (its cache rows dropped) and the
-    next waiting prompts take the freed places (prefilled on their own, then their cache
-    joined to the batch's, left-padded to a common length), so the batch stays full until the
-    queue runs dry: a run costs about the sum of its completions / ``batch_size`` steps, not
+    Continuous batching: a row that stops leaves the batch and the next waiting prompts take
+    the freed places (prefilled on their own, then their keys and values written into the freed
+    rows of the cache, left-padded to a common length; the other rows are not moved), so the
+    batch stays full until the queue runs dry (then finished rows are dropped from the cache): a run costs about the sum of its completions / ``batch_size`` steps, not
     each batch's longest one. Positions follow each row's own tokens (as transformers'
     ``generate`` does for left padding), so greedy tokens do not depend on the company a row keeps.
     Greedy decoding takes its tokens from ``evals.greedy_head`` where that applies (a bfloat16 LM
@@ -287,17 +326,18 @@ def _torch_decode(
         return _pick_tokens(logits[:, -1], settings, generator)
 
     def finish(b: _Batch, tokens: Any) -> list[tuple[int, list[int]]]:
-        """Record each row's new token; drop the rows that are done; return them."""
-        for r, t in zip(b.rows, tokens.tolist(), strict=True):
+        """Record each row's new token; mark the rows that are done (-1); return them."""
+        done = []
+        stopped = torch.isin(tokens, stop_ids).tolist()
+        for i, (r, t, stop) in enumerate(zip(b.rows, tokens.tolist(), stopped, strict=True)):
+            if r < 0:
+                continue
             out[r].append(t)
-        going = ~torch.isin(tokens, stop_ids) & torch.tensor(
-            [len(out[r]) < settings.max_new_tokens for r in b.rows], device=tokens.device
-        )
-        done = [(r, out.pop(r)) for r, g in zip(b.rows, going.tolist(), strict=True) if not g]
+            if stop or len(out[r]) >= settings.max_new_tokens:
+                done.append((r, out.pop(r)))
+                b.rows[i] = -1
         b.tokens = tokens
-        if done and bool(going.any()):
-            b.keep(going.nonzero().squeeze(1))
-        elif done:
+        if not b.live:
             b.rows = []
         return done
 
@@ -332,20 +372,22 @@ def _torch_decode(
     def advance() -> list[tuple[int, list[int]]]:
         """Refill the free places when prompts wait, else one decode step of the batch."""
         nonlocal batch
-        free = batch_size - (len(batch.rows) if batch is not None else 0)
-        if waiting and free > 0 and (refill or batch is None or not batch.rows):
-            take = [waiting.pop() for _ in range(min(free, len(waiting)))]
+        live = batch.live if batch is not None else 0
+        if waiting and live < batch_size and (refill or not live):
+            take = [waiting.pop() for _ in range(min(batch_size - live, len(waiting)))]
             for r in take:
                 out[r] = []
             new, tokens = prefill(take)
             done = finish(new, tokens)
+            new.compact()
             if new.rows:
                 if batch is None or not batch.rows:
                     batch = new
                 else:
-                    batch.join(new)
+                    batch.fill(new)
             return done
         assert batch is not None
+        batch.compact()  # no prompt waits for the rows that are done
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
         batch.positions = batch.positions + 1
         return finish(batch, step(batch, batch.tokens[:, None], batch.positions[:, None]))

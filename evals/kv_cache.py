@@ -7,7 +7,9 @@ at every step, copying the whole cache each time (a quarter of a batch-32 decode
 writes one column and hands attention a view. Rows are right-aligned (every row's newest
 position is the last column, shorter rows padded on the left, the padding masked), so rows
 leave (``batch_select_indices``), columns no row uses any more are dropped from the left for
-free (``fit``), and another batch's rows join (``join``) after both are padded to one length.
+free (``fit``), and another batch's rows join (``join``) after both are padded to one length,
+or take the places of rows that left without moving the others (``place``: only the newcomers'
+keys and values are copied, where a join copies the whole cache).
 A prompt prefix every row shares is cached once and copied into new rows (``repeat``); their
 own tokens are appended after it and the prefix then moved right past each row's padding
 (``move_prefix``), which restores the right alignment.
@@ -103,6 +105,13 @@ class GrowingLayer(DynamicLayer):
         self.buf_k[..., :length, :], self.buf_v[..., :length, :] = k, v
         self.start, self.end = 0, length
 
+    def place(self, slots: torch.Tensor, other: GrowingLayer) -> None:
+        """Overwrite the rows ``slots`` with ``other``'s rows (both already ``fit`` to the same length)."""
+        assert self.buf_k is not None and self.buf_v is not None and other.buf_k is not None
+        assert other.buf_v is not None
+        self.buf_k[slots, :, self.start : self.end] = other.buf_k[:, :, other.start : other.end]
+        self.buf_v[slots, :, self.start : self.end] = other.buf_v[:, :, other.start : other.end]
+
     def repeat(self, rows: int, room: int) -> GrowingLayer:
         """A new layer holding this one's single row ``rows`` times, ``room`` free columns after."""
         assert self.buf_k is not None and self.buf_v is not None and self.buf_k.shape[0] == 1
@@ -188,6 +197,16 @@ def join(cache: DynamicCache, other: DynamicCache) -> None:
     fit(other, length)
     for mine, theirs in zip(_layers(cache), _layers(other), strict=True):
         mine.join(theirs)
+
+
+def place(cache: DynamicCache, slots: torch.Tensor, other: DynamicCache) -> None:
+    """``other``'s rows into the rows ``slots`` of ``cache`` (one slot per row of ``other``), both
+    fit to the longer length first; the other rows of ``cache`` stay where they are."""
+    length = max(cache.get_seq_length(), other.get_seq_length())
+    fit(cache, length)
+    fit(other, length)
+    for mine, theirs in zip(_layers(cache), _layers(other), strict=True):
+        mine.place(slots, theirs)
 
 
 def window(cache: DynamicCache) -> int | None:

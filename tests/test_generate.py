@@ -367,15 +367,24 @@ def test_greedy_decode_equals_transformers_generate_while_rows_leave(torch_tiny,
     assert len(set(lengths)) >= 3 and lengths[-1] > 16, lengths  # rows left at different steps; window 16
     reference = transformers_generate(model, tok, prompts, settings, return_ids=True)
     assert ours == reference
-    # continuous batching: 3 places for 8 prompts, freed places refilled mid-run (caches joined
-    # at other lengths, past the sliding window); every row still gets generate's tokens
-    calls: list[int] = []
-    real_join = gen._Batch.join
-    monkeypatch.setattr(gen._Batch, "join", lambda b, other: calls.append(len(b.rows)) or real_join(b, other))
+    # continuous batching: 3 places for 8 prompts, freed places refilled mid-run (the newcomers'
+    # caches written into the freed rows at other lengths, past the sliding window); every row
+    # still gets generate's tokens
+    from evals import kv_cache
+
+    placed: list[tuple[int, int, int]] = []  # (newcomers, batch columns, newcomers' columns)
+    real_place = kv_cache.place
+
+    def place(cache, slots, other):
+        placed.append((len(slots), cache.get_seq_length(), other.get_seq_length()))
+        real_place(cache, slots, other)
+
+    monkeypatch.setattr(kv_cache, "place", place)
     refilled = generate_completions(
         model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True
     )
-    assert calls, "no row joined a running batch"
+    assert len(placed) >= 3, "no row took a freed place"
+    assert any(b > o for _, b, o in placed), placed  # a newcomer shorter than the running rows
     assert refilled == reference
 
 
@@ -525,10 +534,44 @@ def test_shared_prefix_cache_gives_generates_tokens_while_rows_leave_and_join(tm
     moved: list[int] = []
     real_move = kv_cache.move_prefix
     monkeypatch.setattr(kv_cache, "move_prefix", lambda c, p, g: moved.append(len(g)) or real_move(c, p, g))
-    joins: list[int] = []
-    real_join = gen._Batch.join
-    monkeypatch.setattr(gen._Batch, "join", lambda b, other: joins.append(1) or real_join(b, other))
+    fills: list[int] = []
+    real_fill = gen._Batch.fill
+    monkeypatch.setattr(gen._Batch, "fill", lambda b, other: fills.append(1) or real_fill(b, other))
     ours = generate_completions(model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True)
-    assert len({r["completion_tokens"] for r in ours}) >= 3 and joins  # rows left and others joined
+    assert len({r["completion_tokens"] for r in ours}) >= 3 and fills  # rows left and others came
     assert bool(moved) == (window == 256)
     assert ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
+
+
+@pytest.mark.parametrize("newcomer", [3, 7])
+def test_place_writes_newcomers_into_freed_rows_and_leaves_the_others(newcomer):
+    """kv_cache.place: a newcomer shorter than the running rows is left-padded with zeros into
+    its slot; a longer one pads every running row on the left instead; other rows keep their values."""
+    import torch
+    from transformers import DynamicCache
+
+    from evals import kv_cache
+
+    def cache(rows: int, length: int, base: float) -> DynamicCache:
+        c = DynamicCache()
+        c.layers = [kv_cache.GrowingLayer(None), kv_cache.GrowingLayer(4)]
+        for i, layer in enumerate(c.layers):
+            k = base + i + torch.arange(rows * length * 2, dtype=torch.float32).view(rows, 1, length, 2)
+            layer.update(k, -k)
+        return c
+
+    running, other = cache(3, 5, 0.0), cache(1, newcomer, 1000.0)
+    expect = []
+    for mine, theirs in zip(running.layers, other.layers, strict=True):
+        k = mine.buf_k[..., mine.start : mine.end, :].clone()
+        new = theirs.buf_k[..., theirs.start : theirs.end, :].clone()
+        length = max(5, newcomer)
+        k = torch.cat([k.new_zeros(3, 1, length - 5, 2), k], dim=2)
+        new = torch.cat([new.new_zeros(1, 1, length - newcomer, 2), new], dim=2)
+        k[1] = new[0]
+        expect.append(k)
+    kv_cache.place(running, torch.tensor([1]), other)
+    assert running.get_seq_length() == max(5, newcomer)
+    for layer, k in zip(running.layers, expect, strict=True):
+        assert torch.equal(layer.buf_k[..., layer.start : layer.end, :], k)
+        assert torch.equal(layer.buf_v[..., layer.start : layer.end, :], -k)
