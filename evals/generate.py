@@ -286,8 +286,9 @@ def _torch_decode(
     Continuous batching: a row that stops leaves the batch and the next waiting prompts take
     the freed places (prefilled on their own, then their keys and values written into the freed
     rows of the cache, left-padded to a common length; the other rows are not moved), so the
-    batch stays full until the queue runs dry (then finished rows are dropped from the cache): a run costs about the sum of its completions / ``batch_size`` steps, not
-    each batch's longest one. Positions follow each row's own tokens (as transformers'
+    batch stays full until the queue runs dry (then finished rows are dropped from the cache):
+    a run costs about the sum of its completions / ``batch_size`` steps, not each batch's
+    longest one. Positions follow each row's own tokens (as transformers'
     ``generate`` does for left padding), so greedy tokens do not depend on the company a row keeps.
     Greedy decoding takes its tokens from ``evals.greedy_head`` where that applies (a bfloat16 LM
     head checked in float32: float32's argmax, faster on CPUs with native bfloat16); decode steps

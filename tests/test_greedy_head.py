@@ -96,3 +96,17 @@ def test_decode_with_the_greedy_head_equals_generate(tiny_gemma3, tiny_llama, mo
         )
         assert ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
     assert bool(calls) == native  # prefill and decode steps went through it only where it applies
+
+
+@pytest.mark.parametrize("vocab", [500, 2048, 3000])
+def test_candidates_by_blocks_are_the_whole_comparisons(vocab):
+    """The block search finds every (row, token) at or above the line, in nonzero()'s order:
+    vocabularies shorter than a block, a whole number of blocks, and a short last block."""
+    g = torch.Generator().manual_seed(3)
+    low = (torch.randn(7, vocab, generator=g) * 3).bfloat16()
+    low[2, -1] = 50.0  # a row whose only candidate is the vocabulary's last token
+    line = (low.float().amax(dim=1) - torch.tensor([0.0, 0.5, 0.1, 2.0, 0.0, 9.0, 1.0])).bfloat16()
+    rows, idx = greedy_head._candidates(low, line)
+    want_rows, want_idx = (low >= line[:, None]).nonzero(as_tuple=True)
+    assert torch.equal(rows, want_rows) and torch.equal(idx, want_idx)
+    assert (2, vocab - 1) in set(zip(rows.tolist(), idx.tolist(), strict=True)) and len(rows) > 7
