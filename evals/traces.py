@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.answers import numbers_in, parse_number
 from common.config import load_config, split_cli
 from common.errors import InputError, cli
 from common.jsonl import atomic_open, iter_jsonl, write_json
@@ -109,11 +110,29 @@ def _strict(predictions: list[dict], items: list[dict], key: str) -> dict[str, b
     return out
 
 
+def repeats_a_number(question: str) -> bool:
+    """Whether some value appears twice among the question's numbers ("$14" and "14" alike):
+    copying a value into the trace then leaves its role to the wording alone."""
+    values = [parse_number(n.replace("$", "")) for n in numbers_in(question)]
+    known = [v for v in values if v is not None]
+    return len(known) != len(set(known))
+
+
 def score_set(predictions: list[dict], items: list[dict]) -> dict[str, Any]:
-    """The YAML-trace suite summary plus the model-written answers' accuracy and the answer sources."""
+    """The YAML-trace suite summary plus the model-written answers' accuracy, the answer sources
+    and the accuracy on the items whose numbers are all distinct vs those repeating one."""
     summary = summarize(predictions, items, "yaml_trace")
     written = _strict(predictions, items, "model_completion")
     summary.update(proportion(sum(written.values()), len(written), "model_answer_accuracy"))
+    submitted = _strict(predictions, items, "completion")
+    groups: dict[str, list[str]] = {"all distinct": [], "a number repeated": []}
+    for rec in items:
+        label = "a number repeated" if repeats_a_number(rec["question"]) else "all distinct"
+        groups[label].append(str(rec["id"]))
+    summary["by_question_numbers"] = {
+        label: {"n": len(ids), **proportion(sum(submitted[i] for i in ids), len(ids), "strict_accuracy")}
+        for label, ids in groups.items()
+    }
     summary["answer_sources"] = dict(Counter(p.get("answer_source", "model") for p in predictions))
     by_expert: dict[str, list[bool]] = {}
     verdict_rows = {}
@@ -236,6 +255,14 @@ def report_html(summary: dict[str, Any], head: dict[str, Any]) -> str:
         for k, v in s["by_trace_experts"].items():
             parts.append(
                 f"<tr><td>{esc(k)}</td><td class='num'>{v['n']}</td><td class='num'>{pct(v['solver_accuracy'])} {ci(v['solver_accuracy_ci95'])}</td></tr>"
+            )
+        parts.append("</table>")
+        parts.append(
+            f"<h3>{esc(n)}: by the question's numbers</h3><table><tr><th>numbers</th><th>n</th><th>accuracy</th></tr>"
+        )
+        for k, v in s.get("by_question_numbers", {}).items():
+            parts.append(
+                f"<tr><td>{esc(k)}</td><td class='num'>{v['n']}</td><td class='num'>{pct(v['strict_accuracy'])} {ci(v['strict_accuracy_ci95'])}</td></tr>"
             )
         parts.append("</table>")
         parts.append(f"<h3>{esc(n)}: outcomes</h3><table><tr><th>outcome</th><th>items</th></tr>")

@@ -176,3 +176,28 @@ def test_traces_eval_writes_summary_report_and_headline(scripted: Path, tmp_path
     }
     html = (run / "eval" / "traces_report.html").read_text()
     assert "Against the free-text run" in html and "McNemar" in html and "rate_equation" in html
+    assert "by the question's numbers" in html
+
+
+def test_accuracy_by_whether_the_question_repeats_a_number() -> None:
+    from evals.traces import repeats_a_number, score_set
+
+    assert repeats_a_number("Jonah had 14 and returns 14 of them.")
+    assert repeats_a_number("Lamps cost $13; she buys 13.") and repeats_a_number("1.5 kg, then 1.50 kg")
+    assert not repeats_a_number("Lena has 43 balloons and Ingrid has 18; 1,800 more.")
+    assert not repeats_a_number("no numbers here")
+    items = [
+        {"id": "a", "question": "Tom has 3 and gets 3 more.", "answer": "6"},
+        {"id": "b", "question": "Tom has 3 and gets 4 more.", "answer": "7"},
+        {"id": "c", "question": "Tom has 5 and gets 4 more.", "answer": "9"},
+    ]
+    right = "<reasoning>r</reasoning><answer>{}</answer>"
+    preds = [  # a: submitted right, written wrong; b: both right; c: both wrong
+        {"id": "a", "completion": right.format(6), "model_completion": right.format(5)},
+        {"id": "b", "completion": right.format(7), "model_completion": right.format(7)},
+        {"id": "c", "completion": right.format(1), "model_completion": right.format(1)},
+    ]
+    s = score_set(preds, items)["by_question_numbers"]
+    assert s["a number repeated"]["n"] == 1 and s["a number repeated"]["strict_accuracy"] == 1.0  # submitted
+    assert s["all distinct"]["n"] == 2 and s["all distinct"]["strict_accuracy"] == 0.5
+    assert s["all distinct"]["strict_accuracy_ci95"] == pytest.approx([0.0945, 0.9055], abs=1e-3)
