@@ -10,7 +10,8 @@ solver-answer decoding (``evals/solver_answer.py``), into
 YAML-trace suite: parse / executed / solver-correct rates with 95% Wilson intervals, the
 accuracy of the answer that is submitted (the solver's when the trace executed, else the
 model's) and of the answer the model wrote itself, per expert (synthetic) or per operation
-mix (GSM8K), and the outcome taxonomy. On ``freetext_set`` the submitted answers are paired
+mix (GSM8K), on the items whose numbers are all distinct vs those that repeat one, and the
+outcome taxonomy. On ``freetext_set`` the submitted answers are paired
 item by item with ``freetext`` (the predictions of a free-text run on the same items): both
 rates, the paired difference with its interval and the exact McNemar test.
 
