@@ -153,6 +153,8 @@ def _pick_tokens(logits: Any, settings: DecodeSettings, generator: Any) -> Any:
     top-p (nucleus: the smallest set of most likely tokens whose probability reaches ``top_p``)."""
     import torch
 
+    from evals.sampling import sample_rows
+
     if settings.greedy:
         return logits.argmax(dim=-1)
     logits = logits.float() / settings.temperature
@@ -165,26 +167,6 @@ def _pick_tokens(logits: Any, settings: DecodeSettings, generator: Any) -> Any:
         drop = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, mass_before >= settings.top_p)
         logits = logits.masked_fill(drop, float("-inf"))
     return sample_rows(logits.softmax(dim=-1), generator)
-
-
-def sample_rows(probs: Any, generator: Any) -> Any:
-    """One index per row of ``probs`` [B, V], drawn with those probabilities by the inverse CDF:
-    one uniform u per row, the first index whose cumulative mass (float64) exceeds u·total, so
-    a zero-probability index is never drawn.
-
-    ``torch.multinomial`` draws an exponential for every vocabulary entry instead: on a 2-core
-    AMD EPYC (2 threads) 42 ms against 1.8 ms for 8 rows of Gemma 3's 262,144 tokens, 13% of
-    the GRPO step's profile at 48 tokens a step.
-    """
-    import torch
-
-    cdf = probs.double().cumsum(dim=-1)
-    total = cdf[:, -1:]
-    if not bool(torch.isfinite(total).all() and (total > 0).all()):
-        raise ValueError("sampling: a row of next-token probabilities is not finite or sums to 0")
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
-    picked = torch.searchsorted(cdf, u * total, right=True)
-    return picked.clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
 
 def _left_pad(mask: Any, length: int) -> Any:
@@ -290,8 +272,9 @@ def _torch_decode(
     a run costs about the sum of its completions / ``batch_size`` steps, not each batch's
     longest one. Positions follow each row's own tokens (as transformers'
     ``generate`` does for left padding), so greedy tokens do not depend on the company a row keeps.
-    Greedy decoding takes its tokens from ``evals.greedy_head`` where that applies (a bfloat16 LM
-    head checked in float32: float32's argmax, faster on CPUs with native bfloat16); decode steps
+    Greedy decoding and plain sampling (temperature only) take their tokens from
+    ``evals.bf16_head`` where that applies (a bfloat16 LM head checked in float32: float32's
+    argmax, or a draw from float32's softmax; faster on CPUs with native bfloat16); decode steps
     of a grouped-query model attend without repeated keys and values (``evals.gqa_step``).
     ``encode(prompt indices)`` gives their left-padded ``input_ids`` and ``attention_mask``.
 
@@ -304,9 +287,10 @@ def _torch_decode(
     from transformers import DynamicCache
 
     from evals import kv_cache
+    from evals.bf16_head import Bf16Head
     from evals.few_rows import few_row_linears
     from evals.gqa_step import gqa_step_attention
-    from evals.greedy_head import GreedyHead
+    from trainers_torch.model import causal_lm
 
     waiting = list(reversed(queue))
     out: dict[int, list[int]] = {}
@@ -315,14 +299,18 @@ def _torch_decode(
     refill = True
     shared: Any = None  # the cache of ``prefix_ids`` (one row), built at the first refill
 
-    head = GreedyHead.of(model) if settings.greedy else None  # a bfloat16 head where exact and faster
-    decoder: Any = model.get_decoder() if head is not None else None  # the body, without its head
+    plain = settings.greedy or (settings.top_k == 0 and settings.top_p >= 1.0)
+    head = Bf16Head.of(model) if plain else None  # a bfloat16 head where exact and faster
+    decoder: Any = causal_lm(model).get_decoder() if head is not None else None  # the body, no head
 
     def step(b: _Batch, input_ids: Any, positions: Any) -> Any:
         inputs = {"input_ids": input_ids, "attention_mask": b.mask, "position_ids": positions}
         if head is not None:
             hidden = decoder(**inputs, past_key_values=b.cache, use_cache=True)
-            return head(hidden.last_hidden_state[:, -1])
+            last = hidden.last_hidden_state[:, -1]
+            return (
+                head.argmax(last) if settings.greedy else head.sample(last, settings.temperature, generator)
+            )
         logits = model(**inputs, past_key_values=b.cache, use_cache=True, logits_to_keep=1).logits
         return _pick_tokens(logits[:, -1], settings, generator)
 

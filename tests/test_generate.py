@@ -420,7 +420,7 @@ def test_sample_rows_draws_by_probability_and_never_a_zero():
     entries (first, last, between) never drawn, the same seed the same draws, bad rows loud."""
     import torch
 
-    from evals.generate import sample_rows
+    from evals.sampling import sample_rows
 
     probs = torch.zeros(4, 9)
     probs[0, [1, 4, 7]] = torch.tensor([0.2, 0.5, 0.3])

@@ -53,16 +53,16 @@ def test_greedy_generation_on_the_real_model(real_model, tmp_path, monkeypatch):
 
 
 def test_greedy_head_gives_generates_tokens_on_the_real_model(real_model, monkeypatch):
-    """The bfloat16 LM head with its float32 check (evals.greedy_head), forced on whatever this
+    """The bfloat16 LM head with its float32 check (evals.bf16_head), forced on whatever this
     CPU is: the real model's greedy tokens equal transformers' ``generate``, a freed place refilled
     (its decode steps also attend with ``evals.gqa_step``: 4 query heads on one key/value head)."""
-    from evals import greedy_head
+    from evals import bf16_head
     from tests.reference_decode import transformers_generate
 
-    monkeypatch.setattr(greedy_head, "native_bf16", lambda: True)
+    monkeypatch.setattr(bf16_head, "native_bf16", lambda: True)
     calls: list[int] = []
-    real = greedy_head.GreedyHead.__call__
-    monkeypatch.setattr(greedy_head.GreedyHead, "__call__", lambda s, h: calls.append(1) or real(s, h))
+    real = bf16_head.Bf16Head.argmax
+    monkeypatch.setattr(bf16_head.Bf16Head, "argmax", lambda s, h: calls.append(1) or real(s, h))
     model, tok = load.load_for_eval(load.resolve_model(str(real_model)))
     questions = ["What is 2 + 3?", "Tom has 3 boxes of 4 apples. How many apples?", "Say hi.", "7 * 8?"]
     prompts = [gen.build_prompt(tok, q, "text") for q in questions]
@@ -71,3 +71,32 @@ def test_greedy_head_gives_generates_tokens_on_the_real_model(real_model, monkey
         model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True
     )
     assert calls and ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
+
+
+def test_bf16_head_samples_follow_the_real_models_softmax(real_model):
+    """On the real model's hidden states (``evals.bf16_head``): the bfloat16 logits stay inside
+    the rejection sampler's bound, and 1,200 draws from one prompt's next-token distribution
+    (T = 1) match float32's softmax within 4 sigma on its likely tokens."""
+    import torch
+
+    from evals.bf16_head import BOUND, Bf16Head
+
+    model, tok = load.load_for_eval(load.resolve_model(str(real_model)))
+    prompts = [gen.build_prompt(tok, q, "text") for q in ["What is 2 + 3?", "Tom has 3 boxes of 4 apples."]]
+    with torch.inference_mode():
+        hidden = torch.stack(
+            [model.model(**tok(p, return_tensors="pt")).last_hidden_state[0, -1] for p in prompts]
+        )
+        head = Bf16Head(model.lm_head.weight)
+        exact = torch.nn.functional.linear(hidden, head.weight)
+        low = torch.nn.functional.linear(hidden.bfloat16(), head.low).float()
+        bound = BOUND * head.max_norm * hidden.norm(dim=1, keepdim=True)
+        assert float(((exact - low).abs() / bound).max()) < 0.5
+        g = torch.Generator().manual_seed(0)
+        n = 1200
+        draws = torch.cat([head.sample(hidden[1:].repeat(300, 1), 1.0, g) for _ in range(n // 300)])
+    probs = exact[1].double().softmax(0)
+    top = probs.topk(5).indices
+    freq = torch.bincount(draws, minlength=probs.shape[0]).double()[top] / n
+    sigma = (probs[top] * (1 - probs[top]) / n).sqrt()
+    assert ((freq - probs[top]).abs() <= 4 * sigma + 1e-9).all(), (freq, probs[top])

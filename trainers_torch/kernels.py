@@ -6,7 +6,7 @@ differ from ``torch.mm``'s in the last bits. It has no backward: callers use it 
 is built (the decode loop, ``evals.few_rows``).
 
 ``native_bf16`` says whether this CPU multiplies bfloat16 natively (the decode loop's bfloat16
-head, ``evals.greedy_head``; the trainers' warning for ``model.dtype: bfloat16``).
+head, ``evals.bf16_head``; the trainers' warning for ``model.dtype: bfloat16``).
 """
 
 from __future__ import annotations
