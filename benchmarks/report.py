@@ -100,9 +100,17 @@ def chart(rows: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+def saved_runs(storage: Path) -> list[Path]:
+    """The runs saved under ``storage`` (``NNNN_<commit>_<date>_<time>.json``), oldest first by
+    the date and time in their names: counters repeat when runs come from several checkouts."""
+    return sorted(
+        storage.glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=lambda p: (p.stem.split("_")[-2:], p.name)
+    )
+
+
 def compare(storage: Path) -> str:
     """``pytest-benchmark compare`` of the two newest saved runs (step-time medians), or why not."""
-    saved = sorted(storage.glob("*/[0-9][0-9][0-9][0-9]_*.json"))
+    saved = saved_runs(storage)
     if len(saved) < 2:
         return f"(no earlier run saved under {storage} to compare with)\n"
     run_cli = "import sys; from pytest_benchmark.cli import main; sys.argv[0] = 'pytest-benchmark'; main()"

@@ -207,6 +207,19 @@ def test_report_table_chart_and_bad_input(tmp_path: Path, capsys: pytest.Capture
     assert exit_info.value.code == 2 and "not a pytest-benchmark JSON" in capsys.readouterr().err
 
 
+def test_saved_runs_are_ordered_by_their_time_not_their_counter(tmp_path: Path) -> None:
+    from benchmarks.report import saved_runs
+
+    machine = tmp_path / "Linux-CPython-3.11-64bit"
+    machine.mkdir()
+    names = ["0001_aaa_20261205_083744", "0002_ccc_20261205_140525", "0001_bbb_20261205_115623",
+             "0003_ddd-uncommitted-changes_20261204_235959"]  # fmt: skip
+    for name in names:
+        (machine / f"{name}.json").write_text("{}")
+    (machine / "notes.json").write_text("{}")  # not a saved run
+    assert [p.stem for p in saved_runs(tmp_path)] == [names[3], names[0], names[2], names[1]]
+
+
 def test_op_kinds_count_onednn_linear_as_matmul() -> None:
     from benchmarks.profiling import op_kind
 
