@@ -15,7 +15,14 @@ pytestmark = pytest.mark.real_model
 WEIGHTS_SHA256 = "9a38d10a677a1b8a4a33c2b225370249a3d8b16b57ceab323038ab56d40139d2"
 
 
-def test_greedy_generation_on_the_real_model(real_model, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def loaded(real_model):
+    """The real model and tokenizer as the evals load them, once for this module (no test here
+    changes the model)."""
+    return load.load_for_eval(load.resolve_model(str(real_model)))
+
+
+def test_greedy_generation_on_the_real_model(real_model, loaded, tmp_path, monkeypatch):
     data = tmp_path / "d.jsonl"
     rows = [
         {"id": "r0", "question": "What is 2 + 3?", "answer": "5"},
@@ -26,7 +33,7 @@ def test_greedy_generation_on_the_real_model(real_model, tmp_path, monkeypatch):
         },
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model, tok = load.load_for_eval(load.resolve_model(str(real_model)))
+    model, tok = loaded
     monkeypatch.setattr(gen, "load_for_eval", lambda *a, **k: (model, tok))  # load the 1 GB model once
     out = tmp_path / "p.jsonl"
     summary = gen.main(
@@ -52,7 +59,7 @@ def test_greedy_generation_on_the_real_model(real_model, tmp_path, monkeypatch):
     assert [s["completion"] for s in single] == [r["completion"] for r in recs]
 
 
-def test_greedy_head_gives_generates_tokens_on_the_real_model(real_model, monkeypatch):
+def test_greedy_head_gives_generates_tokens_on_the_real_model(loaded, monkeypatch):
     """The bfloat16 LM head with its float32 check (evals.bf16_head), forced on whatever this
     CPU is: the real model's greedy tokens equal transformers' ``generate``, a freed place refilled
     (its decode steps also attend with ``evals.gqa_step``: 4 query heads on one key/value head)."""
@@ -63,7 +70,7 @@ def test_greedy_head_gives_generates_tokens_on_the_real_model(real_model, monkey
     calls: list[int] = []
     real = bf16_head.Bf16Head.argmax
     monkeypatch.setattr(bf16_head.Bf16Head, "argmax", lambda s, h: calls.append(1) or real(s, h))
-    model, tok = load.load_for_eval(load.resolve_model(str(real_model)))
+    model, tok = loaded
     questions = ["What is 2 + 3?", "Tom has 3 boxes of 4 apples. How many apples?", "Say hi.", "7 * 8?"]
     prompts = [gen.build_prompt(tok, q, "text") for q in questions]
     settings = gen.DecodeSettings(max_new_tokens=16)
@@ -73,7 +80,7 @@ def test_greedy_head_gives_generates_tokens_on_the_real_model(real_model, monkey
     assert calls and ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
 
 
-def test_bf16_head_samples_follow_the_real_models_softmax(real_model):
+def test_bf16_head_samples_follow_the_real_models_softmax(loaded):
     """On the real model's hidden states (``evals.bf16_head``): the bfloat16 logits stay inside
     the rejection sampler's bound, and 1,200 draws from one prompt's next-token distribution
     (T = 1) match float32's softmax within 4 sigma on its likely tokens."""
@@ -81,7 +88,7 @@ def test_bf16_head_samples_follow_the_real_models_softmax(real_model):
 
     from evals.bf16_head import BOUND, Bf16Head
 
-    model, tok = load.load_for_eval(load.resolve_model(str(real_model)))
+    model, tok = loaded
     prompts = [gen.build_prompt(tok, q, "text") for q in ["What is 2 + 3?", "Tom has 3 boxes of 4 apples."]]
     with torch.inference_mode():
         hidden = torch.stack(
