@@ -11,6 +11,7 @@ real tokens or samples/s, step time, MFU, peak memory, its peer and the ratio to
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,11 +102,15 @@ def chart(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def saved_runs(storage: Path) -> list[Path]:
-    """The runs saved under ``storage`` (``NNNN_<commit>_<date>_<time>.json``), oldest first by
-    the date and time in their names: counters repeat when runs come from several checkouts."""
-    return sorted(
-        storage.glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=lambda p: (p.stem.split("_")[-2:], p.name)
-    )
+    """The runs saved under ``storage`` (``NNNN_<commit>_<date>_<time>[_uncommitted-changes].json``),
+    oldest first by the date and time in their names: counters repeat when runs come from several
+    checkouts."""
+
+    def when(path: Path) -> tuple[str, str]:
+        stamp = re.search(r"_(\d{8})_(\d{6})(?:_|$)", path.stem)
+        return (stamp.group(1) + stamp.group(2) if stamp else "", path.name)
+
+    return sorted(storage.glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=when)
 
 
 def compare(storage: Path) -> str:

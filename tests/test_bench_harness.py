@@ -213,7 +213,7 @@ def test_saved_runs_are_ordered_by_their_time_not_their_counter(tmp_path: Path) 
     machine = tmp_path / "Linux-CPython-3.11-64bit"
     machine.mkdir()
     names = ["0001_aaa_20261205_083744", "0002_ccc_20261205_140525", "0001_bbb_20261205_115623",
-             "0003_ddd-uncommitted-changes_20261204_235959"]  # fmt: skip
+             "0003_ddd_20261204_235959_uncommitted-changes"]  # fmt: skip
     for name in names:
         (machine / f"{name}.json").write_text("{}")
     (machine / "notes.json").write_text("{}")  # not a saved run
