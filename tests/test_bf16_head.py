@@ -126,7 +126,7 @@ def test_sample_follows_float32s_softmax_where_bfloat16s_does_not(monkeypatch, r
     sigma = (want * (1 - want) / n).sqrt()
     assert ((_frequencies(draws, 8) - want).abs() <= 4 * sigma).all(), (_frequencies(draws, 8), want)
     assert float(((low - want).abs() / sigma).max()) > 10  # sampling bfloat16's softmax would fail
-    again = torch.cat([head.sample(x.repeat(4000, 1), temperature, torch.Generator().manual_seed(7))])
+    again = head.sample(x.repeat(4000, 1), temperature, torch.Generator().manual_seed(7))
     assert torch.equal(again, draws[:4000])  # the same seed, the same draws
 
 
@@ -148,8 +148,6 @@ def test_sample_on_rows_of_many_scales_and_a_bad_row():
 def test_sampled_decode_takes_the_bf16_head_only_without_top_k_or_top_p(tiny_gemma3, monkeypatch):
     """Temperature-only sampling decodes through ``Bf16Head.sample`` (its first tokens follow
     the model's softmax(logits / T) within 4 sigma); top-k or top-p keep the model's own logits."""
-    from collections import Counter
-
     from trainers_torch.model import load_model
 
     monkeypatch.setattr(bf16_head, "native_bf16", lambda: True)
@@ -172,7 +170,6 @@ def test_sampled_decode_takes_the_bf16_head_only_without_top_k_or_top_p(tiny_gem
     top = probs.topk(5).indices  # the likely tokens, where a wrong distribution shows
     sigma = (probs * (1 - probs) / n).sqrt()
     assert ((freq - probs).abs()[top] <= 4 * sigma[top] + 1e-9).all(), (freq[top], probs[top])
-    assert set(Counter(int(t) for t in freq.nonzero().flatten())) <= set(probs.nonzero().flatten().tolist())
     calls.clear()
     for filtered in (
         DecodeSettings(max_new_tokens=2, temperature=0.8, top_k=5),
