@@ -94,6 +94,36 @@ def test_applies_inside_a_peft_wrapper_that_leaves_the_head_alone(tiny_gemma3, m
     assert Bf16Head.of(with_head) is None  # an adapted head is no plain nn.Linear
 
 
+def test_greedy_decode_of_an_unmerged_adapter_takes_the_head_and_keeps_the_adapter(tiny_gemma3, monkeypatch):
+    """A PEFT model decodes through the bfloat16 head with its LoRA layers in the body: the
+    tokens equal transformers' ``generate`` on the same PEFT model, and differ from the base's."""
+    from peft import LoraConfig, get_peft_model
+
+    from trainers_torch.model import load_model
+
+    monkeypatch.setattr(bf16_head, "native_bf16", lambda: True)
+    calls: list[int] = []
+    real = Bf16Head.argmax
+    monkeypatch.setattr(Bf16Head, "argmax", lambda self, h: calls.append(h.shape[0]) or real(self, h))
+    model, tok = load_model(tiny_gemma3)
+    peft = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.5)  # a trained adapter, not B = 0
+    peft.eval()
+    prompts = [gen.build_prompt(tok, q, "plain") for q in ["2+3?", "Add 7 and 11.", "Hi", "x"]]
+    settings = DecodeSettings(max_new_tokens=12)
+    ours = generate_completions(peft, tok, prompts, settings, batch_size=3, progress=False, return_ids=True)
+    assert calls and ours == transformers_generate(peft, tok, prompts, settings, return_ids=True)
+    with peft.disable_adapter():
+        base = transformers_generate(peft, tok, prompts, settings, return_ids=True)
+    assert base != ours  # the adapter changes the tokens, so the check above sees it
+
+
 def _rounded_head() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x [1, D], w [V, D], float32 logits [V]): logits 100 + 0.25·i, which bfloat16 rounds to
     steps of 0.5, so its softmax is far from float32's."""
