@@ -205,6 +205,18 @@ SET_ROWS = [
 ]
 
 
+def _rate_table(
+    name: str, split: str, columns: tuple[str, str], groups: dict[str, dict[str, Any]], rate: str
+) -> str:
+    """An HTML table of a set's ``groups`` (``split`` says by what): each group's n and one rate
+    with its 95% interval (``rate``, ``rate_ci95``)."""
+    rows = "".join(
+        f"<tr><td>{esc(k)}</td><td class='num'>{v['n']}</td><td class='num'>{pct(v[rate])} {ci(v[rate + '_ci95'])}</td></tr>"
+        for k, v in groups.items()
+    )
+    return f"<h3>{esc(name)}: {split}</h3><table><tr><th>{columns[0]}</th><th>n</th><th>{columns[1]}</th></tr>{rows}</table>"
+
+
 def report_html(summary: dict[str, Any], head: dict[str, Any]) -> str:
     sets = summary["sets"]
     names = list(sets)
@@ -250,22 +262,10 @@ def report_html(summary: dict[str, Any], head: dict[str, Any]) -> str:
                     f"<td class='num'>{pct(v.get('solver_accuracy'))}</td></tr>"
                 )  # fmt: skip
             parts.append("</table>")
-        parts.append(
-            f"<h3>{esc(n)}: by the experts the trace names</h3><table><tr><th>experts</th><th>n</th><th>trace correct</th></tr>"
-        )
-        for k, v in s["by_trace_experts"].items():
-            parts.append(
-                f"<tr><td>{esc(k)}</td><td class='num'>{v['n']}</td><td class='num'>{pct(v['solver_accuracy'])} {ci(v['solver_accuracy_ci95'])}</td></tr>"
-            )
-        parts.append("</table>")
-        parts.append(
-            f"<h3>{esc(n)}: by the question's numbers</h3><table><tr><th>numbers</th><th>n</th><th>accuracy</th></tr>"
-        )
-        for k, v in s.get("by_question_numbers", {}).items():
-            parts.append(
-                f"<tr><td>{esc(k)}</td><td class='num'>{v['n']}</td><td class='num'>{pct(v['strict_accuracy'])} {ci(v['strict_accuracy_ci95'])}</td></tr>"
-            )
-        parts.append("</table>")
+        parts.append(_rate_table(n, "by the experts the trace names", ("experts", "trace correct"),
+                                 s["by_trace_experts"], "solver_accuracy"))  # fmt: skip
+        parts.append(_rate_table(n, "by the question's numbers", ("numbers", "accuracy"),
+                                 s.get("by_question_numbers", {}), "strict_accuracy"))  # fmt: skip
         parts.append(f"<h3>{esc(n)}: outcomes</h3><table><tr><th>outcome</th><th>items</th></tr>")
         parts += [
             f"<tr><td>{esc(k)}</td><td class='num'>{v}</td></tr>" for k, v in s["trace_outcomes"].items()
