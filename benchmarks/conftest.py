@@ -1,6 +1,9 @@
-"""Fixtures of the benchmark suite: the real default model's location (shared with the tests),
-the settings every side runs with, and the float32 matmul peak measured at the start of the run
-on the same threads (the denominator of every MFU)."""
+"""Fixtures of the benchmark suite: the real default model's location, the settings every side
+runs with, and the float32 matmul peak measured at the start of the run on the same threads (the
+denominator of every MFU).
+
+Nothing here imports ``tests.conftest``: it sets XLA's test-only ``-O0`` at import, which every
+JAX side would inherit (the suite measures compiled-code speed)."""
 
 from __future__ import annotations
 
@@ -10,12 +13,20 @@ from pathlib import Path
 import pytest
 
 from benchmarks import harness
-from tests.conftest import real_model  # noqa: F401  (the fixture, for this folder too)
 
 
 @pytest.fixture(scope="session")
 def settings() -> harness.Settings:
     return harness.default_settings()
+
+
+@pytest.fixture(scope="session")
+def real_model(settings: harness.Settings) -> Path:
+    """The model every side loads (``settings.model``), materialised by ``make model``."""
+    path = harness.ROOT / settings.model
+    if not (path / ".complete").exists():
+        pytest.fail(f"{path} is not materialised; run `make model` (make bench does it first)")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +41,7 @@ def side_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def group_runs(real_model: Path, settings: harness.Settings, side_dir: Path, rounds: int):  # noqa: F811
+def group_runs(real_model: Path, settings: harness.Settings, side_dir: Path, rounds: int):
     """``group_runs(name, sides)``: the sides of a group run in turn once per session (cached)."""
     done: dict[str, dict] = {}
 

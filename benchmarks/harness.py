@@ -92,9 +92,7 @@ def run_side(side: str, settings: Settings, out_dir: Path, profile: Path | None 
     out = out_dir / f"{side}.json"
     threads = str(settings.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONPATH=str(ROOT))
-    # after the caller's own XLA flags, which the side keeps; XLA has no thread-count flag
-    eigen = "true" if settings.threads > 1 else "false"
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={eigen}".strip()
+    env["XLA_FLAGS"] = side_xla_flags(env.get("XLA_FLAGS", ""), settings.threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmd = [
         sys.executable,
@@ -109,7 +107,15 @@ def run_side(side: str, settings: Settings, out_dir: Path, profile: Path | None 
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
         raise RuntimeError(f"side {side} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()) | {"xla_flags": env["XLA_FLAGS"]}
+
+
+def side_xla_flags(caller: str, threads: int) -> str:
+    """A side's ``XLA_FLAGS``: the caller's own flags (kept) with one Eigen threading flag for
+    ``threads`` (XLA has no thread-count flag); an Eigen flag already there (the in-process
+    Collatz entry sets one for its single thread) is replaced, not stacked."""
+    kept = [f for f in caller.split() if not f.startswith("--xla_cpu_multi_thread_eigen")]
+    return " ".join([*kept, f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"])
 
 
 def run_interleaved(sides: list[str], settings: Settings, out_dir: Path, rounds: int = 1) -> dict[str, Any]:
@@ -346,7 +352,7 @@ def entry_info(
     info["matmul_peak_kernel"] = peak.get("kernel", "torch.mm")
     info["threads"] = peak["threads"]
     info["device"], info["dtype"] = peak["device"], peak["dtype"]
-    info["xla_flags"] = os.environ.get("XLA_FLAGS") or None  # the caller's, which the JAX sides keep
+    info["xla_flags"] = results[side].get("xla_flags")  # what the side's subprocess ran with
     info["load"] = os.environ.get("BENCH_LOAD", "not stated (set BENCH_LOAD to name the machine's load)")
     info["notes"] = results[side].get("notes", {})
     return info

@@ -89,7 +89,29 @@ def test_sft_sides_train_the_same_examples(
         _check(sft_results[side], settings)
     info = harness.entry_info(ours, sft_results, peer, peak)
     assert set(harness.INFO_KEYS) <= set(info) and info["ratio_to_peer"] > 0 and info["mfu"] > 0
-    assert info["xla_flags"] == os.environ["XLA_FLAGS"]  # the caller's flags, stated in the entry
+    # the flags the side ran with: the caller's (the tests' -O0 here), then its Eigen threading
+    assert info["xla_flags"] == harness.side_xla_flags(os.environ["XLA_FLAGS"], settings.threads)
+    assert info["xla_flags"].endswith("--xla_cpu_multi_thread_eigen=false")
+
+
+def test_side_xla_flags_keep_the_callers_and_replace_an_eigen_flag() -> None:
+    caller = "--xla_cpu_multi_thread_eigen=false --xla_cpu_use_onednn=true"
+    assert harness.side_xla_flags(caller, 2) == "--xla_cpu_use_onednn=true --xla_cpu_multi_thread_eigen=true"
+    assert harness.side_xla_flags("", 1) == "--xla_cpu_multi_thread_eigen=false"
+
+
+def test_the_suite_does_not_inherit_the_tests_xla_flags() -> None:
+    """``make bench`` measures compiled code: loading the suite's conftest must not set the
+    tests' ``-O0`` (an earlier version imported ``tests.conftest``, and every JAX side ran at -O0)."""
+    import subprocess
+    import sys
+
+    code = "import os, benchmarks.conftest; print(os.environ.get('XLA_FLAGS', ''))"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=harness.ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert "optimization_level" not in out.stdout
 
 
 def test_grpo_sides_generate_and_update(settings: Settings, peak: dict, tmp_path: Path) -> None:
