@@ -271,30 +271,50 @@ def _jax_sft_setup(s: Settings) -> tuple[Any, Any, Any, list[list[list[int]]], A
 
 @side
 def sft_lora_jax(s: Settings) -> dict[str, Any]:
+    """Our JAX step. Its shapes vary with the step's completion tokens (the loss's target
+    buckets, ``device_arrays``); a bucket first met after the warm-up steps is compiled (one
+    gradient, discarded) before its step's clock starts, as a training run compiles each
+    bucket once in its first steps. The notes count those compilations."""
+    import jax
+
     from common import sft_data
     from trainers_jax.lora import trainable_filter
     from trainers_jax.losses import device_arrays
-    from trainers_jax.optim import build_optimizer, train_step
+    from trainers_jax.optim import build_optimizer, micro_grads, train_step
 
     cfg, tok, examples, steps, model, mesh = _jax_sft_setup(s)
     shape = Shape.from_model_dir(cfg.model.path)
     wrt = trainable_filter(cfg.train, model.config.num_layers)
-    chunk, pad = cfg.train.loss_chunk_tokens, tok.pad_token_id or 0
+    chunk, pad, mb = cfg.train.loss_chunk_tokens, tok.pad_token_id or 0, cfg.train.micro_batch_rows
     timer = StepTimer()
+
+    def collated(rows: list[list[int]]) -> tuple[list[Any], list[dict[str, Any]]]:
+        batches = [sft_data.collate(examples, rows[i : i + mb], pad) for i in range(0, len(rows), mb)]
+        return batches, [device_arrays(b, chunk, cfg.data.pack_tokens) for b in batches]
+
+    def signature(arrays: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, v.shape) for k, v in arrays.items()))
+
+    compiled, compiled_untimed = set[tuple[Any, ...]](), 0
     with mesh:
         optimizer = build_optimizer(model, cfg, wrt, len(steps))
-        for rows in steps:
+        for k, rows in enumerate(steps):
+            for arrays in collated(rows)[1]:
+                if k >= s.warmup and signature(arrays) not in compiled:
+                    jax.block_until_ready(micro_grads(model, arrays, chunk, wrt))
+                    compiled_untimed += 1
+                compiled.add(signature(arrays))
             timer.start()
-            mb = cfg.train.micro_batch_rows
-            batches = [sft_data.collate(examples, rows[i : i + mb], pad) for i in range(0, len(rows), mb)]
-            micro = [device_arrays(b, chunk, cfg.data.pack_tokens) for b in batches]
+            batches, micro = collated(rows)
             train_step(model, optimizer, micro, sum(b.n_targets for b in batches), chunk, wrt)
             lengths = [len(examples[i]) for row in rows for i in row]
             n_targets = sum(b.n_targets for b in batches)
             timer.stop(
                 sum(lengths), len(lengths), train_flops(shape, lengths, n_targets, "lora", cfg.lora.rank)
             )
-    return timer.result(s.warmup)
+    return timer.result(
+        s.warmup, notes={"shapes_compiled": len(compiled), "compiled_outside_kept_steps": compiled_untimed}
+    )
 
 
 @side

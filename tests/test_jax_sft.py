@@ -6,6 +6,7 @@ resume; the merged HF export."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -201,6 +202,37 @@ def test_bfloat16_lora_step_trains_and_exports_float32(tiny6, rows):
     assert after16[0] < l16 and after32[0] < l32  # B starts at zero: the second step sees the first's update
     weights = merged_weights(model16, 8.0)
     assert {w.dtype for w in weights.values()} == {np.dtype(np.float32)}
+
+
+def test_update_step_compiles_once(tiny6, rows, caplog):
+    """The optimizer's fresh state starts on the params' mesh, so the update's second call sees
+    the shardings of its first and reuses its compilation (it compiled again at step 2 before)."""
+    import jax
+    from flax import nnx
+    from jax.sharding import NamedSharding
+
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.lora import build_model, trainable_filter
+    from trainers_jax.losses import device_arrays
+    from trainers_jax.model import make_mesh
+    from trainers_jax.optim import build_optimizer, train_step
+
+    examples, packed, _ = rows
+    batch = sft_data.collate(examples, packed[:1], 0)
+    arrays = [device_arrays(batch, CHUNK, 1024)]
+    cfg = load_sft_config(None, [f"model.path={tiny6}", "lora.rank=4", f"train.loss_chunk_tokens={CHUNK}"])
+    mesh = make_mesh(1, 1)
+    model, _ = build_model(cfg, mesh)
+    wrt = trainable_filter(cfg.train, model.config.num_layers)
+    with mesh:
+        optimizer = build_optimizer(model, cfg, wrt, total_steps=3)
+        leaves = jax.tree.leaves(nnx.state(optimizer))
+        assert all(isinstance(x.sharding, NamedSharding) for x in leaves)
+        with caplog.at_level(logging.WARNING), jax.log_compiles():
+            for _ in range(3):
+                train_step(model, optimizer, arrays, batch.n_targets, CHUNK, wrt)
+    compiles = [r.getMessage() for r in caplog.records if "Compiling jit(apply_grads)" in r.getMessage()]
+    assert len(compiles) == 1, len(compiles)
 
 
 def test_lora_a_is_drawn_as_peft_draws_it(tiny6):
