@@ -257,7 +257,9 @@ def sft_lora_trl(s: Settings) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _jax_sft_setup(s: Settings) -> tuple[Any, Any, Any, list[list[list[int]]], Any, Any]:
+def _jax_sft_setup(s: Settings, ours: bool) -> tuple[Any, Any, Any, list[list[list[int]]], Any, Any]:
+    """The JAX sides' config, data and LoRA model: ours through our LoRA layers
+    (``FlatLoraProvider``), Tunix's peer through qwix's own ``LoraProvider``."""
     from trainers_jax.config import JaxSFTConfig
     from trainers_jax.lora import build_model
     from trainers_jax.model import make_mesh
@@ -265,7 +267,7 @@ def _jax_sft_setup(s: Settings) -> tuple[Any, Any, Any, list[list[list[int]]], A
     cfg, tok, examples, steps = sft_setup(s, "lora")
     jcfg = JaxSFTConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     mesh = make_mesh(1, 1)
-    model, _ = build_model(jcfg, mesh)
+    model, _ = build_model(jcfg, mesh, flat_lora=ours)
     return jcfg, tok, examples, steps, model, mesh
 
 
@@ -282,7 +284,7 @@ def sft_lora_jax(s: Settings) -> dict[str, Any]:
     from trainers_jax.losses import device_arrays
     from trainers_jax.optim import build_optimizer, micro_grads, train_step
 
-    cfg, tok, examples, steps, model, mesh = _jax_sft_setup(s)
+    cfg, tok, examples, steps, model, mesh = _jax_sft_setup(s, ours=True)
     shape = Shape.from_model_dir(cfg.model.path)
     wrt = trainable_filter(cfg.train, model.config.num_layers)
     chunk, pad, mb = cfg.train.loss_chunk_tokens, tok.pad_token_id or 0, cfg.train.micro_batch_rows
@@ -327,7 +329,7 @@ def sft_lora_tunix(s: Settings) -> dict[str, Any]:
     from tunix.sft import hooks, peft_trainer
     from tunix.sft import utils as sft_utils
 
-    cfg, tok, examples, steps, model, mesh = _jax_sft_setup(s)
+    cfg, tok, examples, steps, model, mesh = _jax_sft_setup(s, ours=False)
     shape = Shape.from_model_dir(cfg.model.path)
     per_batch = max(1, cfg.data.pack_tokens // cfg.data.max_len)
     order = [i for rows in steps for row in rows for i in row]

@@ -266,6 +266,55 @@ def test_lora_a_is_drawn_as_peft_draws_it(tiny6):
         assert 0.8 < s <= 1.0 + 1e-6, (jax_a, torch_a)
 
 
+@pytest.mark.parametrize("model_fixture", ["tiny6", "tiny_llama"])
+def test_flat_lora_gives_qwix_lora_values_and_gradients(model_fixture, rows, request):
+    """``FlatLoraProvider`` (the trainers' LoRA: linear layers' leading axes flattened) gives
+    the loss and LoRA gradients of qwix's own ``LoraProvider`` on the same weights, with B set
+    to random values so every adapter is in play; the MLP's adapters go through the flat path."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from trainers_jax import lora as jax_lora
+    from trainers_jax.config import load_sft_config
+    from trainers_jax.losses import device_arrays
+    from trainers_jax.model import make_mesh
+    from trainers_jax.optim import micro_grads
+
+    examples, packed, _ = rows
+    arrays = device_arrays(sft_data.collate(examples, packed[:1], 0), CHUNK, 1024)
+    path = request.getfixturevalue(model_fixture)
+    cfg = load_sft_config(None, [f"model.path={path}", "lora.rank=4", f"train.loss_chunk_tokens={CHUNK}"])
+    flat_calls = []
+    real_call = jax_lora.FlatLoraProvider.dot_general
+
+    def counted(self, lhs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        flat_calls.append(lhs.ndim)
+        return real_call(self, lhs, *args, **kwargs)
+
+    out = {}
+    mesh = make_mesh(1, 1)
+    for flat in (True, False):
+        model, _ = jax_lora.build_model(cfg, mesh, flat_lora=flat)
+        leaves, tree = jax.tree.flatten(nnx.state(model, nnx.LoRAParam))
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        drawn = [jax.random.normal(k, v.shape, v.dtype) * 0.05 for k, v in zip(keys, leaves, strict=True)]
+        nnx.update(model, jax.tree.unflatten(tree, drawn))
+        wrt = jax_lora.trainable_filter(cfg.train, model.config.num_layers)
+        jax.clear_caches()  # each model traces its own step: no compiled step is shared
+        with mesh, pytest.MonkeyPatch.context() as mp:
+            mp.setattr(jax_lora.FlatLoraProvider, "dot_general", counted)
+            out[flat] = micro_grads(model, arrays, CHUNK, wrt)
+    assert 3 in flat_calls  # the flat model's step took [B, T, D] inputs through the flat path
+    (loss_q, grads_q), (loss_f, grads_f) = out[False], out[True]
+    np.testing.assert_allclose(float(loss_f), float(loss_q), rtol=1e-5)
+    q, f = jax.tree.leaves(grads_q), jax.tree.leaves(grads_f)
+    assert len(q) == len(f) > 0 and all(float(jnp.abs(x).max()) > 0 for x in q)
+    for x, y in zip(q, f, strict=True):
+        x, y = np.asarray(x), np.asarray(y)  # float32 sums in another order: within 1e-5 of the largest
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5 * float(np.abs(x).max()))
+
+
 def test_lora_plus_scales_only_the_b_matrices_update(tiny6, rows):
     """``optim.lora_b_lr_ratio`` (LoRA+), as on torch: on the first step (B = 0, so A has no
     gradient) the B matrices move ratio times as far, nothing else moves; a model without LoRA

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import qwix
 from flax import nnx
 
 from common.errors import InputError
@@ -47,12 +48,39 @@ def lora_module_path(model: Any, lora: LoraConfig, trainable_layers: int | None)
 PEFT_LORA_A_INIT = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def apply_lora(model: Any, lora: LoraConfig, trainable_layers: int | None, seed: int) -> Any:
-    """``model`` with qwix LoRA adapters: A drawn as PEFT draws it, B zero-initialised (the
-    wrapped model starts as ``model``)."""
-    import qwix
+class FlatLoraProvider(qwix.LoraProvider):
+    """qwix's LoRA with a linear layer's leading axes flattened into one ([B, T, D] → [B·T, D])
+    around its product and adapter: the same values, and on a CPU a faster backward pass.
 
-    provider = qwix.LoraProvider(
+    The adapter's weight gradients contract the [B, T, ·] activations and their gradients over
+    both B and T; XLA's CPU backend forms them from transposed copies of the [B, T, F]
+    gradients (Gemma 3 270M: two [2048, 1024] copies per layer in the MLP), which the flat form
+    does not need. The bench's JAX SFT step on the real model (LoRA r16 on every linear layer,
+    1,024-token packed rows): 89.0 and 89.7 tokens/s against 78.3 and 69.9 with qwix's own
+    provider (README, Benchmarks).
+    """
+
+    def dot_general(self, lhs: Any, rhs: Any, dimension_numbers: Any, *args: Any, **kwargs: Any) -> Any:
+        (lhs_ca, rhs_ca), (lhs_ba, _) = dimension_numbers
+        if (
+            lhs.ndim <= 2
+            or lhs_ba
+            or tuple(lhs_ca) != (lhs.ndim - 1,)
+            or kwargs.get("out_sharding") is not None
+        ):
+            return super().dot_general(lhs, rhs, dimension_numbers, *args, **kwargs)
+        flat = lhs.reshape(-1, lhs.shape[-1])
+        out = super().dot_general(flat, rhs, (((1,), tuple(rhs_ca)), ((), ())), *args, **kwargs)
+        return out.reshape(*lhs.shape[:-1], *out.shape[1:])
+
+
+def apply_lora(
+    model: Any, lora: LoraConfig, trainable_layers: int | None, seed: int, flat: bool = True
+) -> Any:
+    """``model`` with qwix LoRA adapters: A drawn as PEFT draws it, B zero-initialised (the
+    wrapped model starts as ``model``). ``flat``: through ``FlatLoraProvider``; otherwise qwix's
+    own ``LoraProvider`` (the bench's Tunix peer, as a Tunix user would build it)."""
+    provider = (FlatLoraProvider if flat else qwix.LoraProvider)(
         module_path=lora_module_path(model, lora, trainable_layers),
         rank=lora.rank,
         alpha=lora.alpha,
@@ -82,8 +110,8 @@ def trainable_filter(train: TrainConfig, n_layers: int) -> Any:
     return chosen
 
 
-def build_model(cfg: SFTConfig, mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` ready to train."""
+def build_model(cfg: SFTConfig, mesh: jax.sharding.Mesh, flat_lora: bool = True) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` ready to train (``flat_lora``: ``apply_lora``'s ``flat``)."""
     if cfg.model.init_adapter:
         raise InputError(
             "model.init_adapter is not supported by trainers_jax.sft yet; point model.path at a merged/ dir"
@@ -91,7 +119,7 @@ def build_model(cfg: SFTConfig, mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
     model, tok = load_model(cfg.model.path, cfg.model.dtype, mesh)
     if cfg.train.method == "lora":
         with mesh:
-            model = apply_lora(model, cfg.lora, cfg.train.trainable_layers, cfg.seed)
+            model = apply_lora(model, cfg.lora, cfg.train.trainable_layers, cfg.seed, flat_lora)
     return model, tok
 
 
