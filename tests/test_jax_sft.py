@@ -270,7 +270,8 @@ def test_lora_a_is_drawn_as_peft_draws_it(tiny6):
 def test_flat_lora_gives_qwix_lora_values_and_gradients(model_fixture, rows, request):
     """``FlatLoraProvider`` (the trainers' LoRA: linear layers' leading axes flattened) gives
     the loss and LoRA gradients of qwix's own ``LoraProvider`` on the same weights, with B set
-    to random values so every adapter is in play; the MLP's adapters go through the flat path."""
+    to random values so every adapter is in play; the flat model's step is checked to hand the
+    flat provider [B, T, D] inputs."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
