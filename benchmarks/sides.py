@@ -308,9 +308,9 @@ def sft_lora_jax(s: Settings) -> dict[str, Any]:
                 compiled.add(signature(arrays))
             timer.start()
             batches, micro = collated(rows)
-            train_step(model, optimizer, micro, sum(b.n_targets for b in batches), chunk, wrt)
-            lengths = [len(examples[i]) for row in rows for i in row]
             n_targets = sum(b.n_targets for b in batches)
+            train_step(model, optimizer, micro, n_targets, chunk, wrt)
+            lengths = [len(examples[i]) for row in rows for i in row]
             timer.stop(
                 sum(lengths), len(lengths), train_flops(shape, lengths, n_targets, "lora", cfg.lora.rank)
             )
