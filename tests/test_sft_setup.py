@@ -145,6 +145,58 @@ def test_fused_lora_forward_matches_peft(tiny_gemma3):
     torch.testing.assert_close(merged, on, rtol=1e-4, atol=1e-4)
 
 
+def test_fused_lora_forward_runs_a_bfloat16_base_with_float32_adapters(tiny_gemma3, monkeypatch):
+    """A bfloat16 base keeps PEFT's float32 adapters (and so float32 AdamW state); the fused
+    forward takes them without falling back to PEFT's forward (float32 copies of every input),
+    and its outputs and gradients are as close to the float32 model's as PEFT's own are."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    ids = torch.tensor([[2, 5, 7, 9, 11, 3], [4, 4, 8, 1, 6, 2]])
+    peft_forward = LoraLinear.forward
+    fallbacks = []
+
+    def counting(self, x, *args, **kwargs):
+        fallbacks.append(x.dtype)
+        return peft_forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(LoraLinear, "forward", counting)
+
+    def run(fused: bool, dtype: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = model_for((tiny_gemma3, "lora.rank=4", "lora.dropout=0.0", f"model.dtype={dtype}"))
+        adapters = dict(sorted((n, p) for n, p in model.named_parameters() if p.requires_grad))
+        assert adapters and all(p.dtype == torch.float32 for p in adapters.values())
+        g = torch.Generator().manual_seed(1)  # the same adapter weights whatever the base's dtype
+        for p in adapters.values():
+            p.data.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        if not fused:
+            for m in model.modules():
+                m.__dict__.pop("forward", None)
+        model.train()
+        logits = model(input_ids=ids).logits
+        assert logits.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+        logits.float().square().mean().backward()
+        return logits.detach().float(), {n: p.grad.clone() for n, p in adapters.items()}
+
+    ref_logits, ref_grads = run(False, "float32")  # PEFT's own forward, float32 throughout
+    fallbacks.clear()
+    fused_logits, fused_grads = run(True, "bfloat16")
+    assert fallbacks == []  # every adapted layer took the fused path
+    peft_logits, peft_grads = run(False, "bfloat16")
+    assert len(fallbacks) == 14 and set(fallbacks) == {torch.bfloat16}
+
+    def error(x: torch.Tensor, ref: torch.Tensor) -> float:
+        return float((x - ref).norm() / ref.norm())
+
+    assert 0 < error(peft_logits, ref_logits) < 0.05
+    assert error(fused_logits, ref_logits) <= 1.5 * error(peft_logits, ref_logits)
+    assert fused_grads.keys() == peft_grads.keys() == ref_grads.keys()
+    for name, grad in fused_grads.items():
+        assert grad.dtype == torch.float32
+        peft_err = error(peft_grads[name], ref_grads[name])
+        assert 0 < peft_err < 0.5, name  # bfloat16's rounding, not a wrong gradient
+        assert error(grad, ref_grads[name]) <= 1.5 * peft_err + 0.01, name
+
+
 def test_full_finetune_freezing_last_layers(tiny_gemma3):
     model = model_for((tiny_gemma3, "train.method=full", "train.trainable_layers=1"))
     names = trainable_names(model)

@@ -210,21 +210,35 @@ def share_lora_dropout(model: Any, p: float) -> SharedLoraDropout | None:
 def _fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """PEFT's LoRA ``Linear.forward`` for the plain case, with ``base(x) + s·B(A(drop(x)))``
     as one in-place ``addmm_`` into the base output (no separate scale, add and temporary).
-    Anything else (adapters off or merged, several or mixed adapters, DoRA and other variants,
-    a cast input) takes PEFT's own forward."""
+
+    A bfloat16 or float16 base with float32 adapters (PEFT's default) computes the adapter
+    product in the base's dtype from the float32 weights (as ``torch.autocast`` would): the
+    weights and optimizer stay float32, and the [tokens, features] input is not copied to
+    float32 nor the product back. Anything else (adapters off or merged, several or mixed
+    adapters, DoRA and other variants, adapter biases, another cast) takes PEFT's own forward."""
     names = self.active_adapters
     name = names[0] if len(names) == 1 else None
     if (
         args or kwargs or name is None or self.disable_adapters or self.merged
         or name not in self.lora_A or name in self.lora_variant
-        or x.dtype != self.lora_A[name].weight.dtype
+        or self.lora_A[name].bias is not None or self.lora_B[name].bias is not None
+        or not _adapter_dtype_fits(x.dtype, self.lora_A[name].weight.dtype)
     ):  # fmt: skip
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)
-    h = self.lora_A[name](self.lora_dropout[name](x))
+    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    if a.dtype != x.dtype:
+        a, b = a.to(x.dtype), b.to(x.dtype)
+    h = torch.nn.functional.linear(self.lora_dropout[name](x), a)
     flat = result.view(-1, result.shape[-1])
-    flat.addmm_(h.view(-1, h.shape[-1]), self.lora_B[name].weight.t(), alpha=self.scaling[name])
+    flat.addmm_(h.view(-1, h.shape[-1]), b.t(), alpha=self.scaling[name])
     return result
+
+
+def _adapter_dtype_fits(x: torch.dtype, adapter: torch.dtype) -> bool:
+    """Whether the fused forward takes an input of dtype ``x`` into adapters of ``adapter``: the
+    same dtype, or a half-precision input with float32 adapters."""
+    return x == adapter or (adapter == torch.float32 and x in (torch.bfloat16, torch.float16))
 
 
 def fuse_lora_forward(model: Any) -> int:
