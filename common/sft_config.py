@@ -14,15 +14,24 @@ from typing import Literal
 
 from common.config import load_config
 from common.errors import InputError
+from common.hardware import native_bf16
 
 
 @dataclass
 class ModelConfig:
     path: str = "models/gemma-3-270m"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # auto: bfloat16 on an accelerator or a CPU that multiplies it natively (AVX512_BF16, AMX),
+    # float32 elsewhere; the trainers resolve it at start and the run's config.yaml records which
+    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # torch only
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
     init_adapter: str | None = None  # start LoRA from this PEFT adapter dir (curriculum stages)
+
+    def resolve_dtype(self, accelerator: bool) -> None:
+        """Replace ``auto`` by the dtype this machine multiplies fastest (``accelerator``: the
+        model runs on a GPU or TPU); a named dtype stays as it is."""
+        if self.dtype == "auto":
+            self.dtype = "bfloat16" if accelerator or native_bf16() else "float32"
 
     def lost_updates_note(self, method: str, adapters_in_float32: bool) -> str | None:
         """The warning for trained weights kept in a low-precision dtype (None when there are

@@ -43,8 +43,8 @@ from typing import Any
 
 import torch
 
+from common.hardware import native_bf16
 from evals.sampling import cumulative, draw, sample_rows
-from trainers_torch.kernels import native_bf16
 from trainers_torch.model import causal_lm
 
 BOUND = 2.0**-6  # ≥ the bfloat16 head's error per unit of ‖x‖·‖w‖ (0.0118, see above)

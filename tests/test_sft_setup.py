@@ -389,3 +389,41 @@ def test_yaml_format_prompt_asks_for_the_trace_and_target_holds_it(tiny_gemma3, 
     want = f"<reasoning>{rec['reasoning']}</reasoning><answer>{rec['answer']}</answer><end_of_turn>"
     assert target == want.replace(" ", "")
     assert rec["reasoning"].startswith(("expert: ", "- expert: "))
+
+
+def test_dtype_auto_resolves_by_what_the_machine_multiplies_natively(monkeypatch):
+    import common.sft_config as sc
+
+    for native, accelerator, want in [
+        (False, False, "float32"),
+        (True, False, "bfloat16"),
+        (False, True, "bfloat16"),
+    ]:
+        monkeypatch.setattr(sc, "native_bf16", lambda native=native: native)
+        m = sc.ModelConfig(dtype="auto")
+        m.resolve_dtype(accelerator=accelerator)
+        assert m.dtype == want, (native, accelerator)
+        for named in ("float32", "bfloat16"):  # a named dtype is never changed
+            m = sc.ModelConfig(dtype=named)
+            m.resolve_dtype(accelerator=accelerator)
+            assert m.dtype == named
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_trainer_resolves_dtype_auto_and_records_the_choice(tiny_gemma3, tmp_path, monkeypatch, native):
+    """``model.dtype=auto`` trains in the resolved dtype and the run's config.yaml names it, so
+    a resume or an export reads a concrete dtype."""
+    import common.sft_config as sc
+    from trainers_torch.sft import train
+
+    monkeypatch.setattr(sc, "native_bf16", lambda: native)
+    data = write_records(tmp_path / "train.jsonl", arithmetic_records(4, seed=0))
+    cfg = load_sft_config(None, [
+        f"model.path={tiny_gemma3}", "model.dtype=auto", f"data.train={data}", "data.valid=null",
+        f"output_dir={tmp_path / 'runs'}", "run_name=auto", "train.max_steps=1", "lora.rank=4",
+        "lora.alpha=8", "eval.generate_n=0", "checkpoint.every_steps=0",
+    ])  # fmt: skip
+    train(cfg)
+    want = "bfloat16" if native else "float32"
+    saved = yaml.safe_load((tmp_path / "runs" / "auto" / "config.yaml").read_text())
+    assert cfg.model.dtype == want and saved["model"]["dtype"] == want

@@ -402,6 +402,7 @@ def evaluate(
 def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
     """Run one GRPO job end to end; return its summary (also written to ``summary.json``)."""
     t_start = time.perf_counter()
+    cfg.model.resolve_dtype(accelerator=jax.default_backend() != "cpu")
     run_path = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.

@@ -458,6 +458,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     warn_if_cpu_busy(cfg)
+    cfg.model.resolve_dtype(accelerator=resolve_device(cfg.model.device) != "cpu")
     run_path, resume_from = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.

@@ -4,16 +4,11 @@
 compiler emits for linear layers), or None where this torch build has no oneDNN. Its values
 differ from ``torch.mm``'s in the last bits. It has no backward: callers use it where no graph
 is built (the decode loop, ``evals.few_rows``).
-
-``native_bf16`` says whether this CPU multiplies bfloat16 natively (the decode loop's bfloat16
-head, ``evals.bf16_head``; the trainers' warning for ``model.dtype: bfloat16``).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -29,17 +24,6 @@ def _onednn_linear() -> Callable[..., torch.Tensor] | None:
 
 
 ONEDNN = _onednn_linear()
-
-
-@functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX); elsewhere torch's
-    bfloat16 products run many times slower than float32 ones."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

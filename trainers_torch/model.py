@@ -14,10 +14,10 @@ from typing import Any, Literal, Protocol
 import torch
 
 from common.errors import InputError
+from common.hardware import native_bf16
 from common.prompts import load_tokenizer
 from common.runs import say
 from common.sft_config import LoraConfig, ModelConfig
-from trainers_torch.kernels import native_bf16
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -145,6 +145,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     keep_freed_memory(resolve_device(cfg.model.device))
+    cfg.model.resolve_dtype(accelerator=resolve_device(cfg.model.device) != "cpu")
     run_path, resume_from = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
