@@ -458,7 +458,8 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     warn_if_cpu_busy(cfg)
-    cfg.model.resolve_dtype(accelerator=resolve_device(cfg.model.device) != "cpu")
+    device = resolve_device(cfg.model.device)
+    cfg.model.resolve_dtype(accelerator=device != "cpu")
     run_path, resume_from = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
@@ -491,7 +492,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
         cfg,
         data_files=data_files(cfg, eval_prompts),
         model_dir=start.model_path,
-        device=resolve_device(cfg.model.device),
+        device=device,
         extra={
             "trainer": "trainers_torch.grpo",
             "init": start.info,

@@ -144,8 +144,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    keep_freed_memory(resolve_device(cfg.model.device))
-    cfg.model.resolve_dtype(accelerator=resolve_device(cfg.model.device) != "cpu")
+    device = resolve_device(cfg.model.device)
+    keep_freed_memory(device)
+    cfg.model.resolve_dtype(accelerator=device != "cpu")
     run_path, resume_from = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
@@ -174,7 +175,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         cfg,
         data_files=sft_records.data_files(cfg),
         model_dir=cfg.model.path,
-        device=resolve_device(cfg.model.device),
+        device=device,
         extra={
             "trainer": "trainers_torch.sft",
             "data_report": data.reports,
