@@ -16,12 +16,13 @@ model_in = $(or $(shell sed -n 's|^[[:space:]]*path:[[:space:]]*models/\([^/[:sp
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-# --no-compile: pip would byte-compile every module of every package (torch, JAX, Ray, ...) at
-# install; Python compiles the ones a job imports on first import instead (install 236 -> 134 s
-# on a 2-core CPU with the wheels cached).
+# pip byte-compiles every module it installs (about 100 of the install's 236 s on 2 cores, wheels
+# cached). Keep it: where PYTHONDONTWRITEBYTECODE is set (this project's machines and CI set it),
+# a module without its .pyc is compiled again by every process that imports it, and `make test`
+# starts hundreds of them (with pip's --no-compile a fresh clone's tests ran minutes slower).
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile --disable-pip-version-check -c requirements.lock -e '.[torch,jax,model,sweep,bench,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[torch,jax,model,sweep,bench,dev]'
 	touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned torch + JAX/Tunix stacks
