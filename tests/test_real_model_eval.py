@@ -81,9 +81,13 @@ def test_greedy_head_gives_generates_tokens_on_the_real_model(loaded, monkeypatc
 
 
 def test_bf16_head_samples_follow_the_real_models_softmax(loaded):
-    """On the real model's hidden states (``evals.bf16_head``): the bfloat16 logits stay inside
-    the rejection sampler's bound, and 1,200 draws from one prompt's next-token distribution
-    (T = 1) match float32's softmax within 4 sigma on its likely tokens."""
+    """On the real model's hidden states (``evals.bf16_head``): the bfloat16 logits of the whole
+    head stay inside the rejection sampler's bound, and 1,200 draws from one prompt's next-token
+    distribution (T = 1) match float32's softmax within 4 sigma on its likely tokens. The draws
+    use the 16,384 rows of the head with that prompt's highest logits (99.7% of its mass): the
+    sampler multiplies each row by its whole head in bfloat16, 24x slower than float32 on a CPU
+    without native bfloat16 (92 s for the 262,144 rows on one AVX2 core, 7 s for these), and its
+    rule does not depend on the vocabulary's size."""
     import torch
 
     from evals.bf16_head import BOUND, Bf16Head
@@ -99,10 +103,13 @@ def test_bf16_head_samples_follow_the_real_models_softmax(loaded):
         low = torch.nn.functional.linear(hidden.bfloat16(), head.low).float()
         bound = BOUND * head.max_norm * hidden.norm(dim=1, keepdim=True)
         assert float(((exact - low).abs() / bound).max()) < 0.5
+        rows = exact[1].topk(16384).indices
+        assert float(exact[1].double().softmax(0)[rows].sum()) > 0.99
+        part = Bf16Head(head.weight[rows])
         g = torch.Generator().manual_seed(0)
         n = 1200
-        draws = torch.cat([head.sample(hidden[1:].repeat(300, 1), 1.0, g) for _ in range(n // 300)])
-    probs = exact[1].double().softmax(0)
+        draws = torch.cat([part.sample(hidden[1:].repeat(300, 1), 1.0, g) for _ in range(n // 300)])
+    probs = exact[1, rows].double().softmax(0)
     top = probs.topk(5).indices
     freq = torch.bincount(draws, minlength=probs.shape[0]).double()[top] / n
     sigma = (probs[top] * (1 - probs[top]) / n).sqrt()
