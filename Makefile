@@ -16,13 +16,16 @@ model_in = $(or $(shell sed -n 's|^[[:space:]]*path:[[:space:]]*models/\([^/[:sp
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-# pip byte-compiles every module it installs (about 100 of the install's 236 s on 2 cores, wheels
-# cached). Keep it: where PYTHONDONTWRITEBYTECODE is set (this project's machines and CI set it),
-# a module without its .pyc is compiled again by every process that imports it, and `make test`
-# starts hundreds of them (a fresh clone's tests with pip's --no-compile: 1,454 s; without: 1,164).
+# Every installed module is byte-compiled: where PYTHONDONTWRITEBYTECODE is set (this project's
+# machines and CI set it), a module without its .pyc is compiled again by every process that
+# imports it, and `make test` starts hundreds of them (a fresh clone's tests with no .pyc: 1,454 s;
+# with: 1,164). pip compiles one file at a time; compileall on every core does the same files
+# (its exit status counts the few files of the installed packages that are not Python 3, which
+# pip skips the same way).
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[torch,jax,model,sweep,bench,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c requirements.lock -e '.[torch,jax,model,sweep,bench,dev]'
+	$(PY) -m compileall -qq -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || true
 	touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned torch + JAX/Tunix stacks
@@ -52,7 +55,9 @@ TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffin
 XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 TEST_ENV = $(if $(XDIST),OMP_NUM_THREADS=1 MKL_NUM_THREADS=1,)
 
-test: $(STAMP) $(REAL_MODELS) chromium ## Run the whole test suite (tiny models + the two real models) with coverage
+# The two model conversions (one core each, most of it Python) and Chromium run side by side.
+test: $(STAMP) ## Run the whole test suite (tiny models + the two real models) with coverage
+	$(MAKE) --no-print-directory -j 3 $(REAL_MODELS) chromium
 	mkdir -p runs/coverage
 	$(TEST_ENV) $(PY) -m pytest $(XDIST) $(COV) $(PYTEST_ARGS)
 
