@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,18 @@ from benchmarks import harness
 from benchmarks.harness import Settings, Shape
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sides_unmeasured() -> Iterator[None]:
+    """The sides' subprocesses run without coverage measurement: coverage's subprocess patch
+    (``make test``) would trace every Python line there, torch's, TRL's, JAX's and Tunix's
+    imports included, for the trainer lines that the trainers' own tests cover. This process
+    is measured as before."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START"):  # what starts it there
+            mp.delenv(name, raising=False)
+        yield
 
 
 def _records(path: Path, n: int) -> Path:
