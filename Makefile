@@ -50,9 +50,10 @@ COV ?= --cov --cov-report=term:skip-covered --cov-report=html
 
 # Tests run in TEST_WORKERS pytest-xdist processes (default: the cores this process may use), one
 # test file per worker at a time so module fixtures are built once, each worker on one BLAS/OpenMP
-# thread so two workers do not oversubscribe the cores. TEST_WORKERS=0 runs them in this process.
+# thread so two workers do not oversubscribe the cores, the longest files first (tests/conftest.py).
+# TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)), 4))")
-XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 TEST_ENV = $(if $(XDIST),OMP_NUM_THREADS=1 MKL_NUM_THREADS=1,)
 
 # The two model conversions (one core each, most of it Python) and Chromium run side by side.

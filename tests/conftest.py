@@ -33,6 +33,27 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+# `make test` hands whole files to its two xdist workers (`--dist loadfile`) in collection order
+# (it passes `--no-loadscope-reorder`: xdist's own order, most tests first, left the few long
+# tests of the sweep and notebook files to the end, one worker busy and the other idle). The
+# longest files go first and the many short ones fill in behind them. Their seconds in
+# `make test PYTEST_ARGS=--durations=0` at c50fe7c (coverage on, the AVX2-only instance, before the
+# shared JAX cache): test_jax_sft 386, test_bench_harness 313, test_sweep 213, test_kaggle_notebook
+# 186, test_collatz_train 166, test_real_model_eval 139 (54 since its sampling test takes 7 s),
+# test_package 101, test_jax_llama 81, test_jax_grpo 77, test_jax_gemma2 72, test_real_model 67,
+# test_sft_resume 52; every other file under 40.
+LONGEST_FIRST = ("test_jax_sft.py", "test_bench_harness.py", "test_sweep.py", "test_kaggle_notebook.py",
+                 "test_collatz_train.py", "test_package.py", "test_jax_llama.py", "test_jax_grpo.py",
+                 "test_jax_gemma2.py", "test_real_model.py", "test_real_model_eval.py", "test_sft_resume.py")  # fmt: skip
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of ``LONGEST_FIRST`` first, in that order; the rest keep theirs (a stable sort)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
+
+
 @pytest.fixture(scope="session")
 def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny import build_gemma3
