@@ -34,8 +34,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 # `make test` hands whole files to its two xdist workers (`--dist loadfile`) in collection order
-# (it passes `--no-loadscope-reorder`: xdist's own order, most tests first, left the few long
-# tests of the sweep and notebook files to the end, one worker busy and the other idle). The
+# (it passes `--no-loadscope-reorder`: xdist's own order, most tests first, sends long files of
+# few tests late, the bench harness 30th of 57 files, the real-model and JAX GRPO files after
+# it, where one worker can still be in one of them when the other runs out of files). The
 # longest files go first and the many short ones fill in behind them. Their seconds in
 # `make test PYTEST_ARGS=--durations=0` at c50fe7c (coverage on, the AVX2-only instance, before the
 # shared JAX cache): test_jax_sft 386, test_bench_harness 313, test_sweep 213, test_kaggle_notebook

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 from common.errors import InputError
 from common.prompts import load_tokenizer
 from common.records import allot
-from common.sft_config import DataConfig, load_sft_config
+from common.sft_config import DataConfig, OptimConfig, load_sft_config, lr_factor
 from common.sft_data import DataPlan, pack_rows, tokenize_records
 from tests.sft_data import arithmetic_records, write_records
 from trainers_torch.model import SharedLoraDropout, build_model, fuse_lora_forward
@@ -427,3 +428,17 @@ def test_trainer_resolves_dtype_auto_and_records_the_choice(tiny_gemma3, tmp_pat
     want = "bfloat16" if native else "float32"
     saved = yaml.safe_load((tmp_path / "runs" / "auto" / "config.yaml").read_text())
     assert cfg.model.dtype == want and saved["model"]["dtype"] == want
+
+
+def test_lr_factor_warms_up_then_holds_or_decays_to_the_floor():
+    constant = OptimConfig(warmup_steps=4, schedule="constant")
+    assert [lr_factor(s, 20, constant) for s in range(7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    assert lr_factor(19, 20, constant) == 1.0
+    cosine = OptimConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
+    assert [lr_factor(s, 20, cosine) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    decay = [lr_factor(s, 20, cosine) for s in range(4, 21)]
+    assert decay[0] == 1.0 and all(a > b for a, b in itertools.pairwise(decay))
+    assert decay[-1] == pytest.approx(0.1) and lr_factor(30, 20, cosine) == pytest.approx(
+        0.1
+    )  # held after the end
+    assert lr_factor(0, 20, OptimConfig(warmup_steps=0)) == 1.0  # no warmup: the full rate at once
