@@ -20,8 +20,8 @@ def build_trained_run(tiny_dir: Path, run: Path, seed: int = 1) -> Path:
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(f"model:\n  path: {tiny_dir}\n")
     model, tok = load_model(tiny_dir)
+    torch.manual_seed(seed)  # before the adapters: PEFT draws their A matrices from the global generator
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
