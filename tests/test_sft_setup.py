@@ -438,7 +438,6 @@ def test_lr_factor_warms_up_then_holds_or_decays_to_the_floor():
     assert [lr_factor(s, 20, cosine) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     decay = [lr_factor(s, 20, cosine) for s in range(4, 21)]
     assert decay[0] == 1.0 and all(a > b for a, b in itertools.pairwise(decay))
-    assert decay[-1] == pytest.approx(0.1) and lr_factor(30, 20, cosine) == pytest.approx(
-        0.1
-    )  # held after the end
+    assert decay[-1] == pytest.approx(0.1)
+    assert lr_factor(30, 20, cosine) == pytest.approx(0.1)  # held at the floor after the end
     assert lr_factor(0, 20, OptimConfig(warmup_steps=0)) == 1.0  # no warmup: the full rate at once
