@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,13 +10,11 @@ from common.errors import InputError
 from common.grpo_config import PromptDataConfig
 from common.grpo_prompts import load_prompts
 from common.prompts import format_prompt, load_tokenizer
-from tests.sft_data import record
+from tests.sft_data import record, write_records
 
 
 def _records(path: Path, questions: list[str]) -> Path:
-    rows = [record(f"q{i}", q, "1", ["1=1"]) for i, q in enumerate(questions)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_records(path, [record(f"q{i}", q, "1", ["1=1"]) for i, q in enumerate(questions)])
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +26,8 @@ def test_a_limit_keeps_the_first_prompts_or_a_seeded_sample_in_file_order(tok, t
     path = _records(tmp_path / "r.jsonl", [f"What is {i} + 1?" for i in range(12)])
     cfg = PromptDataConfig(train=str(path))
     first, report = load_prompts(path, tok, cfg, limit=4)
-    assert [p.record["id"] for p in first] == ["q0", "q1", "q2", "q3"] and [p.line for p in first] == [
-        1,
-        2,
-        3,
-        4,
-    ]
+    assert [p.record["id"] for p in first] == ["q0", "q1", "q2", "q3"]
+    assert [p.line for p in first] == [1, 2, 3, 4]
     assert report["records"] == 12 and report["used"] == 4 and report["overflow_count"] == 0
     sample = [p.record["id"] for p in load_prompts(path, tok, cfg, limit=4, seed=3)[0]]
     assert sample == [p.record["id"] for p in load_prompts(path, tok, cfg, limit=4, seed=3)[0]]  # seeded
