@@ -37,7 +37,7 @@ models/%/.complete: | $(STAMP)
 MODEL ?= gemma-3-270m
 model: models/$(MODEL)/.complete ## Materialise a model into models/<MODEL> (HF safetensors, float32); MODEL=gemma-3-270m (default) | smollm2-135m
 
-parity: models/$(MODEL)/.complete ## Max |logit difference| torch vs JAX on models/<MODEL> (exit 1 above 1e-3)
+parity: models/$(MODEL)/.complete ## torch vs JAX on models/<MODEL>: max |logit difference| (exit 1 above 1e-3) and a packed row's SFT loss
 	$(PY) -m scripts.parity --model models/$(MODEL)
 
 # The real_model tests use both real models (Gemma 3 270M and SmolLM2-135M-Instruct).

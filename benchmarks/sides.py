@@ -292,7 +292,7 @@ def sft_lora_jax(s: Settings) -> dict[str, Any]:
 
     def collated(rows: list[list[int]]) -> tuple[list[Any], list[dict[str, Any]]]:
         batches = [sft_data.collate(examples, rows[i : i + mb], pad) for i in range(0, len(rows), mb)]
-        return batches, [device_arrays(b, chunk, cfg.data.pack_tokens) for b in batches]
+        return batches, [device_arrays(b, chunk, cfg.data.pack_tokens, cfg.data.max_len) for b in batches]
 
     def signature(arrays: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(sorted((k, v.shape) for k, v in arrays.items()))

@@ -36,9 +36,12 @@ def test_parity_script_under_tolerance(real_model, capsys):
     from scripts.parity import main
 
     assert main(["--model", str(real_model)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    name, value = last.split()
+    lines = capsys.readouterr().out.strip().splitlines()
+    name, value = lines[-1].split()
     assert name == "max_abs_logit_diff" and float(value) < 1e-3
+    # the packed SFT loss: JAX through the band of trainers_jax/attention.py, torch example by example
+    assert "attention within a band of" in lines[-2]
+    assert float(lines[-2].rsplit(" ", 1)[1]) < 1e-4
 
 
 def test_greedy_generation_is_sensible(real_model):

@@ -1,5 +1,6 @@
 """The SFT loss on Tunix models: decoder body with a block-diagonal causal mask from the
-packed segment ids, then the LM head in chunks on completion positions only."""
+packed segment ids (on Gemma 3, within a band of the examples' longest length:
+``trainers_jax/attention.py``), then the LM head in chunks on completion positions only."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flax import nnx
 
 from common import sft_data
 from common.sft_data import IGNORE
+from trainers_jax.attention import band_mask, takes_band_mask
 from trainers_jax.model import head_weights, model_positions
 
 
@@ -25,15 +27,21 @@ def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
     return (seg_q == seg_k) & (seg_k != 0) & causal
 
 
-def hidden_states(model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """Final-norm hidden states [B, L, D] of a Tunix model (``output_hidden_states`` sows them).
+def hidden_states(
+    model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, band: jax.Array | None = None
+) -> jax.Array:
+    """Final-norm hidden states [B, L, D] of a Tunix model (``output_hidden_states`` sows them),
+    attending within the ``band`` mask (``attention.band_mask``) when given and the model takes
+    one, else over the whole row with ``packed_attention_mask``.
 
     The model is called as a whole (qwix's LoRA intercepts the model's ``__call__``, so the
     submodules cannot be run one by one); the [B, L, V] logits it also returns are unused,
     and XLA drops them from the jitted step.
     """
     positions = model_positions(model, positions)  # Gemma 2: its sliding window needs raw indices
-    model(tokens, positions, None, packed_attention_mask(segment_ids), output_hidden_states=True)
+    banded = band is not None and takes_band_mask(model)
+    mask = band if banded else packed_attention_mask(segment_ids)
+    model(tokens, positions, None, mask, output_hidden_states=True)
     (h,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"]
     return h
 
@@ -192,7 +200,9 @@ def completion_loss_sum(
 ) -> jax.Array:
     """Summed token loss over the completion tokens of one micro-batch (divide by its n_targets);
     ``head_trains=False`` when the LM head gets no gradient (``head_loss_sum``)."""
-    h = hidden_states(model, arrays["input_ids"], arrays["position_ids"], arrays["segment_ids"])
+    h = hidden_states(
+        model, arrays["input_ids"], arrays["position_ids"], arrays["segment_ids"], arrays.get("band_mask")
+    )
     picked = h.reshape(-1, h.shape[-1])[arrays["target_index"]]
     softcap = getattr(model.config, "final_logit_softcap", None)  # Gemma 2's; Gemma 3 has none
     return head_loss_sum(
@@ -206,11 +216,14 @@ def completion_loss_sum(
     )
 
 
-def device_arrays(batch: sft_data.Batch, chunk: int, width: int | None = None) -> dict[str, np.ndarray]:
+def device_arrays(
+    batch: sft_data.Batch, chunk: int, width: int | None = None, span: int | None = None
+) -> dict[str, np.ndarray]:
     """A numpy batch → fixed-shape arrays: rows padded to ``width``, target positions gathered.
 
     The target list is padded to a multiple of ``chunk`` (``target_valid`` marks the real
-    ones), so a step compiles once per (width, target bucket).
+    ones), so a step compiles once per (width, target bucket). ``span``: no example is longer
+    (``data.max_len``), so attention can stay within a band (``band_mask``, where it saves work).
     """
     n = batch.input_ids.shape[1]
     width = max(width or n, n)
@@ -221,7 +234,7 @@ def device_arrays(batch: sft_data.Batch, chunk: int, width: int | None = None) -
     targets = pad(batch.targets, IGNORE).reshape(-1)
     index = np.flatnonzero(targets != IGNORE).astype(np.int32)
     slots = max(chunk, math.ceil(len(index) / chunk) * chunk)
-    return {
+    arrays = {
         "input_ids": pad(batch.input_ids, 0),
         "position_ids": pad(batch.position_ids, 0),
         "segment_ids": pad(batch.segment_ids, 0),
@@ -229,6 +242,8 @@ def device_arrays(batch: sft_data.Batch, chunk: int, width: int | None = None) -
         "target_ids": np.pad(targets[index], (0, slots - len(index))).astype(np.int32),
         "target_valid": np.arange(slots) < len(index),
     }
+    band = band_mask(arrays["segment_ids"], span) if span else None
+    return arrays if band is None else {**arrays, "band_mask": band}
 
 
 @nnx.jit(static_argnames=("chunk",))

@@ -227,9 +227,14 @@ def llama_config(hf: dict[str, Any], dtype: str = "float32") -> Any:
 
 
 def load_gemma3(path: str, cfg: Any, mesh: jax.sharding.Mesh, dtype: Any) -> Any:
+    """Tunix's Gemma 3, its attention with the banded path for packed rows (``trainers_jax/attention.py``)."""
     from tunix.models.gemma3 import params_safetensors
 
-    return params_safetensors.create_model_from_safe_tensors(path, cfg, mesh=mesh, dtype=dtype)
+    from trainers_jax import attention
+
+    return attention.enable(
+        params_safetensors.create_model_from_safe_tensors(path, cfg, mesh=mesh, dtype=dtype)
+    )
 
 
 def load_gemma2(path: str, cfg: Any, mesh: jax.sharding.Mesh, dtype: Any) -> Any:

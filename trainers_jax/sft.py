@@ -9,7 +9,8 @@ loss, schedule and ``metrics.jsonl`` fields, so reports and plots read both.
 Read top to bottom: config (``trainers_jax/config.py``) → data (``common/sft_records.py``) →
 model (Tunix Gemma 3 or 2 from HF safetensors on the mesh, qwix LoRA or full, optional
 freezing: ``trainers_jax/lora.py``) → optimizer and step (optax: ``trainers_jax/optim.py``; the
-loss: decoder body, block-diagonal causal mask from the segment ids, LM head in chunks on
+loss: decoder body, block-diagonal causal mask from the segment ids (on Gemma 3 only within a
+band of ``data.max_len`` tokens, ``trainers_jax/attention.py``), LM head in chunks on
 completion positions only, ``trainers_jax/losses.py``) → the loop (grad accumulation,
 clipping, warmup + cosine, held-out loss, Orbax checkpoints in ``trainers_jax/checkpoint.py``,
 resume) → export (merged HF safetensors in ``merged/``, ``trainers_jax/export.py``).
@@ -76,7 +77,7 @@ def heldout_loss(model: Any, examples: list[Example], cfg: SFTConfig, pad_id: in
     total, n = 0.0, 0
     for i in range(0, len(rows), cfg.train.micro_batch_rows):
         batch = sft_data.collate(examples, rows[i : i + cfg.train.micro_batch_rows], pad_id)
-        arrays = device_arrays(batch, cfg.train.loss_chunk_tokens, cfg.data.pack_tokens)
+        arrays = device_arrays(batch, cfg.train.loss_chunk_tokens, cfg.data.pack_tokens, cfg.data.max_len)
         total += float(eval_loss_sum(model, arrays, cfg.train.loss_chunk_tokens))
         n += batch.n_targets
     return total / max(1, n)
@@ -178,7 +179,7 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
         n_targets = sum(b.n_targets for b in batches)
         lr = cfg.optim.lr * lr_factor(step, total_steps, cfg.optim)
         with mesh:
-            micro = [device_arrays(b, chunk, cfg.data.pack_tokens) for b in batches]
+            micro = [device_arrays(b, chunk, cfg.data.pack_tokens, cfg.data.max_len) for b in batches]
             loss, grad_norm = train_step(model, optimizer, micro, n_targets, chunk, wrt)
         tokens_seen += sum(b.n_tokens for b in batches)
         out = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
