@@ -72,7 +72,7 @@ def test_banded_attention_equals_dense_attention_on_every_real_query(window):
     segments = np.repeat(np.array([[1, 2, 3, 4, 0], [1, 2, 3, 4, 5]]), [7, 8, 3, 10, 4], axis=1)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 32, n, 8)), jnp.float32) for n in (4, 2, 2))
     band = band_mask(segments, span=10, block=4)
-    assert band.shape[-1] == 16  # 4 blocks of 4: a third less than the dense 32 keys
+    assert band.shape[-1] == 16  # 4 blocks of 4: half of the dense 32 keys
     out = banded_attention(q, k, v, jnp.asarray(band), window)
 
     mask = dense_mask(segments)
