@@ -68,6 +68,19 @@ def sample_by_category(
     return sorted(chosen)
 
 
+def encode_examples(
+    tok: Any, lines_records: list[tuple[int, dict[str, Any]]], trace_format: str
+) -> list[Example]:
+    """``(line, record)`` pairs → examples: the chat prompt, then the target and the end of turn."""
+    eot = end_of_turn(tok)
+    prompts = [format_prompt(tok, r["question"], trace_format) for _, r in lines_records]
+    targets = [format_target(r["reasoning"], r["answer"]) + eot for _, r in lines_records]
+    prompt_ids = tok(prompts).input_ids if prompts else []
+    target_ids = tok(targets, add_special_tokens=False).input_ids if targets else []
+    return [Example(rec["id"], line, list(p) + list(t), len(p))
+            for (line, rec), p, t in zip(lines_records, prompt_ids, target_ids, strict=True)]  # fmt: skip
+
+
 def tokenize_records(
     path: str | Path,
     tok: Any,
@@ -89,14 +102,10 @@ def tokenize_records(
     lines_records = [
         (ln, r) for ln, r in lines_records if (r.get("meta") or {}).get("has_reasoning") is not False
     ]
-    eot = end_of_turn(tok)
-    prompts = [format_prompt(tok, r["question"], cfg.trace_format) for _, r in lines_records]
-    targets = [format_target(r["reasoning"], r["answer"]) + eot for _, r in lines_records]
-    prompt_ids = tok(prompts).input_ids if prompts else []
-    target_ids = tok(targets, add_special_tokens=False).input_ids if targets else []
     examples, records, overflow = [], [], []
-    for (line, rec), p, t in zip(lines_records, prompt_ids, target_ids, strict=True):
-        ex = Example(rec["id"], line, list(p) + list(t), len(p))
+    for (line, rec), ex in zip(
+        lines_records, encode_examples(tok, lines_records, cfg.trace_format), strict=True
+    ):
         if len(ex) > cfg.max_len:
             if cfg.on_overflow == "fail":
                 raise InputError(

@@ -23,7 +23,7 @@ import numpy as np
 
 from common import sft_data
 from common.errors import cli
-from common.prompts import end_of_turn, format_prompt, format_target
+from common.prompts import format_prompt
 
 PROMPTS = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -42,12 +42,9 @@ CHUNK = 64  # the loss's target chunk (both trainers)
 def packed_row(tok: Any) -> tuple[list[sft_data.Example], int, int]:
     """The prompts with their worked answers as SFT examples packed into one row, the row's
     width (a multiple of 64) and its longest example (the band's span)."""
-    eot = end_of_turn(tok)
-    examples = []
-    for i, (question, (reasoning, answer)) in enumerate(zip(PROMPTS, WORKED, strict=True)):
-        prompt = tok(format_prompt(tok, question)).input_ids
-        target = tok(format_target(reasoning, answer) + eot, add_special_tokens=False).input_ids
-        examples.append(sft_data.Example(f"parity-{i}", i + 1, list(prompt) + list(target), len(prompt)))
+    records = [(i + 1, {"id": f"parity-{i}", "question": q, "reasoning": r, "answer": a})
+               for i, (q, (r, a)) in enumerate(zip(PROMPTS, WORKED, strict=True))]  # fmt: skip
+    examples = sft_data.encode_examples(tok, records, "text")
     lengths = [len(e) for e in examples]
     return examples, -(-sum(lengths) // 64) * 64, max(lengths)
 

@@ -38,6 +38,14 @@ def window_blocks(width: int, span: int, block: int = BLOCK) -> int | None:
     return blocks if blocks * block < width else None
 
 
+def positions(width: int, n: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw positions of the queries ``[width / block, block]`` and of each query block's window
+    of ``n`` key blocks ``[width / block, n * block]`` (negative before the row's start)."""
+    blocks = width // block
+    keys = np.arange(blocks)[:, None] * block + np.arange(n * block)[None, :] - (n - 1) * block
+    return np.arange(width).reshape(blocks, block), keys
+
+
 def band_mask(segment_ids: np.ndarray, span: int, block: int = BLOCK) -> np.ndarray | None:
     """``[B, T / block, block, W]`` bool: query ``block * i + r`` may attend key ``w`` of its
     window, the key at position ``block * (i + 1 - W / block) + w`` (same segment, not padding,
@@ -52,12 +60,10 @@ def band_mask(segment_ids: np.ndarray, span: int, block: int = BLOCK) -> np.ndar
         longest = np.bincount(row[row > 0]).max(initial=0)
         if longest > span:
             raise ValueError(f"a packed example of {longest} tokens is longer than the band span {span}")
-    blocks = width // block
-    key = np.arange(blocks)[:, None] * block + np.arange(n * block)[None, :]  # index into the padded row
-    seg_k = np.pad(segment_ids, ((0, 0), ((n - 1) * block, 0)))[:, key]  # [B, blocks, W]
-    seg_q = segment_ids.reshape(rows, blocks, block)
-    query = np.arange(width).reshape(blocks, block)
-    causal = (key - (n - 1) * block)[:, None, :] <= query[:, :, None]  # [blocks, block, W]
+    query, key = positions(width, n, block)
+    seg_k = np.pad(segment_ids, ((0, 0), ((n - 1) * block, 0)))[:, key + (n - 1) * block]  # [B, blocks, W]
+    seg_q = segment_ids.reshape(rows, width // block, block)
+    causal = key[:, None, :] <= query[:, :, None]  # [blocks, block, W]
     return (seg_q[..., None] == seg_k[:, :, None, :]) & (seg_k[:, :, None, :] != 0) & causal[None]
 
 
@@ -85,8 +91,7 @@ def banded_attention(
     k, v = windows(key, n, block), windows(value, n, block)  # [B, blocks, W, K, H]
     logits = jnp.einsum("BnqKGH,BnsKH->BnKGqs", q, k)
     if sliding_window is not None:  # Tunix's: |query - key| < window, on raw indices
-        qpos = np.arange(width).reshape(blocks, block)
-        kpos = np.arange(blocks)[:, None] * block + np.arange(span)[None, :] - (n - 1) * block
+        qpos, kpos = positions(width, n, block)
         mask = mask & jnp.asarray(qpos[:, :, None] - kpos[:, None, :] < sliding_window)[None]
     logits = jnp.where(mask[:, :, None, None], logits, gemma3.K_MASK)
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
