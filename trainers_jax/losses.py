@@ -74,8 +74,8 @@ def head_loss_sum(
     ``head_trains``: E gets a gradient, so each chunk's logits are recomputed in the backward
     pass (``jax.checkpoint``). Otherwise (LoRA: the head is frozen) the forward pass also forms
     d loss / d hidden, one [chunk, D] block per chunk, and the backward pass only scales it:
-    two passes over E per chunk instead of three (``frozen_head_loss_sum``), ``block`` vocabulary
-    columns at a time (default ``vocab_block``).
+    two products with E per chunk instead of three, in one pass over E (``frozen_head_loss_sum``),
+    ``block`` vocabulary columns at a time (default ``vocab_block``).
     """
     if not head_trains:
         width = block or vocab_block(embedding.shape[0])
@@ -119,34 +119,43 @@ def vocab_block(vocab: int) -> int:
 def _frozen_chunk(
     h: jax.Array, y: jax.Array, v: jax.Array, embedding: jax.Array, softcap: float | None, block: int
 ) -> tuple[jax.Array, jax.Array]:
-    """One chunk's ``(loss sum, d loss_sum / d h)``, the head ``block`` vocabulary columns at a
-    time: pass 1 keeps each block's logits and log-sum-exp, pass 2 forms softmax − onehot in
-    float32 (the onehot taken before any bfloat16 rounding) and multiplies it back through
-    that block of the head, accumulating in float32. On a CPU this runs the [rows, V] × [V, D]
-    product about 1.3-1.5x faster than in one piece (README, Benchmarks)."""
+    """One chunk's ``(loss sum, d loss_sum / d h)`` in one pass over the head, ``block``
+    vocabulary columns at a time, as an online softmax: each block's logits raise the running
+    row maximum, rescale the running sum and the running ``softmax · E`` product (float32), and
+    are then dropped. d loss / d h = softmax · E − E[target] (each term through the soft cap's
+    derivative when there is one); the target's logit is read from its block's logits, so the
+    loss uses the product's own values. No [rows, V] logits are kept: a two-pass version that
+    kept them (268 MB per 256-row chunk of Gemma 3) ran the bench's head 8-10% slower on a CPU
+    (README, Benchmarks)."""
     rows, n_blocks = h.shape[0], embedding.shape[0] // block
     heads = embedding.reshape(n_blocks, block, embedding.shape[1])
-
-    def logits(_: None, e: jax.Array) -> tuple[None, tuple[jax.Array, jax.Array]]:
-        z = _head_logits(h, e, softcap)
-        return None, (z, jax.nn.logsumexp(z, axis=-1))
-
-    _, (z, block_lse) = jax.lax.scan(logits, None, heads)  # [n_blocks, rows, block], [n_blocks, rows]
-    lse = jax.nn.logsumexp(block_lse, axis=0)
-    picked = z[y // block, jnp.arange(rows), y % block]
-    loss = jnp.sum(jnp.where(v, lse - picked, 0.0))
-
-    def grad(acc: jax.Array, x: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-        zb, e, first = x
-        g = jnp.exp(zb - lse[:, None]) - (y[:, None] == first + jnp.arange(block)).astype(zb.dtype)
-        if softcap:
-            g = g * (1.0 - jnp.square(zb / softcap))  # through the cap: d(c tanh(z/c))/dz
-        g = jnp.where(v[:, None], g, 0.0)
-        return acc + jnp.dot(g.astype(e.dtype), e, preferred_element_type=jnp.float32), None
-
     firsts = jnp.arange(n_blocks, dtype=y.dtype) * block
-    dh, _ = jax.lax.scan(grad, jnp.zeros(h.shape, jnp.float32), (z, heads, firsts))
-    return loss, dh
+    index = jnp.arange(rows)
+
+    Carry = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
+    def step(carry: Carry, x: tuple[jax.Array, jax.Array]) -> tuple[Carry, None]:
+        top, total, acc, picked = carry
+        e, first = x
+        z = _head_logits(h, e, softcap)
+        new_top = jnp.maximum(top, jnp.max(z, axis=-1))
+        keep = jnp.exp(top - new_top)
+        p = jnp.exp(z - new_top[:, None])
+        g = p * (1.0 - jnp.square(z / softcap)) if softcap else p  # through the cap: d(c tanh(z/c))/dz
+        acc = acc * keep[:, None] + jnp.dot(g.astype(e.dtype), e, preferred_element_type=jnp.float32)
+        here = (y >= first) & (y < first + block)
+        picked = picked + jnp.where(here, z[index, jnp.clip(y - first, 0, block - 1)], 0.0)
+        return (new_top, total * keep + jnp.sum(p, axis=-1), acc, picked), None
+
+    zeros = jnp.zeros((rows,), jnp.float32)
+    init = (jnp.full((rows,), -jnp.inf, jnp.float32), zeros, jnp.zeros(h.shape, jnp.float32), zeros)
+    (top, total, acc, picked), _ = jax.lax.scan(step, init, (heads, firsts))
+    loss = jnp.sum(jnp.where(v, top + jnp.log(total) - picked, 0.0))
+    target = embedding[y].astype(jnp.float32)
+    if softcap:
+        target = target * (1.0 - jnp.square(picked / softcap))[:, None]
+    dh = acc / total[:, None] - target
+    return loss, jnp.where(v[:, None], dh, 0.0)
 
 
 def _frozen_head_forward(*args: Any) -> tuple[jax.Array, jax.Array]:
