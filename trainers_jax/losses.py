@@ -255,7 +255,8 @@ def device_arrays(
     return arrays if band is None else {**arrays, "band_mask": band}
 
 
-@nnx.jit(static_argnames=("chunk",))
+@nnx.jit(static_argnames=("chunk",), graph_updates=False)
 def eval_loss_sum(model: Any, arrays: dict[str, Any], chunk: int) -> jax.Array:
-    """Summed completion loss of one batch (``device_arrays``' numpy arrays, traced inside)."""
+    """Summed completion loss of one batch (``device_arrays``' numpy arrays, traced inside);
+    only the loss comes out of the compiled function (``optim.micro_grads`` says why)."""
     return completion_loss_sum(model, arrays, chunk)
