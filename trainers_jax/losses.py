@@ -125,8 +125,8 @@ def _frozen_chunk(
     are then dropped. d loss / d h = softmax · E − E[target] (each term through the soft cap's
     derivative when there is one); the target's logit is read from its block's logits, so the
     loss uses the product's own values. No [rows, V] logits are kept: a two-pass version that
-    kept them (268 MB per 256-row chunk of Gemma 3) ran the bench's head 8-10% slower on a CPU
-    (README, Benchmarks)."""
+    kept them (268 MB per 256-row chunk of Gemma 3) took about 9% longer on a CPU (README,
+    Training)."""
     rows, n_blocks = h.shape[0], embedding.shape[0] // block
     heads = embedding.reshape(n_blocks, block, embedding.shape[1])
     firsts = jnp.arange(n_blocks, dtype=y.dtype) * block
