@@ -16,8 +16,10 @@ What Tunix does here: sampling (``Sampler`` through ``RLCluster.generate``: temp
 top-p, stop at eos / end of turn), the rewards' call (weighted sum), group advantages, the
 clipped-ratio loss with optional k3 KL to the reference, ``num_iterations`` updates per batch.
 What is ours: the prompts and their order, the reward functions (``common.rewards``, each
-wrapped to apply its weight and keep its raw values for the metrics), the step loop around
-the learner, metrics names (``metrics.jsonl`` as torch writes it), eval, checkpoints, export.
+wrapped to apply its weight and keep its raw values for the metrics), the policy as Tunix's
+loss calls it (``trainers_jax/policy_loss.py``: the LM head on the completion positions only,
+the same loss and gradients), the step loop around the learner, metrics names
+(``metrics.jsonl`` as torch writes it), eval, checkpoints, export.
 
 How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
 - ``grpo.loss_type``: ``grpo`` → ``loss_agg_mode=sequence-mean-token-mean`` (mean over
@@ -94,6 +96,7 @@ from trainers_jax.export import export_merged
 from trainers_jax.lora import apply_lora, parameter_counts
 from trainers_jax.model import check_window, load_model, make_mesh
 from trainers_jax.optim import optax_transform
+from trainers_jax.policy_loss import POLICY_LOSS
 
 # --------------------------------------------------------------------------------------------
 # Config (trainers_jax/config.py): how the shared keys map onto Tunix, what JAX cannot do
@@ -284,6 +287,7 @@ def build_learner(
         loss_agg_mode=LOSS_AGG[g.loss_type],
         advantage_estimator=ADVANTAGES[g.scale_rewards],
         kl_loss_mode="low_var_kl",
+        policy_loss_fn=POLICY_LOSS,  # Tunix's loss, the LM head on completion positions only
     )
     algo.epsilon_high = g.epsilon if g.epsilon_high is None else g.epsilon_high  # read by Tunix's grpo loss
     learner_cls = recording_learner(grpo_learner.GRPOLearner)

@@ -16,7 +16,7 @@ from flax import nnx
 from common import sft_data
 from common.sft_data import IGNORE
 from trainers_jax.attention import band_mask, takes_band_mask
-from trainers_jax.model import head_weights, model_positions
+from trainers_jax.model import head_weights, logit_softcap, model_positions
 
 
 def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -30,23 +30,32 @@ def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
 def hidden_states(
     model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, band: jax.Array | None = None
 ) -> jax.Array:
-    """Final-norm hidden states [B, L, D] of a Tunix model (``output_hidden_states`` sows them),
-    attending within the ``band`` mask (``attention.band_mask``) when given and the model takes
-    one, else over the whole row with ``packed_attention_mask``.
+    """Final-norm hidden states [B, L, D] of packed rows (``final_hidden``), attending within
+    the ``band`` mask (``attention.band_mask``) when given and the model takes one, else over
+    the whole row with ``packed_attention_mask``."""
+    positions = model_positions(model, positions)  # Gemma 2: its sliding window needs raw indices
+    banded = band is not None and takes_band_mask(model)
+    return final_hidden(model, tokens, positions, band if banded else packed_attention_mask(segment_ids))
+
+
+def final_hidden(
+    model: Any, tokens: jax.Array, positions: jax.Array | None, mask: jax.Array | None
+) -> jax.Array:
+    """Final-norm hidden states [B, L, D] of a Tunix model called without a cache on ``mask``
+    (``output_hidden_states`` sows them).
 
     The model is called as a whole (qwix's LoRA intercepts the model's ``__call__``, so the
     submodules cannot be run one by one); the [B, L, V] logits it also returns are unused,
-    and XLA drops them from the jitted step.
+    and XLA drops them from a jitted step.
     """
-    positions = model_positions(model, positions)  # Gemma 2: its sliding window needs raw indices
-    banded = band is not None and takes_band_mask(model)
-    mask = band if banded else packed_attention_mask(segment_ids)
     model(tokens, positions, None, mask, output_hidden_states=True)
     (h,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"]
     return h
 
 
-def _head_logits(h: jax.Array, embedding: jax.Array, softcap: float | None) -> jax.Array:
+def head_logits(h: jax.Array, embedding: jax.Array, softcap: float | None) -> jax.Array:
+    """Float32 logits of hidden states ``h`` [..., D] under the head ``embedding`` [V, D]
+    (``model.head_weights``), soft-capped as Gemma 2's final logits when ``softcap`` is given."""
     logits = jnp.dot(h, embedding.T).astype(jnp.float32)
     return jnp.tanh(logits / softcap) * softcap if softcap else logits
 
@@ -96,7 +105,7 @@ def _chunk_loss(
     h: jax.Array, y: jax.Array, v: jax.Array, embedding: jax.Array, softcap: float | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One chunk's summed loss over its valid rows, with its logits and their log-sum-exp."""
-    logits = _head_logits(h, embedding, softcap)
+    logits = head_logits(h, embedding, softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
     return jnp.sum(jnp.where(v, lse - picked, 0.0)), logits, lse
@@ -137,7 +146,7 @@ def _frozen_chunk(
     def step(carry: Carry, x: tuple[jax.Array, jax.Array]) -> tuple[Carry, None]:
         top, total, acc, picked = carry
         e, first = x
-        z = _head_logits(h, e, softcap)
+        z = head_logits(h, e, softcap)
         new_top = jnp.maximum(top, jnp.max(z, axis=-1))
         keep = jnp.exp(top - new_top)
         p = jnp.exp(z - new_top[:, None])
@@ -213,14 +222,13 @@ def completion_loss_sum(
         model, arrays["input_ids"], arrays["position_ids"], arrays["segment_ids"], arrays.get("band_mask")
     )
     picked = h.reshape(-1, h.shape[-1])[arrays["target_index"]]
-    softcap = getattr(model.config, "final_logit_softcap", None)  # Gemma 2's; Gemma 3 has none
     return head_loss_sum(
         picked,
         head_weights(model),
         arrays["target_ids"],
         arrays["target_valid"],
         chunk,
-        softcap,
+        logit_softcap(model),
         head_trains,
     )
 

@@ -336,6 +336,11 @@ def head_weights(model: Any) -> jax.Array:
     return model.lm_head.w[...].T
 
 
+def logit_softcap(model: Any) -> float | None:
+    """The final-logit soft cap of a Tunix model: Gemma 2's; ``None`` for Gemma 3 and Llama."""
+    return getattr(model.config, "final_logit_softcap", None)
+
+
 def model_positions(model: Any, positions: jax.Array) -> jax.Array:
     """The positions to call ``model`` with for rows whose ``positions`` restart at each packed
     example or start after left padding.

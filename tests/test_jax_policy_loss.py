@@ -1,0 +1,105 @@
+"""``trainers_jax.policy_loss``: Tunix's GRPO loss with the LM head on the completion
+positions only gives Tunix's loss, metrics and LoRA gradients, on Gemma 3, on Gemma 2 (soft-capped
+final logits) and on Llama, with left-padded prompts, right-padded completions, clipped ratios,
+a KL term and a sampling temperature, and its compiled step does none of the head's work on
+the prompt positions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def example(vocab: int, pad: int, rng: np.random.Generator) -> object:
+    """4 completions of 5 tokens after prompts of 7 (two left-padded, two with right padding)."""
+    import jax.numpy as jnp
+    from tunix.rl.common import TrainExample
+
+    prompts = rng.integers(3, vocab, (4, 7))
+    prompts[1, :3] = pad
+    prompts[3, :1] = pad
+    completions = rng.integers(3, vocab, (4, 5))
+    completions[2, 3:] = pad
+    completions[3, 1:] = pad
+    return TrainExample(
+        prompt_ids=jnp.asarray(prompts),
+        prompt_mask=jnp.asarray(prompts != pad),
+        completion_ids=jnp.asarray(completions),
+        completion_mask=jnp.asarray(completions != pad),
+        advantages=jnp.asarray([1.0, -0.5, 0.8, -1.2]),
+        ref_per_token_logps=jnp.asarray(rng.normal(-6.0, 0.5, (4, 5)).astype(np.float32)),
+        old_per_token_logps=None,  # the test sets them from the policy's own
+    )
+
+
+@pytest.mark.parametrize("family", ["tiny_gemma3", "tiny_gemma2", "tiny_llama"])
+def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pytest.FixtureRequest) -> None:
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from tunix.rl import algo_core, common
+    from tunix.rl.grpo import grpo_learner
+
+    from common.sft_config import LoraConfig
+    from trainers_jax.lora import apply_lora
+    from trainers_jax.model import head_weights, load_model, make_mesh
+    from trainers_jax.policy_loss import completion_head_grpo_loss
+
+    path: Path = request.getfixturevalue(family)
+    mesh = make_mesh(1, 1)
+    base, tok = load_model(path, "float32", mesh)
+    with mesh:
+        model = apply_lora(base, LoraConfig(rank=4, alpha=8, dropout=0.0), None, seed=0)
+    rng = np.random.default_rng(0)
+    for _, p in nnx.iter_graph(model):  # B starts at zero: give every adapter weight a value
+        if isinstance(p, nnx.LoRAParam):
+            p.value = jnp.asarray(rng.normal(0, 0.2, p.value.shape).astype(np.float32))
+    pad = tok.pad_token_id
+    ex = example(head_weights(model).shape[0], pad, rng)
+    old = rng.normal(0.0, 0.3, (4, 5)).astype(np.float32)  # off-policy shifts: some ratios get clipped
+    algo = grpo_learner.GRPOConfig(
+        num_generations=2, beta=0.04, epsilon=0.2, loss_agg_mode="token-mean", kl_loss_mode="low_var_kl"
+    )
+    algo.epsilon_high = 0.28
+    algo.temperature = 0.7
+
+    def loss(fn: object, m: object, e: object) -> tuple[jax.Array, dict]:
+        return fn(m, e, algo, pad, tok.eos_token_id)
+
+    grad = nnx.value_and_grad(loss, argnums=nnx.DiffState(1, nnx.LoRAParam), has_aux=True)
+    with mesh:
+        # the policy's own log-probs shifted by ``old``: the importance ratios are exp(-old)
+        own = jax.lax.stop_gradient(
+            common.compute_per_token_logps(
+                *nnx.split(model), ex.prompt_ids, ex.completion_ids, pad, tok.eos_token_id, temperature=0.7
+            )
+        )
+        ex = dataclasses.replace(ex, old_per_token_logps=own + old)
+        (theirs, their_aux), their_grads = grad(algo_core.grpo_loss_fn, model, ex)
+        (ours, our_aux), our_grads = grad(completion_head_grpo_loss, model, ex)
+        graphdef, state = nnx.split(model)
+
+        def flops(fn: object) -> float:
+            step = jax.jit(lambda s, e: grad(fn, nnx.merge(graphdef, s), e))
+            cost = step.lower(state, ex).compile().cost_analysis()
+            return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+        their_flops, our_flops = flops(algo_core.grpo_loss_fn), flops(completion_head_grpo_loss)
+    ratios = np.exp(-old)[np.asarray(ex.completion_mask)]
+    assert ((ratios < 0.8) | (ratios > 1.28)).any() and ((ratios > 0.8) & (ratios < 1.28)).any()
+    # the head's two products (logits, and the hidden states' gradient: the head is frozen) on
+    # the 4 x 6 prompt positions the loss never reads, 2 V D flops per row each: gone
+    vocab, dim = head_weights(model).shape
+    assert their_flops - our_flops >= 4 * 6 * 2 * 2 * vocab * dim
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
+    assert set(our_aux) == set(their_aux)
+    for key in their_aux:
+        np.testing.assert_allclose(np.asarray(our_aux[key]), np.asarray(their_aux[key]), rtol=1e-4, atol=1e-6)
+    leaves = jax.tree.leaves(their_grads)
+    assert leaves and all(float(jnp.abs(g).max()) > 0 for g in leaves)
+    for a, b in zip(jax.tree.leaves(our_grads), leaves, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
