@@ -74,7 +74,8 @@ def config_rope(config: LlamaConfig) -> Iterator[None]:
 
 
 class Llama(llama3.Llama3):
-    """``tunix.models.llama3.Llama3`` with RoPE as ``LlamaConfig`` says and hidden states on request."""
+    """``tunix.models.llama3.Llama3`` with RoPE as ``LlamaConfig`` says, hidden states on request,
+    and a prefill's last-position logits only (``model.LastTokenLogits``)."""
 
     def __call__(
         self,
@@ -83,6 +84,8 @@ class Llama(llama3.Llama3):
         cache: dict[str, Any] | None,
         attention_mask: jax.Array,  # [B, L, L']
         output_hidden_states: bool = False,
+        *,
+        decode_only_last_token: bool = False,  # the last position's logits only (a prefill's)
     ) -> tuple[jax.Array, dict[str, Any] | None]:
         new_cache: dict[str, Any] | None = None if cache is None else {}
         x = self.embedder.encode(input_tokens)
@@ -95,6 +98,8 @@ class Llama(llama3.Llama3):
         x = self.final_norm(x)
         if output_hidden_states:
             self.sow(nnx.Intermediate, "all_hidden_states", x)
+        if decode_only_last_token:
+            x = x[:, -1:]
         logits = self.embedder.decode(x) if self.config.weight_tying else self.lm_head(x)
         return logits, new_cache
 

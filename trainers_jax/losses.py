@@ -16,7 +16,7 @@ from flax import nnx
 from common import sft_data
 from common.sft_data import IGNORE
 from trainers_jax.attention import band_mask, takes_band_mask
-from trainers_jax.model import head_weights, logit_softcap, model_positions
+from trainers_jax.model import head_logits, head_weights, logit_softcap, model_positions
 
 
 def packed_attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -51,13 +51,6 @@ def final_hidden(
     model(tokens, positions, None, mask, output_hidden_states=True)
     (h,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"]
     return h
-
-
-def head_logits(h: jax.Array, embedding: jax.Array, softcap: float | None) -> jax.Array:
-    """Float32 logits of hidden states ``h`` [..., D] under the head ``embedding`` [V, D]
-    (``model.head_weights``), soft-capped as Gemma 2's final logits when ``softcap`` is given."""
-    logits = jnp.dot(h, embedding.T).astype(jnp.float32)
-    return jnp.tanh(logits / softcap) * softcap if softcap else logits
 
 
 def _chunks(chunk: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:

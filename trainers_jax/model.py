@@ -27,6 +27,7 @@ differences, so attention is unchanged), and ``check_window`` refuses a Tunix sa
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 from collections.abc import Callable
@@ -325,7 +326,7 @@ def load_model(
     cfg = tunix_config(path, dtype)
     mesh = mesh if mesh is not None else make_mesh(1, 1)
     with mesh:
-        model = family_of(cfg).load(str(path), cfg, mesh, jax_dtype(dtype))
+        model = with_last_token_logits(family_of(cfg).load(str(path), cfg, mesh, jax_dtype(dtype)))
     return model, load_tokenizer(path)
 
 
@@ -339,6 +340,61 @@ def head_weights(model: Any) -> jax.Array:
 def logit_softcap(model: Any) -> float | None:
     """The final-logit soft cap of a Tunix model: Gemma 2's; ``None`` for Gemma 3 and Llama."""
     return getattr(model.config, "final_logit_softcap", None)
+
+
+def head_logits(h: jax.Array, embedding: jax.Array, softcap: float | None) -> jax.Array:
+    """Float32 logits of hidden states ``h`` [..., D] under the head ``embedding`` [V, D]
+    (``head_weights``), soft-capped as Gemma 2's final logits when ``softcap`` is given."""
+    logits = jnp.dot(h, embedding.T).astype(jnp.float32)
+    return jnp.tanh(logits / softcap) * softcap if softcap else logits
+
+
+class LastTokenLogits:
+    """A Tunix model's ``__call__`` that also takes ``decode_only_last_token``: with it, only the
+    last position's logits ([B, 1, V], the model's own logits dtype), the only ones a prefill
+    samples from. Tunix's ``Sampler`` passes it at prefill to a model whose ``__call__`` names
+    it (its Gemma 4 does); to any other it computes the logits of every prompt position and
+    keeps the last (on Gemma 3, a 262,144 x 640 product per position). ``load_model`` mixes
+    it into Tunix's Gemma classes (``with_last_token_logits``); ``llama.Llama`` takes the flag
+    itself."""
+
+    def __call__(
+        self,
+        last_tokens: jax.Array,
+        positions: jax.Array | None = None,
+        cache: Any = None,
+        attention_mask: jax.Array | None = None,
+        output_hidden_states: bool = False,
+        *,
+        decode_only_last_token: bool = False,
+    ) -> tuple[jax.Array, Any]:
+        from flax import nnx
+
+        call = super().__call__  # type: ignore[misc]
+        if not decode_only_last_token:
+            return call(last_tokens, positions, cache, attention_mask, output_hidden_states)
+        if output_hidden_states:
+            raise ValueError("decode_only_last_token keeps no hidden states")
+        _, new_cache = call(last_tokens, positions, cache, attention_mask, True)
+        (h,) = nnx.pop(self, nnx.Intermediate)["all_hidden_states"]
+        embedding = head_weights(self)
+        logits = head_logits(h[:, -1:], embedding, logit_softcap(self))
+        return logits.astype(jnp.result_type(h, embedding)), new_cache
+
+
+_LAST_TOKEN_CLASSES: dict[type, type] = {}  # a family's class -> it with LastTokenLogits
+
+
+def with_last_token_logits(model: Any) -> Any:
+    """``model`` (in place) as an instance of its class with ``LastTokenLogits`` mixed in,
+    unless its ``__call__`` already takes ``decode_only_last_token`` (``llama.Llama``)."""
+    cls = type(model)
+    if "decode_only_last_token" not in inspect.signature(cls.__call__).parameters:
+        if cls not in _LAST_TOKEN_CLASSES:
+            body = {"__module__": __name__, "__doc__": cls.__doc__}
+            _LAST_TOKEN_CLASSES[cls] = type(cls.__name__, (LastTokenLogits, cls), body)
+        object.__setattr__(model, "__class__", _LAST_TOKEN_CLASSES[cls])
+    return model
 
 
 def model_positions(model: Any, positions: jax.Array) -> jax.Array:
