@@ -19,8 +19,8 @@ import jax
 from flax import nnx
 from tunix.rl import algo_core, function_registry
 
-from trainers_jax.losses import final_hidden, head_logits
-from trainers_jax.model import head_weights, logit_softcap
+from trainers_jax.losses import final_hidden
+from trainers_jax.model import head_logits, head_weights, logit_softcap
 
 POLICY_LOSS = "grpo_completion_head"
 
