@@ -31,15 +31,15 @@ def unregister() -> None:
 CLI = "import sys; from tests.grpo_helpers import register; register(); from trainers_torch.grpo import main; main(sys.argv[1:])"
 
 
-def write_setup(root: Path, model: Path, sections: str) -> Path:
-    """12 train and 4 valid arithmetic records under ``root`` and a GRPO config (seed 3) that
+def write_setup(root: Path, model: Path, sections: str, seed: int = 3) -> Path:
+    """12 train and 4 valid arithmetic records under ``root`` and a GRPO config (``seed``) that
     reads them with ``model``, plus the YAML ``sections``; returns the config's path."""
     from tests.sft_data import arithmetic_records, write_records
 
     train_file = write_records(root / "train.jsonl", arithmetic_records(12, seed=0))
     valid_file = write_records(root / "valid.jsonl", arithmetic_records(4, seed=1, prefix="v"))
     head = (
-        f"output_dir: {root / 'runs'}\nseed: 3\nmodel: {{path: {model}}}\n"
+        f"output_dir: {root / 'runs'}\nseed: {seed}\nmodel: {{path: {model}}}\n"
         f"data: {{train: {train_file}, valid: {valid_file}, max_prompt_tokens: 400}}\n"
     )
     config = root / "grpo.yaml"

@@ -18,7 +18,9 @@ clipped-ratio loss with optional k3 KL to the reference, ``num_iterations`` upda
 What is ours: the prompts and their order, the reward functions (``common.rewards``, each
 wrapped to apply its weight and keep its raw values for the metrics), the policy as Tunix's
 loss calls it (``trainers_jax/policy_loss.py``: the LM head on the completion positions only,
-the same loss and gradients), the step loop around the learner, metrics names
+the same loss and gradients), the rollout engine (``trainers_jax/sampling.py``: Tunix's
+sampler with one prefill per prompt for its G samples, and a plain-temperature draw by
+inverse CDF, the same distribution with its own random stream), the step loop around the learner, metrics names
 (``metrics.jsonl`` as torch writes it), eval, checkpoints, export.
 
 How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
@@ -97,6 +99,7 @@ from trainers_jax.lora import apply_lora, parameter_counts
 from trainers_jax.model import check_window, load_model, make_mesh
 from trainers_jax.optim import optax_transform
 from trainers_jax.policy_loss import POLICY_LOSS
+from trainers_jax.sampling import Rollout
 
 # --------------------------------------------------------------------------------------------
 # Config (trainers_jax/config.py): how the shared keys map onto Tunix, what JAX cannot do
@@ -273,7 +276,7 @@ def build_learner(
         tokenizer=tok,
         cluster_config=rlc.ClusterConfig(
             role_to_mesh={rlc.Role.ACTOR: mesh, rlc.Role.REFERENCE: mesh, rlc.Role.ROLLOUT: mesh},
-            rollout_engine="vanilla",
+            rollout_engine=Rollout,  # Tunix's vanilla rollout, one prefill per prompt (sampling.py)
             offload_to_cpu=False,
             training_config=training,
             rollout_config={rlc.Mode.TRAIN: rollout_config(cfg, tok, prompt_len)},

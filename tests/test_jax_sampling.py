@@ -1,0 +1,118 @@
+"""``trainers_jax.sampling``: one prefill per run of equal prompts, and ``draw``.
+
+``draw`` is checked against the softmax it samples from (frequencies over 200,000 draws,
+entries of probability 0 never drawn, a vocabulary that is not a multiple of the block). The
+sampler is checked on the three families against itself with the group turned off: the same
+tokens, from a prefill whose compiled code does a third of the work for groups of 3. Settings
+that are Tunix's (top-p below 1) draw what Tunix's sampler draws.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FAMILIES = ["tiny_gemma3", "tiny_gemma2", "tiny_llama"]
+PROMPTS = ["What is 2 + 3?"] * 3 + ["Add seven and eleven, then halve it."] * 3
+
+
+@pytest.mark.parametrize(
+    ("prompts", "group"),
+    [
+        (["a", "a", "b", "b"], 2),
+        (["a", "a", "a", "a"], 4),
+        (["a", "b", "a"], 1),
+        (["a", "a", "b"], 1),
+        (["a"], 1),
+        ([], 1),
+    ],
+)
+def test_prompt_group_is_the_common_run_length(prompts: list[str], group: int) -> None:
+    from trainers_jax.sampling import prompt_group
+
+    assert prompt_group(prompts) == group
+
+
+def test_draw_samples_the_softmax() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from trainers_jax.sampling import BLOCK, draw
+
+    vocab = 2 * BLOCK + 100  # the last block padded
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, vocab).astype(np.float32)
+    logits[:4] += 6.0  # a few likely entries in the first block
+    logits[-3:] += 7.0  # and in the padded last block
+    logits[rng.choice(vocab, 300, replace=False)] = -np.inf
+    logits[vocab // 2] = -np.inf  # one likely-looking neighbour region cut out
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    rows, rounds = 20_000, 10
+    batch = jnp.broadcast_to(jnp.asarray(logits), (rows, vocab))
+    sample = jax.jit(draw)
+    counts = np.zeros(vocab)
+    for r in range(rounds):
+        counts += np.bincount(np.asarray(sample(jax.random.key(r), batch)), minlength=vocab)
+    n = rows * rounds
+    assert counts.sum() == n and counts[p == 0].sum() == 0
+    sigma = np.sqrt(p * (1 - p) / n)
+    assert np.all(np.abs(counts / n - p) <= 5 * sigma + 1e-6)
+    top = np.argsort(-p)[:8]
+    np.testing.assert_allclose(counts[top] / n, p[top], rtol=0.05)
+
+
+def _sample(sampler: object, prompts: list[str], **kwargs: object) -> list[list[int]]:
+    out = sampler(prompts, max_generation_steps=12, max_prompt_length=32, echo=False, seed=3, **kwargs)  # type: ignore[operator]
+    return [list(map(int, t)) for t in out.tokens]
+
+
+def _sampler(path: Path) -> tuple[object, object]:
+    from tunix.generate import sampler as tunix_sampler
+
+    from common.sft_config import LoraConfig
+    from trainers_jax.lora import apply_lora
+    from trainers_jax.model import load_model
+    from trainers_jax.sampling import Sampler
+
+    base, tok = load_model(path)
+    model = apply_lora(base, LoraConfig(rank=4, alpha=8, dropout=0.0), None, seed=0)
+    cfg = model.config
+    cache = tunix_sampler.CacheConfig(128, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
+    return Sampler(model, tok, cache), tunix_sampler.Sampler(model, tok, cache)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_prefill_per_prompt_samples_the_same_tokens(
+    family: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainers_jax import sampling
+
+    ours, _ = _sampler(request.getfixturevalue(family))
+    shared = _sample(ours, PROMPTS, temperature=1.0, top_p=1.0)
+
+    prefills: list[float] = []
+    prefill = ours._compiled_prefill_fn  # type: ignore[attr-defined]
+
+    def counted(params: object, state: object, *args: object, **kwargs: object) -> object:
+        cost = prefill.lower(params, state, *args, **kwargs).compile().cost_analysis()
+        prefills.append(float((cost[0] if isinstance(cost, list) else cost)["flops"]))
+        return prefill(params, state, *args, **kwargs)
+
+    monkeypatch.setattr(ours, "_compiled_prefill_fn", counted)
+    assert _sample(ours, PROMPTS, temperature=1.0, top_p=1.0) == shared
+    monkeypatch.setattr(sampling, "prompt_group", lambda prompts: 1)
+    assert _sample(ours, PROMPTS, temperature=1.0, top_p=1.0) == shared
+    assert len({tuple(t) for t in shared[:3]}) > 1  # the group's rows draw their own tokens
+    assert prefills[0] < 0.5 * prefills[1]  # 2 prompt rows prefilled instead of 6
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"temperature": 0.8, "top_p": 0.9}, {"temperature": 1.0, "top_p": 1.0, "top_k": 5}]
+)
+def test_tunix_settings_draw_what_tunix_draws(kwargs: dict[str, float], tiny_gemma3: Path) -> None:
+    prompts = ["What is 2 + 3?", "Add seven and eleven, then halve it."]
+    ours, tunix = _sampler(tiny_gemma3)
+    assert _sample(ours, prompts, **kwargs) == _sample(tunix, prompts, **kwargs)
