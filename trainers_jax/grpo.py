@@ -19,9 +19,9 @@ What is ours: the prompts and their order, the reward functions (``common.reward
 wrapped to apply its weight and keep its raw values for the metrics), the policy as Tunix's
 loss calls it (``trainers_jax/policy_loss.py``: the LM head on the completion positions only,
 the same loss and gradients), the rollout engine (``trainers_jax/sampling.py``: Tunix's
-sampler with one prefill per prompt for its G samples, and a plain-temperature draw by
-inverse CDF, the same distribution with its own random stream), the step loop around the learner, metrics names
-(``metrics.jsonl`` as torch writes it), eval, checkpoints, export.
+sampler with one prefill per prompt for its G samples, and a plain-temperature draw by a
+two-level Gumbel-max, the same distribution with its own random stream), the step loop around
+the learner, metrics names (``metrics.jsonl`` as torch writes it), eval, checkpoints, export.
 
 How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
 - ``grpo.loss_type``: ``grpo`` → ``loss_agg_mode=sequence-mean-token-mean`` (mean over

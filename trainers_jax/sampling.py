@@ -147,6 +147,7 @@ class Rollout(vanilla_rollout.VanillaRollout):
     def __init__(
         self, rollout_actor: Any, tokenizer: Any, mesh: Any, rollout_config: base_rollout.RolloutConfig
     ) -> None:
+        # VanillaRollout.__init__ only builds Tunix's sampler: build ours in its place.
         del mesh  # the actor's own placement, as the vanilla rollout
         cfg = rollout_actor.config
         cache = tunix_sampler.CacheConfig(
