@@ -133,6 +133,44 @@ def test_micro_batches_accumulate_to_the_whole_step_update(setup, run, tiny_gemm
     assert any(not np.allclose(a[n], base[n], rtol=1e-4, atol=1e-6) for n in a if n in base)  # it did train
 
 
+def test_the_update_cut_to_each_steps_widths_trains_as_the_padded_one(setup, tiny_gemma3):
+    """Beside a held-out prompt 60 tokens longer than the training prompts (227 to 233), Tunix
+    pads every step's prompts to that one. Cut to each step's longest prompt rounded up to the
+    default tunix.pad_multiple=32 (256 of 285 positions), the same samples give the same losses
+    and merged weights as the padded update (pad_multiple=0), from fewer computed positions."""
+    from safetensors.numpy import load_file
+
+    from tests.sft_data import arithmetic_records, write_records
+    from trainers_jax.grpo import main
+
+    root, config = setup
+    valid = arithmetic_records(4, seed=1, prefix="v")
+    valid[0]["question"] += " " + "x" * 60  # the tiny tokenizer reads characters
+    long_valid = write_records(root / "long-valid.jsonl", valid)
+    REWARDS["likes_token"] = likes_token
+    seen = len(SEEN)
+    try:
+        for name, multiple in (("cut", 32), ("padded", 0)):
+            args = [f"run_name={name}", f"data.valid={long_valid}", f"tunix.pad_multiple={multiple}"]
+            assert main(["--config", str(config), *args]) == 0
+    finally:
+        REWARDS.pop("likes_token", None)
+        del SEEN[seen:]  # the columns test reads the fixture's records only
+    runs = root / "runs"
+    cut, full = ([m for m in read_metrics(runs / r) if "reward" in m] for r in ("cut", "padded"))
+    assert [m["reward"] for m in cut] == [m["reward"] for m in full]  # the same samples
+    assert [m["train_tokens"] for m in cut] == [m["train_tokens"] for m in full]
+    rows = 4 * 16
+    assert [m["train_padded_tokens"] for m in cut] == [rows * (256 + 1)] * 2  # prompt + 1 completion token
+    assert [m["train_padded_tokens"] for m in full] == [rows * (285 + 1)] * 2
+    assert [m["loss"] for m in cut] == pytest.approx([m["loss"] for m in full], rel=1e-4, abs=1e-6)
+    a, b = (load_file(str(runs / r / "merged" / "model.safetensors")) for r in ("cut", "padded"))
+    for name in a:
+        assert np.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
+    base = load_file(str(next(tiny_gemma3.glob("*.safetensors"))))
+    assert any(not np.allclose(a[n], base[n], rtol=1e-4, atol=1e-6) for n in a if n in base)  # it did train
+
+
 def first_token_probs(model_dir: Path, prompts: list[str], temperature: float) -> object:
     """The next-token distribution (at ``temperature``) after each prompt, averaged, from transformers."""
     import torch

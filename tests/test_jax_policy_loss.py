@@ -34,6 +34,27 @@ def example(vocab: int, pad: int, rng: np.random.Generator) -> object:
     )
 
 
+def lora_policy(path: Path) -> tuple[object, object, object]:
+    """``(model, tokenizer, mesh)``: the model at ``path`` with rank-4 LoRA adapters whose every
+    weight (B included, which starts at zero) has a random value."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from common.sft_config import LoraConfig
+    from trainers_jax.lora import apply_lora
+    from trainers_jax.model import load_model, make_mesh
+
+    mesh = make_mesh(1, 1)
+    base, tok = load_model(path, "float32", mesh)
+    with mesh:
+        model = apply_lora(base, LoraConfig(rank=4, alpha=8, dropout=0.0), None, seed=0)
+    rng = np.random.default_rng(1)
+    for _, p in nnx.iter_graph(model):
+        if isinstance(p, nnx.LoRAParam):
+            p.value = jnp.asarray(rng.normal(0, 0.2, p.value.shape).astype(np.float32))
+    return model, tok, mesh
+
+
 @pytest.mark.parametrize("family", ["tiny_gemma3", "tiny_gemma2", "tiny_llama"])
 def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pytest.FixtureRequest) -> None:
     import dataclasses
@@ -44,20 +65,11 @@ def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pyte
     from tunix.rl import algo_core, common
     from tunix.rl.grpo import grpo_learner
 
-    from common.sft_config import LoraConfig
-    from trainers_jax.lora import apply_lora
-    from trainers_jax.model import head_weights, load_model, make_mesh
+    from trainers_jax.model import head_weights
     from trainers_jax.policy_loss import completion_head_grpo_loss
 
-    path: Path = request.getfixturevalue(family)
-    mesh = make_mesh(1, 1)
-    base, tok = load_model(path, "float32", mesh)
-    with mesh:
-        model = apply_lora(base, LoraConfig(rank=4, alpha=8, dropout=0.0), None, seed=0)
+    model, tok, mesh = lora_policy(request.getfixturevalue(family))
     rng = np.random.default_rng(0)
-    for _, p in nnx.iter_graph(model):  # B starts at zero: give every adapter weight a value
-        if isinstance(p, nnx.LoRAParam):
-            p.value = jnp.asarray(rng.normal(0, 0.2, p.value.shape).astype(np.float32))
     pad = tok.pad_token_id
     ex = example(head_weights(model).shape[0], pad, rng)
     old = rng.normal(0.0, 0.3, (4, 5)).astype(np.float32)  # off-policy shifts: some ratios get clipped
@@ -103,3 +115,73 @@ def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pyte
     assert leaves and all(float(jnp.abs(g).max()) > 0 for g in leaves)
     for a, b in zip(jax.tree.leaves(our_grads), leaves, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_trimmed_padding_gives_the_same_loss_and_gradients(tiny_gemma3: Path) -> None:
+    """``trainers_jax.grpo.trim_padding``: a step cut to its own widths (pad_multiple 2) gives
+    the loss, metrics and LoRA gradients of the padded one, for the token-mean and the
+    sequence-mean losses; ``dr_grpo``'s token-scale loss divides by the completion width, so it
+    changes when the completions are cut, and not when only the prompts are."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from tunix.rl.common import TrainExample
+    from tunix.rl.grpo import grpo_learner
+
+    from trainers_jax.grpo import trim_padding
+    from trainers_jax.model import head_weights
+    from trainers_jax.policy_loss import completion_head_grpo_loss
+
+    model, tok, mesh = lora_policy(tiny_gemma3)
+    pad, rng = tok.pad_token_id, np.random.default_rng(2)
+    vocab = head_weights(model).shape[0]
+    prompts = rng.integers(3, vocab, (4, 12))
+    for row, gap in enumerate([4, 5, 7, 4]):  # the run's longest prompt is not in this step: 8 of 12 used
+        prompts[row, :gap] = pad
+    completions = rng.integers(3, vocab, (4, 9))
+    for row, length in enumerate([3, 5, 1, 2]):  # the step's longest completion: 5 of 9
+        completions[row, length:] = pad
+    padded = TrainExample(
+        prompt_ids=jnp.asarray(prompts), prompt_mask=jnp.asarray(prompts != pad),
+        completion_ids=jnp.asarray(completions), completion_mask=jnp.asarray(completions != pad),
+        advantages=jnp.asarray([1.0, -0.5, 0.8, -1.2]),
+        ref_per_token_logps=jnp.asarray(rng.normal(-6.0, 0.5, (4, 9)).astype(np.float32)),
+        old_per_token_logps=jnp.asarray(rng.normal(-6.0, 0.5, (4, 9)).astype(np.float32)),
+    )  # fmt: skip
+    cut = trim_padding(padded, 2)
+    assert (cut.prompt_ids.shape, cut.completion_ids.shape, cut.old_per_token_logps.shape) == (
+        (4, 8),
+        (4, 6),
+        (4, 6),
+    )
+    assert trim_padding(padded, 0) is padded and trim_padding(padded, 64).prompt_ids.shape == (4, 12)
+    prompts_only = trim_padding(padded, 2, completions=False)
+    assert (prompts_only.prompt_ids.shape, prompts_only.completion_ids.shape) == ((4, 8), (4, 9))
+
+    def loss_and_grads(example: object, mode: str) -> tuple[float, dict, list]:
+        algo = grpo_learner.GRPOConfig(
+            num_generations=2, beta=0.04, epsilon=0.2, loss_agg_mode=mode, kl_loss_mode="low_var_kl"
+        )
+        algo.epsilon_high, algo.temperature = 0.28, 1.0
+
+        def loss(m: object) -> tuple[jax.Array, dict]:
+            return completion_head_grpo_loss(m, example, algo, pad, tok.eos_token_id)
+
+        with mesh:
+            (value, aux), grads = nnx.value_and_grad(
+                loss, argnums=nnx.DiffState(0, nnx.LoRAParam), has_aux=True
+            )(model)
+        return float(value), aux, jax.tree.leaves(grads)
+
+    for mode in ("token-mean", "sequence-mean-token-mean"):
+        (a, a_aux, a_grads), (b, b_aux, b_grads) = (loss_and_grads(e, mode) for e in (padded, cut))
+        np.testing.assert_allclose(b, a, rtol=1e-5)
+        for key in a_aux:
+            np.testing.assert_allclose(np.asarray(b_aux[key]), np.asarray(a_aux[key]), rtol=1e-4, atol=1e-6)
+        assert a_grads and all(float(jnp.abs(g).max()) > 0 for g in a_grads)
+        for g, h in zip(b_grads, a_grads, strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(h), rtol=1e-4, atol=1e-6)
+    scale = "sequence-mean-token-scale"
+    full, prompts_cut, both_cut = (loss_and_grads(e, scale)[0] for e in (padded, prompts_only, cut))
+    np.testing.assert_allclose(prompts_cut, full, rtol=1e-5)
+    np.testing.assert_allclose(both_cut, full * 9 / 6, rtol=1e-5)  # the sum over 6 columns instead of 9

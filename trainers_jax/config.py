@@ -28,17 +28,24 @@ class JaxSFTConfig(SFTConfig):
 
 @dataclass
 class TunixBatchConfig:
-    """How Tunix splits a step's ``generation.prompts_per_step`` prompts for memory (JAX only)."""
+    """How Tunix splits a step's ``generation.prompts_per_step`` prompts for memory, and how wide
+    the update's rows are (JAX only)."""
 
     # prompts (each with its num_generations completions) per forward/backward in the update and
     # in the log-prob passes; gradients accumulate over the step. The LM head's logits are
     # [completions, prompt + completion tokens, 262,144] floats: the 270M CPU default at 4 x 4
     # completions of up to 456 tokens asked for 29 GB in one piece.
     micro_batch_prompts: int = 1
+    # the update's rows are cut to the step's own longest prompt and completion, each rounded up
+    # to this many tokens: Tunix pads every prompt to the run's longest and every completion to
+    # generation.max_new_tokens. Each new width compiles the update once; 0 keeps Tunix's widths.
+    pad_multiple: int = 32
 
     def __post_init__(self) -> None:
         if self.micro_batch_prompts < 1:
             raise ValueError("tunix.micro_batch_prompts must be >= 1")
+        if self.pad_multiple < 0:
+            raise ValueError("tunix.pad_multiple must be >= 0 (0: no cut)")
 
 
 @dataclass

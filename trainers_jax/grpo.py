@@ -47,6 +47,12 @@ How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
   (Tunix's ``train_micro_batch_size``): the loss's token mean is then per piece, averaged over
   the pieces, where torch averages over all the step's tokens; equal when the pieces hold as
   many completion tokens.
+- ``tunix.pad_multiple`` (JAX only, default 32): Tunix pads each prompt to the run's longest
+  and each completion to ``max_new_tokens`` (torch packs its update). The update gets the step
+  cut to its own longest prompt and completion, rounded up to that multiple
+  (``trim_padding``): only padding goes, and each new width compiles the update once.
+  ``dr_grpo`` keeps the completion width, which its loss divides by. ``train_padded_tokens``
+  in ``metrics.jsonl`` counts the positions the update computes, padding included.
 - ``gen_time_s`` is Tunix's generate-and-score phase (sampling, rewards, advantages, old /
   reference log-probs); ``train_time_s`` the rest of the step.
 - torch-only keys (announced when set away from their defaults): ``train.micro_batch_rows``,
@@ -202,19 +208,55 @@ class RewardRecorder:
         return reward
 
 
+def padded_width(need: int, multiple: int, full: int) -> int:
+    """``need`` tokens (at least 1) rounded up to ``multiple``, at most ``full`` (0: ``full``)."""
+    return min(full, -(-max(1, need) // multiple) * multiple) if multiple > 0 else full
+
+
+def trim_padding(example: Any, multiple: int, completions: bool = True) -> Any:
+    """Tunix's ``TrainExample`` (prompts left-padded to the run's longest, completions
+    right-padded to ``max_new_tokens``) cut to the step's longest prompt and completion, each
+    rounded up to ``multiple`` tokens and never wider than before. Only columns of padding go:
+    Tunix's loss takes positions and attention from the masks, so the loss and its gradients
+    do not change. ``completions=False`` keeps the completion width (the ``dr_grpo`` loss divides
+    by it); ``multiple`` 0 and packed examples (segment ids) are returned as they are."""
+    if multiple <= 0 or getattr(example, "segment_ids", None) is not None:
+        return example
+    p_used = np.flatnonzero(np.asarray(example.prompt_mask).any(axis=0))
+    p_full = example.prompt_ids.shape[1]
+    p_keep = padded_width(p_full - int(p_used[0]) if p_used.size else 0, multiple, p_full)
+    c_used = np.flatnonzero(np.asarray(example.completion_mask).any(axis=0))
+    c_full = example.completion_ids.shape[1]
+    c_keep = padded_width(int(c_used[-1]) + 1 if c_used.size else 0, multiple, c_full) if completions else c_full
+    cut = {"prompt_ids": example.prompt_ids[:, p_full - p_keep :],
+           "prompt_mask": example.prompt_mask[:, p_full - p_keep :]}  # fmt: skip
+    for name in ("completion_ids", "completion_mask", "ref_per_token_logps", "old_per_token_logps",
+                 "sampler_is_weights"):  # fmt: skip
+        value = getattr(example, name, None)
+        if value is not None:
+            cut[name] = value[:, :c_keep]
+    return example.replace(**cut)
+
+
 def recording_learner(base: type) -> type:
-    """``GRPOLearner`` that keeps each step's completion lengths, advantages and timing."""
+    """``GRPOLearner`` that keeps each step's completion lengths, advantages and timing, and
+    hands its update the step cut to its own widths (``trim_padding``, ``pad_multiple``)."""
 
     class Recording(base):
+        pad_multiple = 0
+        trim_completions = True
+
         def _generate_and_compute_advantage(self, training_input: Any, mode: Any = None) -> Any:
             from tunix.rl import rl_cluster as rlc
 
             t0 = time.perf_counter()
             example = super()._generate_and_compute_advantage(training_input, mode or rlc.Mode.TRAIN)
+            example = trim_padding(example, self.pad_multiple, self.trim_completions)
             self.last = {
                 "lengths": np.asarray(example.completion_mask).sum(axis=-1).astype(int).tolist(),
                 "prompt_tokens": np.asarray(example.prompt_mask).sum(axis=-1).astype(int).tolist(),
                 "advantages": np.asarray(example.advantages).astype(float).tolist(),
+                "update_width": int(example.prompt_ids.shape[1] + example.completion_ids.shape[1]),
                 "gen_time_s": time.perf_counter() - t0,
             }
             return example
@@ -293,8 +335,12 @@ def build_learner(
         policy_loss_fn=POLICY_LOSS,  # Tunix's loss, the LM head on completion positions only
     )
     algo.epsilon_high = g.epsilon if g.epsilon_high is None else g.epsilon_high  # read by Tunix's grpo loss
-    learner_cls = recording_learner(grpo_learner.GRPOLearner)
-    return learner_cls(rl_cluster=cluster, algo_config=algo, reward_fns=rewards.fns)
+    learner = recording_learner(grpo_learner.GRPOLearner)(
+        rl_cluster=cluster, algo_config=algo, reward_fns=rewards.fns
+    )
+    learner.pad_multiple = cfg.tunix.pad_multiple
+    learner.trim_completions = g.loss_type != "dr_grpo"  # its loss divides by the completion width
+    return learner
 
 
 def run_step(
@@ -351,6 +397,7 @@ def step_metrics(
     m["trained_sequences"] = int(sum(a != 0.0 for a in last["advantages"]))
     train_tokens = int(sum(lengths) + sum(last["prompt_tokens"])) * cfg.grpo.num_iterations
     m["train_tokens"] = train_tokens
+    m["train_padded_tokens"] = len(lengths) * last["update_width"] * cfg.grpo.num_iterations
     m["gen_tokens"] = int(sum(lengths))
     m["gen_time_s"] = round(last["gen_time_s"], 4)
     m["gen_tokens_per_s"] = sum(lengths) / last["gen_time_s"] if last["gen_time_s"] > 0 else 0.0
