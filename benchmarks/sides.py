@@ -539,10 +539,13 @@ def grpo_trl(s: Settings) -> dict[str, Any]:
 
 @side
 def grpo_jax(s: Settings) -> dict[str, Any]:
-    """``trainers_jax.grpo``'s step (Tunix ``GRPOLearner``, vanilla rollout) on the same work."""
-    import time
+    """``trainers_jax.grpo``'s step (Tunix ``GRPOLearner``, vanilla rollout) on the same work.
 
-    from trainers_jax.grpo import RewardRecorder, build_learner, rollout_config, run_step
+    The update is cut to each step's own prompt width (``tunix.pad_multiple``), and each new
+    width compiles it once: the warm-up runs each kept step's prompts once, untimed, before the
+    step whose width is new, so no kept step compiles (the other sides warm up on the first
+    prompts). The notes list the kept steps' widths."""
+    from trainers_jax.grpo import RewardRecorder, build_learner, padded_width, rollout_config, run_step
     from trainers_jax.lora import apply_lora
     from trainers_jax.model import load_model, make_mesh
 
@@ -550,28 +553,41 @@ def grpo_jax(s: Settings) -> dict[str, Any]:
     mesh = make_mesh(1, 1)
     base, tok = load_model(cfg.model.path, cfg.model.dtype, mesh)
     prompts = grpo_prompts(s, cfg, tok)
+    P = s.grpo_prompts
+    prompt_len = max(len(p.ids) for p in prompts)
+
+    def width(k: int) -> int:
+        longest = max(len(p.ids) for p in prompts[k * P : (k + 1) * P])
+        return padded_width(longest, cfg.tunix.pad_multiple, prompt_len)
+
+    plan: list[tuple[int, bool]] = []  # (step, timed)
+    for k in range(s.warmup, s.warmup + s.steps):
+        if s.warmup and width(k) not in {width(j) for j, _ in plan}:
+            plan.append((k, False))
+        plan.append((k, True))
+    cfg.train.max_steps = len(plan)  # the schedule's length: every step runs an update
     with mesh:
         actor = apply_lora(base, cfg.lora, cfg.train.trainable_layers, cfg.seed)
     recorder = RewardRecorder([hash_reward], [1.0])
-    prompt_len = max(len(p.ids) for p in prompts)
     rollout_config(cfg, tok, prompt_len)
     with mesh:
         learner = build_learner(cfg, actor, None, tok, mesh, prompt_len, recorder)
     shape = Shape.from_model_dir(cfg.model.path)
-    P = s.grpo_prompts
-    timer, gen_s = StepTimer(), []
-    for k in range(cfg.train.max_steps):
-        step_prompts = prompts[k * P : (k + 1) * P]
-        timer.start()
-        t0 = time.perf_counter()
+    timer, warm, gen_s, widths = StepTimer(), StepTimer(), [], []
+    for k, timed in plan:
+        clock = timer if timed else warm
+        clock.start()
         with mesh:
-            run_step(learner, cfg, tok, step_prompts, k, prompt_len)
-        del t0
+            run_step(learner, cfg, tok, prompts[k * P : (k + 1) * P], k, prompt_len)
         last = learner.last
         c_len, p_len = last["lengths"], last["prompt_tokens"]
-        timer.stop(sum(c_len), len(c_len), grpo_flops(shape, p_len, c_len, cfg.lora.rank))
-        gen_s.append(last["gen_time_s"])
-    return timer.result(s.warmup, gen_s=gen_s[s.warmup :])
+        clock.stop(sum(c_len), len(c_len), grpo_flops(shape, p_len, c_len, cfg.lora.rank))
+        if timed:
+            gen_s.append(last["gen_time_s"])
+            widths.append(last["update_width"])
+    notes = {"update_widths": widths, "padded_to": prompt_len + s.grpo_max_new_tokens,
+             "warmup": "each kept step's prompts once, before the first step of its width"}  # fmt: skip
+    return timer.result(0, gen_s=gen_s, warmup_s=warm.step_s, notes=notes)
 
 
 # --------------------------------------------------------------------------------------------

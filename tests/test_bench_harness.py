@@ -134,6 +134,9 @@ def test_grpo_sides_generate_and_update(settings: Settings, peak: dict, tmp_path
         _check(res, settings)
         assert res["samples"] == [n] * settings.steps, side
         assert 0 < res["gen_s"][0] < res["step_s"][0], side  # generation is part of the step
+    jax_side = results["grpo_jax"]  # warmed up on every update width its kept steps use
+    assert 1 <= len(jax_side["warmup_s"]) <= settings.steps
+    assert len(jax_side["notes"]["update_widths"]) == settings.steps
 
 
 def test_decode_sides_give_the_same_tokens(settings: Settings, peak: dict, tmp_path: Path) -> None:
