@@ -5,6 +5,9 @@
 Every side does ``warmup + steps`` steps of the same work as its peers (same model, data rows,
 lengths and settings) and writes per-step times, real tokens, samples and model FLOPs
 (``benchmarks.harness``) plus its peak resident memory. ``matmul`` measures the peak instead.
+``grpo_jax`` warms up on its kept steps' own prompts instead (one untimed step per update
+width). The JAX sides keep XLA's programs in the trainers' compilation cache
+(``trainers_jax.model.use_compilation_cache``), so a later run's warm-up loads them.
 
 SFT (the SFT default config's GSM8K rows, step k = the rows ``DataPlan`` gives step k):
 ``sft_lora_ours`` / ``sft_full_ours`` (``trainers_torch.sft.sft_step``), ``sft_lora_trl`` (TRL
@@ -262,10 +265,11 @@ def _jax_sft_setup(s: Settings, ours: bool) -> tuple[Any, Any, Any, list[list[li
     (``FlatLoraProvider``), Tunix's peer through qwix's own ``LoraProvider``."""
     from trainers_jax.config import JaxSFTConfig
     from trainers_jax.lora import build_model
-    from trainers_jax.model import make_mesh
+    from trainers_jax.model import make_mesh, use_compilation_cache
 
     cfg, tok, examples, steps = sft_setup(s, "lora")
     jcfg = JaxSFTConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    use_compilation_cache()  # as the trainers: the warm-up loads what an earlier run compiled
     mesh = make_mesh(1, 1)
     model, _ = build_model(jcfg, mesh, flat_lora=ours)
     return jcfg, tok, examples, steps, model, mesh
@@ -547,9 +551,10 @@ def grpo_jax(s: Settings) -> dict[str, Any]:
     prompts). The notes list the kept steps' widths."""
     from trainers_jax.grpo import RewardRecorder, build_learner, padded_width, rollout_config, run_step
     from trainers_jax.lora import apply_lora
-    from trainers_jax.model import load_model, make_mesh
+    from trainers_jax.model import load_model, make_mesh, use_compilation_cache
 
     cfg = grpo_cfg(s, jax_side=True)
+    use_compilation_cache()
     mesh = make_mesh(1, 1)
     base, tok = load_model(cfg.model.path, cfg.model.dtype, mesh)
     prompts = grpo_prompts(s, cfg, tok)

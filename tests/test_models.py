@@ -98,3 +98,31 @@ def test_attention_soft_capping_models_load_eager_everywhere(tiny_gemma2, tiny_g
     assert load_model(tiny_gemma3)[0].config._attn_implementation != "eager"  # transformers' default
     cfg = SFTConfig(model=ModelConfig(path=str(tiny_gemma2), attn_implementation="sdpa"))
     assert build_model(cfg.model, cfg.lora, cfg.train).config._attn_implementation == "eager"
+
+
+def test_the_compilation_cache_keeps_jaxs_own_dir_ours_or_none(tmp_path):
+    """``use_compilation_cache`` (in a fresh process: JAX's config is global): ``off`` turns it
+    off, ``SHOWWORK_XLA_CACHE`` names the directory compiled programs are then written to, and a
+    directory JAX already has is kept."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import os, sys
+import jax
+from trainers_jax.model import use_compilation_cache
+assert use_compilation_cache() is None
+os.environ["SHOWWORK_XLA_CACHE"] = sys.argv[1]
+assert use_compilation_cache() == sys.argv[1]
+jax.jit(lambda x: x * 2 + 1)(jax.numpy.ones(3)).block_until_ready()
+os.environ["SHOWWORK_XLA_CACHE"] = "elsewhere"
+assert use_compilation_cache() == sys.argv[1]
+"""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env |= {"SHOWWORK_XLA_CACHE": "off", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    root = Path(__file__).resolve().parents[1]
+    cache = tmp_path / "xla"
+    subprocess.run([sys.executable, "-c", code, str(cache)], cwd=root, env=env, check=True, timeout=300)
+    assert any(cache.iterdir())  # the jitted function's program

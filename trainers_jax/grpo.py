@@ -102,7 +102,7 @@ from trainers_jax.checkpoint import checkpoint_manager, prepare_run_dir, restore
 from trainers_jax.config import JaxGRPOConfig
 from trainers_jax.export import export_merged
 from trainers_jax.lora import apply_lora, parameter_counts
-from trainers_jax.model import check_window, load_model, make_mesh
+from trainers_jax.model import check_window, load_model, make_mesh, use_compilation_cache
 from trainers_jax.optim import optax_transform
 from trainers_jax.policy_loss import POLICY_LOSS
 from trainers_jax.sampling import Rollout
@@ -227,7 +227,9 @@ def trim_padding(example: Any, multiple: int, completions: bool = True) -> Any:
     p_keep = padded_width(p_full - int(p_used[0]) if p_used.size else 0, multiple, p_full)
     c_used = np.flatnonzero(np.asarray(example.completion_mask).any(axis=0))
     c_full = example.completion_ids.shape[1]
-    c_keep = padded_width(int(c_used[-1]) + 1 if c_used.size else 0, multiple, c_full) if completions else c_full
+    c_keep = (
+        padded_width(int(c_used[-1]) + 1 if c_used.size else 0, multiple, c_full) if completions else c_full
+    )
     cut = {"prompt_ids": example.prompt_ids[:, p_full - p_keep :],
            "prompt_mask": example.prompt_mask[:, p_full - p_keep :]}  # fmt: skip
     for name in ("completion_ids", "completion_mask", "ref_per_token_logps", "old_per_token_logps",
@@ -463,6 +465,7 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
     notes = jax_notes(cfg)
     start_path, start_info = resolve_start(cfg)
     reward_fns = build_rewards(cfg.rewards.names, cfg.rewards.params)
+    xla_cache = use_compilation_cache()  # a rerun or resume loads its compiled programs
     mesh = make_mesh(cfg.mesh.fsdp, cfg.mesh.tp)
     base, tok = load_model(start_path, cfg.model.dtype, mesh)
     train_prompts, eval_prompts, reports = load_prompt_sets(cfg, tok)
@@ -506,6 +509,7 @@ def train(cfg: JaxGRPOConfig) -> dict[str, Any]:
         device=f"{jax.devices()[0].platform} x{len(mesh.devices.flat)} (fsdp={cfg.mesh.fsdp}, tp={cfg.mesh.tp})",
         extra={
             "trainer": "trainers_jax.grpo",
+            "xla_cache": xla_cache,
             "init": start_info,
             "data_report": reports,
             "parameters": counts,

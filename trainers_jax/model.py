@@ -58,6 +58,28 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
     return cfg.get("text_config", cfg) if cfg.get("model_type") == "gemma3" else cfg
 
 
+CACHE_ENV = "SHOWWORK_XLA_CACHE"
+CACHE_MAX_BYTES = 4 * 2**30
+
+
+def use_compilation_cache() -> str | None:
+    """Keep XLA's compiled programs on disk across runs (JAX's persistent compilation cache), so
+    a rerun, a resume or the next benchmark run of the same shapes loads them instead of
+    compiling them again; the directory it uses, or None when off. ``JAX_COMPILATION_CACHE_DIR``,
+    when set, is JAX's own and kept; else ``$SHOWWORK_XLA_CACHE`` (``off``: no cache) or
+    ``~/.cache/showwork/xla``, at most 4 GiB, the least recently used programs dropped first."""
+    import os
+
+    if jax.config.jax_compilation_cache_dir:
+        return str(jax.config.jax_compilation_cache_dir)
+    where = os.environ.get(CACHE_ENV, str(Path.home() / ".cache" / "showwork" / "xla"))
+    if where.lower() == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return where
+
+
 def make_mesh(fsdp: int = 1, tp: int = 1) -> jax.sharding.Mesh:
     """A ``(fsdp, tp)`` mesh over the first ``fsdp * tp`` devices."""
     n = fsdp * tp

@@ -63,7 +63,7 @@ from trainers_jax.config import JaxSFTConfig
 from trainers_jax.export import export_merged
 from trainers_jax.lora import build_model, parameter_counts, trainable_filter
 from trainers_jax.losses import device_arrays, eval_loss_sum
-from trainers_jax.model import make_mesh
+from trainers_jax.model import make_mesh, use_compilation_cache
 from trainers_jax.optim import build_optimizer, train_step
 
 # --------------------------------------------------------------------------------------------
@@ -112,6 +112,7 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
     run_path = prepare_run_dir(cfg)
 
     # Everything that can fail on bad input happens before the run dir is touched.
+    xla_cache = use_compilation_cache()  # a rerun or resume loads its compiled programs
     mesh = make_mesh(cfg.mesh.fsdp, cfg.mesh.tp)
     model, tok = build_model(cfg, mesh)
     data = sft_records.load_sft_data(cfg, tok)
@@ -145,6 +146,7 @@ def train(cfg: JaxSFTConfig) -> dict[str, Any]:
         device=f"{jax.devices()[0].platform} x{len(mesh.devices.flat)} (fsdp={cfg.mesh.fsdp}, tp={cfg.mesh.tp})",
         extra={
             "trainer": "trainers_jax.sft",
+            "xla_cache": xla_cache,
             "data_report": data.reports,
             "parameters": counts,
             "total_steps": total_steps,
