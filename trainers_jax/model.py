@@ -30,6 +30,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +69,9 @@ def use_compilation_cache() -> str | None:
     compiling them again; the directory it uses, or None when off. ``JAX_COMPILATION_CACHE_DIR``,
     when set, is JAX's own and kept; else ``$SHOWWORK_XLA_CACHE`` (``off``: no cache) or
     ``~/.cache/showwork/xla``, at most 4 GiB, the least recently used programs dropped first."""
-    import os
-
-    if jax.config.jax_compilation_cache_dir:
-        return str(jax.config.jax_compilation_cache_dir)
+    current = jax.config.values.get("jax_compilation_cache_dir")
+    if current:
+        return str(current)
     where = os.environ.get(CACHE_ENV, str(Path.home() / ".cache" / "showwork" / "xla"))
     if where.lower() == "off":
         return None
