@@ -134,8 +134,8 @@ def test_micro_batches_accumulate_to_the_whole_step_update(setup, run, tiny_gemm
 
 
 def test_the_update_cut_to_each_steps_widths_trains_as_the_padded_one(setup, tiny_gemma3):
-    """Beside a held-out prompt 60 tokens longer than the training prompts (227 to 233), Tunix
-    pads every step's prompts to that one. Cut to each step's longest prompt rounded up to the
+    """Beside a held-out prompt of 285 tokens (the training prompts have 224 to 233), Tunix pads
+    every step's prompts to that one. Cut to each step's longest prompt rounded up to the
     default tunix.pad_multiple=32 (256 of 285 positions), the same samples give the same losses
     and merged weights as the padded update (pad_multiple=0), from fewer computed positions."""
     from safetensors.numpy import load_file

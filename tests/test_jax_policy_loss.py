@@ -2,7 +2,8 @@
 positions only gives Tunix's loss, metrics and LoRA gradients, on Gemma 3, on Gemma 2 (soft-capped
 final logits) and on Llama, with left-padded prompts, right-padded completions, clipped ratios,
 a KL term and a sampling temperature, and its compiled step does none of the head's work on
-the prompt positions."""
+the prompt positions; and the update cut to a step's own widths (``trainers_jax.grpo.trim_padding``)
+gives the same loss and gradients."""
 
 from __future__ import annotations
 
