@@ -566,8 +566,10 @@ def grpo_jax(s: Settings) -> dict[str, Any]:
         return padded_width(longest, cfg.tunix.pad_multiple, prompt_len)
 
     plan: list[tuple[int, bool]] = []  # (step, timed)
+    seen: set[int] = set()
     for k in range(s.warmup, s.warmup + s.steps):
-        if s.warmup and width(k) not in {width(j) for j, _ in plan}:
+        if s.warmup and width(k) not in seen:
+            seen.add(width(k))
             plan.append((k, False))
         plan.append((k, True))
     cfg.train.max_steps = len(plan)  # the schedule's length: every step runs an update

@@ -240,20 +240,17 @@ def trim_padding(example: Any, multiple: int, completions: bool = True) -> Any:
     return example.replace(**cut)
 
 
-def recording_learner(base: type) -> type:
+def recording_learner(base: type, pad_multiple: int = 0, trim_completions: bool = True) -> type:
     """``GRPOLearner`` that keeps each step's completion lengths, advantages and timing, and
-    hands its update the step cut to its own widths (``trim_padding``, ``pad_multiple``)."""
+    hands its update the step cut to its own widths (``trim_padding``)."""
 
     class Recording(base):
-        pad_multiple = 0
-        trim_completions = True
-
         def _generate_and_compute_advantage(self, training_input: Any, mode: Any = None) -> Any:
             from tunix.rl import rl_cluster as rlc
 
             t0 = time.perf_counter()
             example = super()._generate_and_compute_advantage(training_input, mode or rlc.Mode.TRAIN)
-            example = trim_padding(example, self.pad_multiple, self.trim_completions)
+            example = trim_padding(example, pad_multiple, trim_completions)
             self.last = {
                 "lengths": np.asarray(example.completion_mask).sum(axis=-1).astype(int).tolist(),
                 "prompt_tokens": np.asarray(example.prompt_mask).sum(axis=-1).astype(int).tolist(),
@@ -337,12 +334,11 @@ def build_learner(
         policy_loss_fn=POLICY_LOSS,  # Tunix's loss, the LM head on completion positions only
     )
     algo.epsilon_high = g.epsilon if g.epsilon_high is None else g.epsilon_high  # read by Tunix's grpo loss
-    learner = recording_learner(grpo_learner.GRPOLearner)(
-        rl_cluster=cluster, algo_config=algo, reward_fns=rewards.fns
+    # dr_grpo's loss divides by the completion width: only its prompts are cut
+    learner_cls = recording_learner(
+        grpo_learner.GRPOLearner, cfg.tunix.pad_multiple, g.loss_type != "dr_grpo"
     )
-    learner.pad_multiple = cfg.tunix.pad_multiple
-    learner.trim_completions = g.loss_type != "dr_grpo"  # its loss divides by the completion width
-    return learner
+    return learner_cls(rl_cluster=cluster, algo_config=algo, reward_fns=rewards.fns)
 
 
 def run_step(
