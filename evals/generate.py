@@ -275,7 +275,8 @@ def _torch_decode(
     Greedy decoding and plain sampling (temperature only) take their tokens from
     ``evals.bf16_head`` where that applies (a bfloat16 LM head checked in float32: float32's
     argmax, or a draw from float32's softmax; faster on CPUs with native bfloat16); decode steps
-    of a grouped-query model attend without repeated keys and values (``evals.gqa_step``).
+    of a grouped-query model attend without repeated keys and values (``evals.gqa_step``), and
+    multiply weights packed once per run into oneDNN's layout (``evals.few_rows.Packs``).
     ``encode(prompt indices)`` gives their left-padded ``input_ids`` and ``attention_mask``.
 
     ``prefix_ids``: tokens every prompt starts with (the instruction of a chat prompt), whose keys
@@ -288,7 +289,7 @@ def _torch_decode(
 
     from evals import kv_cache
     from evals.bf16_head import Bf16Head
-    from evals.few_rows import few_row_linears
+    from evals.few_rows import Packs, few_row_linears
     from evals.gqa_step import gqa_step_attention
     from trainers_torch.model import causal_lm
 
@@ -298,6 +299,7 @@ def _torch_decode(
     stop_ids: Any = None
     refill = True
     shared: Any = None  # the cache of ``prefix_ids`` (one row), built at the first refill
+    packs = Packs()  # oneDNN's packed weights of the decode steps, for this run
 
     plain = settings.greedy or (settings.top_k == 0 and settings.top_p >= 1.0)
     head = Bf16Head.of(model) if plain else None  # a bfloat16 head where exact and faster
@@ -383,7 +385,7 @@ def _torch_decode(
 
     while waiting or (batch is not None and batch.rows):
         # not held while the caller runs between yields
-        with torch.inference_mode(), few_row_linears(model), gqa_step_attention(model):
+        with torch.inference_mode(), few_row_linears(model, packs), gqa_step_attention(model):
             done = advance()
         if done:
             yield done

@@ -503,6 +503,45 @@ def test_few_row_linears_give_the_same_values_and_leave_nothing_behind(torch_tin
     assert (len(calls) > 0) == (kernel == "onednn")
 
 
+def test_packed_weights_give_onednns_values_and_follow_in_place_changes(torch_tiny, monkeypatch):
+    """With ``Packs``, decode steps multiply oneDNN's packed weights: the plain weights' oneDNN
+    values, each weight packed once per run and again after an in-place change; an inference
+    tensor (no version to check) is not packed."""
+    import torch
+
+    from evals import few_rows
+    from evals.few_rows import Packs, few_row_linears
+
+    packed_now: list[torch.Size] = []
+
+    def counted(weight: torch.Tensor, rows: int = 32) -> torch.Tensor | None:
+        packed_now.append(weight.shape)
+        return real(weight, rows)
+
+    real = few_rows.onednn_pack
+    monkeypatch.setattr(few_rows, "onednn_pack", counted)
+    model, _ = torch_tiny
+    weights = {id(m.weight) for m in model.modules() if type(m) is torch.nn.Linear}
+    step = torch.tensor([[2], [5], [7]])  # a decode step: one token per sequence
+    packs = Packs()
+
+    def logits(p: Packs | None) -> torch.Tensor:
+        with torch.no_grad(), few_row_linears(model, p):
+            return model(input_ids=step).logits
+
+    plain, packed = logits(None), logits(packs)
+    assert torch.equal(packed, plain) and len(packed_now) == len(packs) == len(weights) > 0
+    assert torch.equal(logits(packs), plain) and len(packed_now) == len(weights)  # packed once
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        head.mul_(2)
+    assert torch.equal(logits(packs), logits(None)) and not torch.equal(logits(None), plain)
+    assert len(packed_now) == len(weights) + 1 and packed_now[-1] == head.shape  # the head again
+    with torch.inference_mode():
+        frozen = torch.randn(4, 6)
+    assert packs.get(frozen) is frozen and packed_now[-1] == head.shape
+
+
 def test_shared_prefix_leaves_each_prompt_a_token_of_its_own():
     assert gen.shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]], least=1) == [1, 2]
     assert gen.shared_prefix([[1, 2, 3], [1, 2, 3, 4]], least=1) == [1, 2]  # [1, 2, 3] keeps one
