@@ -39,7 +39,8 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x·weightᵀ (+ bias)`` by oneDNN; only where ``onednn_applies`` (no autograd)."""
+    """``x·weightᵀ (+ bias)`` by oneDNN (no autograd): float32 where ``onednn_applies``, or
+    bfloat16 ``x`` with a bfloat16 weight from ``onednn_pack``; ``weight`` plain or packed."""
     assert ONEDNN is not None
     return ONEDNN(x, weight, bias, "none", [], "")
 
