@@ -97,6 +97,46 @@ def test_chunked_loss_and_grads_equal_hf_full_loss(
         torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("loss", ["sft", "logprobs"])
+def test_tied_lookup_rows_are_added_in_place_across_micro_batches(tiny_gemma3, examples, loss):
+    """Full fine-tuning of the tied embedding: two micro-batches' gradients (the SFT loss, or
+    GRPO's per-token log-probs) equal those of the plain dense lookup, and no [vocab, H] sum is
+    formed out of place (autograd's dense + sparse sum through the tied weight would)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainers_torch.losses import completion_logprobs
+
+    tok, ex, _ = examples
+    batches = [collate(ex, [[0, 2]], pad_id=tok.pad_token_id), collate(ex, [[4]], pad_id=tok.pad_token_id)]
+
+    def grads(sparse: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
+        model = load_tiny(tiny_gemma3)
+        if sparse:
+            sparse_tied_embedding(model)
+        weight = model.get_input_embeddings().weight
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for i, b in enumerate(batches):
+                if loss == "sft":
+                    out = completion_loss_sum(model, b, chunk=7) / 10.0
+                else:  # a weighted sum of log-probs, as GRPO's loss is
+                    logp = completion_logprobs(model, b, chunk=7, temperature=0.7)
+                    out = (logp * torch.linspace(-1.0, 1.0, logp.numel())).sum() * (i + 1)
+                out.backward()
+        vh = list(weight.shape)
+        summed = [  # out of place: aten::add itself, not the out= call inside aten::add_
+            e.name for e in prof.events() if e.name == "aten::add" and e.input_shapes[:1] == [vh]
+            and (e.cpu_parent is None or e.cpu_parent.name != "aten::add_")
+        ]  # fmt: skip
+        return {n: p.grad for n, p in model.named_parameters()}, summed
+
+    dense, _ = grads(sparse=False)
+    rows, summed = grads(sparse=True)
+    assert summed == []
+    for name, g in rows.items():
+        assert g.layout == torch.strided, name
+        torch.testing.assert_close(g, dense[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_sparse_lookup_only_for_a_trained_tied_embedding(tiny_gemma3):
     model = load_tiny(tiny_gemma3)
     model.get_input_embeddings().weight.requires_grad_(False)  # LoRA / last-N-layer runs

@@ -19,7 +19,7 @@ import torch
 from common.grpo_config import LossConfig
 from common.sft_data import IGNORE
 from trainers_torch.data import Batch
-from trainers_torch.model import causal_lm
+from trainers_torch.model import causal_lm, tied_lookup
 
 VOCAB_BLOCK = 2048
 """Vocabulary columns per block of the chunked head on a CPU: one chunk's [256, 2,048] float32
@@ -274,8 +274,11 @@ def completion_states(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Ten
     completion token, in row order (each row's examples in packing order, tokens in order)."""
     lm = causal_lm(model)
     device = next(lm.parameters()).device
+    input_ids = batch.input_ids.to(device)
+    embeds = tied_lookup(lm, input_ids)  # full fine-tuning of a tied embedding: its rows in place
     hidden = lm.get_decoder()(
-        input_ids=batch.input_ids.to(device),
+        input_ids=input_ids if embeds is None else None,
+        inputs_embeds=embeds,
         position_ids=batch.position_ids.to(device),
         attention_mask=None,  # packed: the block-diagonal mask comes from the position ids
         use_cache=False,
