@@ -325,11 +325,10 @@ def tied_lookup(lm: Any, input_ids: torch.Tensor) -> torch.Tensor | None:
     sums a dense and a sparse one out of place: through the tied weight itself, every
     micro-batch would allocate a second [vocab, H] tensor and copy the head's gradient into it
     (Gemma 3 270M: 671 MB; full SFT's peak memory was 0.7-1.1 GB higher over 8 steps, at the
-    same step time). The alias
-    shares the weight's storage, so the forward pass is the same. The head's gradient reaches
-    the weight before the lookup's (the lookup is the first op of the forward pass), but the
-    hook also works the other way round. ``torch.autograd.grad`` would not see the lookup's
-    part: the trainers call ``backward``."""
+    same step time). The alias shares the weight's storage, so the forward pass is the same.
+    The head's gradient reaches the weight before the lookup's (the lookup is the first op of
+    the forward pass), but the hook also works the other way round. ``torch.autograd.grad``
+    would not see the lookup's part: the trainers call ``backward``."""
     emb, head = lm.get_input_embeddings(), lm.get_output_embeddings()
     if not (torch.is_grad_enabled() and isinstance(emb, torch.nn.Embedding) and emb.sparse):
         return None
