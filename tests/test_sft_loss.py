@@ -11,7 +11,7 @@ from common.sft_data import pack_rows, tokenize_records
 from tests.sft_data import arithmetic_records, write_records
 from trainers_torch.data import collate
 from trainers_torch.losses import IGNORE, completion_loss_sum, lm_head_loss_sum
-from trainers_torch.model import sparse_tied_embedding
+from trainers_torch.model import sparse_tied_embedding, tied_lookup
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -138,10 +138,18 @@ def test_tied_lookup_rows_are_added_in_place_across_micro_batches(tiny_gemma3, e
 
 
 def test_sparse_lookup_only_for_a_trained_tied_embedding(tiny_gemma3):
+    ids = torch.tensor([[5, 7, 9]])
+    model = load_tiny(tiny_gemma3)
+    sparse_tied_embedding(model)
+    assert model.get_input_embeddings().sparse
+    with torch.no_grad():  # evaluation and generation look up as usual
+        assert tied_lookup(model, ids) is None
+    torch.testing.assert_close(tied_lookup(model, ids), model.get_input_embeddings()(ids), rtol=0, atol=0)
     model = load_tiny(tiny_gemma3)
     model.get_input_embeddings().weight.requires_grad_(False)  # LoRA / last-N-layer runs
     sparse_tied_embedding(model)
     assert not model.get_input_embeddings().sparse
+    assert tied_lookup(model, ids) is None
 
 
 def test_bfloat16_head_keeps_confident_rows_gradients(monkeypatch):
