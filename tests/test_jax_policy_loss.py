@@ -1,9 +1,10 @@
-"""``trainers_jax.policy_loss``: Tunix's GRPO loss with the LM head on the completion
+"""``trainers_jax.policy_loss``: the GRPO loss with the LM head in chunks on the completion
 positions only gives Tunix's loss, metrics and LoRA gradients, on Gemma 3, on Gemma 2 (soft-capped
 final logits) and on Llama, with left-padded prompts, right-padded completions, clipped ratios,
 a KL term and a sampling temperature, and its compiled step does none of the head's work on
-the prompt positions; and the update cut to a step's own widths (``trainers_jax.grpo.trim_padding``)
-gives the same loss and gradients."""
+the prompt positions; its per-token log-probs, entropies and hidden-state gradients are the
+dense ones, over several chunks and vocabulary blocks; and the update cut to a step's own widths
+(``trainers_jax.grpo.trim_padding``) gives the same loss and gradients."""
 
 from __future__ import annotations
 
@@ -56,8 +57,65 @@ def lora_policy(path: Path) -> tuple[object, object, object]:
     return model, tok, mesh
 
 
-@pytest.mark.parametrize("family", ["tiny_gemma3", "tiny_gemma2", "tiny_llama"])
-def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+@pytest.mark.parametrize("block", [None, 10])
+@pytest.mark.parametrize(("softcap", "temperature"), [(None, 1.0), (None, 0.7), (3.0, 0.7)])
+def test_token_logps_match_the_dense_head(softcap, temperature, block, scale) -> None:
+    """``token_logps`` (19 rows in chunks of 7, the last padded; the vocabulary of 50 in one block
+    or five) gives the log-probs and entropies of the dense tempered softmax, the gradient of a
+    weighted sum of log-probs to the hidden states, and none to the head. At ``scale`` 40 the
+    logits reach the hundreds without a cap, so the online softmax must rescale per block."""
+    import jax
+    import jax.numpy as jnp
+
+    from trainers_jax.model import head_logits
+    from trainers_jax.policy_loss import token_logps
+
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(19, 16)) * scale, jnp.float32)
+    embedding = jnp.asarray(rng.normal(size=(50, 16)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 50, 19), jnp.int32)
+    weights = jnp.asarray(rng.normal(size=19), jnp.float32)
+
+    def dense(h, e):
+        logp = jax.nn.log_softmax(head_logits(h, e, softcap) / temperature)
+        ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        return jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0], ent
+
+    def ours(h, e):
+        return token_logps(h, e, targets, 8, temperature, softcap, block or 50)
+
+    for fn in (dense, ours):
+        logps, ent = fn(hidden, embedding)
+        assert logps.shape == ent.shape == (19,) and np.isfinite(np.asarray(logps)).all()
+    (want, want_ent), (got, got_ent) = dense(hidden, embedding), ours(hidden, embedding)
+    # a few float32 ulps of the largest logit: the two products round their sums differently
+    ulps = (
+        4
+        * np.finfo(np.float32).eps
+        * float(jnp.abs(head_logits(hidden, embedding, softcap)).max())
+        / temperature
+    )
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=max(ulps, 1e-6))
+    np.testing.assert_allclose(np.asarray(got_ent), np.asarray(want_ent), rtol=1e-4, atol=max(ulps, 1e-6))
+
+    def objective(fn):
+        return lambda h, e: jnp.sum(weights * fn(h, e)[0])
+
+    gh_want = jax.grad(objective(dense))(hidden, embedding)
+    gh, ge = jax.grad(objective(ours), argnums=(0, 1))(hidden, embedding)
+    np.testing.assert_allclose(np.asarray(gh), np.asarray(gh_want), rtol=1e-4, atol=1e-5)
+    assert float(jnp.abs(gh_want).max()) > 0 and float(jnp.abs(ge).max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("family", "chunk"), [("tiny_gemma3", 256), ("tiny_gemma2", 256), ("tiny_llama", 256), ("tiny_gemma2", 7)]
+)
+def test_chunked_head_loss_matches_tunix_grpo_loss(
+    family: str, chunk: int, request: pytest.FixtureRequest
+) -> None:
+    """Against Tunix's ``grpo_loss_fn`` on the same policy and samples; ``chunk`` 7 splits the 20
+    completion rows into 3 chunks of 7 (one padded row)."""
     import dataclasses
 
     import jax
@@ -67,7 +125,7 @@ def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pyte
     from tunix.rl.grpo import grpo_learner
 
     from trainers_jax.model import head_weights
-    from trainers_jax.policy_loss import completion_head_grpo_loss
+    from trainers_jax.policy_loss import chunked_head_grpo_loss
 
     model, tok, mesh = lora_policy(request.getfixturevalue(family))
     rng = np.random.default_rng(0)
@@ -79,6 +137,7 @@ def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pyte
     )
     algo.epsilon_high = 0.28
     algo.temperature = 0.7
+    algo.loss_chunk_tokens = chunk
 
     def loss(fn: object, m: object, e: object) -> tuple[jax.Array, dict]:
         return fn(m, e, algo, pad, tok.eos_token_id)
@@ -93,7 +152,7 @@ def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pyte
         )
         ex = dataclasses.replace(ex, old_per_token_logps=own + old)
         (theirs, their_aux), their_grads = grad(algo_core.grpo_loss_fn, model, ex)
-        (ours, our_aux), our_grads = grad(completion_head_grpo_loss, model, ex)
+        (ours, our_aux), our_grads = grad(chunked_head_grpo_loss, model, ex)
         graphdef, state = nnx.split(model)
 
         def flops(fn: object) -> float:
@@ -101,13 +160,15 @@ def test_completion_head_loss_matches_tunix_grpo_loss(family: str, request: pyte
             cost = step.lower(state, ex).compile().cost_analysis()
             return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
-        their_flops, our_flops = flops(algo_core.grpo_loss_fn), flops(completion_head_grpo_loss)
+        their_flops, our_flops = flops(algo_core.grpo_loss_fn), flops(chunked_head_grpo_loss)
     ratios = np.exp(-old)[np.asarray(ex.completion_mask)]
     assert ((ratios < 0.8) | (ratios > 1.28)).any() and ((ratios > 0.8) & (ratios < 1.28)).any()
     # the head's two products (logits, and the hidden states' gradient: the head is frozen) on
-    # the 4 x 6 prompt positions the loss never reads, 2 V D flops per row each: gone
+    # the 4 x 6 prompt positions the loss never reads, 2 V D flops per row each: gone, less the
+    # padded rows of the last chunk
     vocab, dim = head_weights(model).shape
-    assert their_flops - our_flops >= 4 * 6 * 2 * 2 * vocab * dim
+    padded = -(-20 // chunk) * -(-20 // -(-20 // chunk)) - 20
+    assert their_flops - our_flops >= (4 * 6 - padded) * 2 * 2 * vocab * dim
     np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
     assert set(our_aux) == set(their_aux)
     for key in their_aux:
@@ -131,7 +192,7 @@ def test_trimmed_padding_gives_the_same_loss_and_gradients(tiny_gemma3: Path) ->
 
     from trainers_jax.grpo import trim_padding
     from trainers_jax.model import head_weights
-    from trainers_jax.policy_loss import completion_head_grpo_loss
+    from trainers_jax.policy_loss import chunked_head_grpo_loss
 
     model, tok, mesh = lora_policy(tiny_gemma3)
     pad, rng = tok.pad_token_id, np.random.default_rng(2)
@@ -166,7 +227,7 @@ def test_trimmed_padding_gives_the_same_loss_and_gradients(tiny_gemma3: Path) ->
         algo.epsilon_high, algo.temperature = 0.28, 1.0
 
         def loss(m: object) -> tuple[jax.Array, dict]:
-            return completion_head_grpo_loss(m, example, algo, pad, tok.eos_token_id)
+            return chunked_head_grpo_loss(m, example, algo, pad, tok.eos_token_id)
 
         with mesh:
             (value, aux), grads = nnx.value_and_grad(

@@ -14,11 +14,12 @@ safetensors that ``evals`` and ``trainers_torch`` load.
 
 What Tunix does here: sampling (``Sampler`` through ``RLCluster.generate``: temperature, top-k,
 top-p, stop at eos / end of turn), the rewards' call (weighted sum), group advantages, the
-clipped-ratio loss with optional k3 KL to the reference, ``num_iterations`` updates per batch.
+trainer that runs ``num_iterations`` updates per batch with our loss.
 What is ours: the prompts and their order, the reward functions (``common.rewards``, each
-wrapped to apply its weight and keep its raw values for the metrics), the policy as Tunix's
-loss calls it (``trainers_jax/policy_loss.py``: the LM head on the completion positions only,
-the same loss and gradients), the rollout engine (``trainers_jax/sampling.py``: Tunix's
+wrapped to apply its weight and keep its raw values for the metrics), the loss
+(``trainers_jax/policy_loss.py``: Tunix's clipped-ratio loss with optional k3 KL to the
+reference, its metrics and gradients, with the LM head in ``train.loss_chunk_tokens``-row
+chunks on the completion positions only), the rollout engine (``trainers_jax/sampling.py``: Tunix's
 sampler with one prefill per prompt for its G samples, and a plain-temperature draw by a
 two-level Gumbel-max, the same distribution with its own random stream), the step loop around
 the learner, metrics names (``metrics.jsonl`` as torch writes it), eval, checkpoints, export.
@@ -56,7 +57,7 @@ How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
 - ``gen_time_s`` is Tunix's generate-and-score phase (sampling, rewards, advantages, old /
   reference log-probs); ``train_time_s`` the rest of the step.
 - torch-only keys (announced when set away from their defaults): ``train.micro_batch_rows``,
-  ``pack_tokens``, ``loss_chunk_tokens``, ``gradient_checkpointing``, ``threads``,
+  ``pack_tokens``, ``gradient_checkpointing``, ``threads``,
   ``generation.batch_size``, ``model.attn_implementation``, ``model.device`` (JAX places on
   ``mesh``); ``lora.dropout`` is not applied.
   Rejected: ``train.method=full`` and ``model.init_adapter`` (LoRA on an HF dir only).
@@ -117,7 +118,6 @@ ADVANTAGES = {"group": "grpo", "none": "drgrpo"}
 TORCH_ONLY = {  # key → its default: set to anything else, the JAX trainer says it is not applied
     "train.micro_batch_rows": 1,
     "train.pack_tokens": 1024,
-    "train.loss_chunk_tokens": 256,
     "train.gradient_checkpointing": False,
     "train.threads": None,
     "generation.batch_size": 0,
@@ -331,9 +331,10 @@ def build_learner(
         loss_agg_mode=LOSS_AGG[g.loss_type],
         advantage_estimator=ADVANTAGES[g.scale_rewards],
         kl_loss_mode="low_var_kl",
-        policy_loss_fn=POLICY_LOSS,  # Tunix's loss, the LM head on completion positions only
+        policy_loss_fn=POLICY_LOSS,  # Tunix's loss with the LM head in chunks on completion positions
     )
-    algo.epsilon_high = g.epsilon if g.epsilon_high is None else g.epsilon_high  # read by Tunix's grpo loss
+    algo.epsilon_high = g.epsilon if g.epsilon_high is None else g.epsilon_high  # read by the loss
+    algo.loss_chunk_tokens = cfg.train.loss_chunk_tokens  # completion rows per head chunk
     # dr_grpo's loss divides by the completion width: only its prompts are cut
     learner_cls = recording_learner(
         grpo_learner.GRPOLearner, cfg.tunix.pad_multiple, g.loss_type != "dr_grpo"

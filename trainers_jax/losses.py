@@ -76,8 +76,9 @@ def head_loss_sum(
     ``head_trains``: E gets a gradient, so each chunk's logits are recomputed in the backward
     pass (``jax.checkpoint``). Otherwise (LoRA: the head is frozen) the forward pass also forms
     d loss / d hidden, one [chunk, D] block per chunk, and the backward pass only scales it:
-    two products with E per chunk instead of three, in one pass over E (``frozen_head_loss_sum``),
-    ``block`` vocabulary columns at a time (default ``vocab_block``).
+    two products with E per chunk instead of three, in one pass over E
+    (``frozen_head_loss_sum``, ``online_head``), ``block`` vocabulary columns at a time (default
+    ``vocab_block``).
     """
     if not head_trains:
         width = block or vocab_block(embedding.shape[0])
@@ -118,46 +119,62 @@ def vocab_block(vocab: int) -> int:
     return vocab
 
 
-def _frozen_chunk(
-    h: jax.Array, y: jax.Array, v: jax.Array, embedding: jax.Array, softcap: float | None, block: int
-) -> tuple[jax.Array, jax.Array]:
-    """One chunk's ``(loss sum, d loss_sum / d h)`` in one pass over the head, ``block``
-    vocabulary columns at a time, as an online softmax: each block's logits raise the running
-    row maximum, rescale the running sum and the running ``softmax · E`` product (float32), and
-    are then dropped. d loss / d h = softmax · E − E[target] (each term through the soft cap's
-    derivative when there is one); the target's logit is read from its block's logits, so the
-    loss uses the product's own values. No [rows, V] logits are kept: a two-pass version that
-    kept them (268 MB per 256-row chunk of Gemma 3) took about 9% longer on a CPU (README,
-    Training)."""
+def online_head(
+    h: jax.Array,
+    y: jax.Array,
+    embedding: jax.Array,
+    softcap: float | None,
+    block: int,
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Per row of ``h`` [rows, D], in one pass over the head ``block`` vocabulary columns at a
+    time: ``(-log softmax(z)[y], d(-log softmax(z)[y]) / d h, entropy of softmax(z) or None)``
+    for the logits ``z = head_logits(h, E, softcap) / temperature``, in float32.
+
+    An online softmax: each block's logits raise the running row maximum, rescale the running
+    sum and the running ``softmax · E`` product, and are then dropped, so no [rows, V] logits are
+    kept. d / d h = (softmax · E − E[y]) / temperature, each term through the soft cap's
+    derivative when there is one; the target's logit is read from its block's logits, so the
+    value uses the product's own numbers. With ``entropy``: ``log S − Q / S`` from the running
+    ``S = Σ exp(z − m)`` and ``Q = Σ exp(z − m) (z − m)`` at the running maximum ``m`` (small
+    numbers: ``logsumexp(z) − Σ softmax · z`` cancels logits in the hundreds). A two-pass version that kept the logits (268 MB per
+    256-row chunk of Gemma 3) took about 9% longer on a CPU (README, Training)."""
     rows, n_blocks = h.shape[0], embedding.shape[0] // block
     heads = embedding.reshape(n_blocks, block, embedding.shape[1])
     firsts = jnp.arange(n_blocks, dtype=y.dtype) * block
     index = jnp.arange(rows)
 
-    Carry = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+    Carry = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]
 
     def step(carry: Carry, x: tuple[jax.Array, jax.Array]) -> tuple[Carry, None]:
-        top, total, acc, picked = carry
+        top, total, acc, picked, pz = carry
         e, first = x
-        z = head_logits(h, e, softcap)
+        capped = head_logits(h, e, softcap)
+        z = capped / temperature if temperature != 1.0 else capped
         new_top = jnp.maximum(top, jnp.max(z, axis=-1))
         keep = jnp.exp(top - new_top)
         p = jnp.exp(z - new_top[:, None])
-        g = p * (1.0 - jnp.square(z / softcap)) if softcap else p  # through the cap: d(c tanh(z/c))/dz
+        g = p * (1.0 - jnp.square(capped / softcap)) if softcap else p  # d(c tanh(u/c))/du
         acc = acc * keep[:, None] + jnp.dot(g.astype(e.dtype), e, preferred_element_type=jnp.float32)
         here = (y >= first) & (y < first + block)
         picked = picked + jnp.where(here, z[index, jnp.clip(y - first, 0, block - 1)], 0.0)
-        return (new_top, total * keep + jnp.sum(p, axis=-1), acc, picked), None
+        if entropy:  # Σ p (z - top), moved to the new top; nothing to move before the first block
+            moved = jnp.where(total > 0, pz + (top - new_top) * total, 0.0)
+            pz = moved * keep + jnp.sum(p * (z - new_top[:, None]), axis=-1)
+        return (new_top, total * keep + jnp.sum(p, axis=-1), acc, picked, pz), None
 
     zeros = jnp.zeros((rows,), jnp.float32)
-    init = (jnp.full((rows,), -jnp.inf, jnp.float32), zeros, jnp.zeros(h.shape, jnp.float32), zeros)
-    (top, total, acc, picked), _ = jax.lax.scan(step, init, (heads, firsts))
-    loss = jnp.sum(jnp.where(v, top + jnp.log(total) - picked, 0.0))
+    init = (jnp.full((rows,), -jnp.inf, jnp.float32), zeros, jnp.zeros(h.shape, jnp.float32), zeros, zeros)
+    (top, total, acc, picked, pz), _ = jax.lax.scan(step, init, (heads, firsts))
+    lse = top + jnp.log(total)
     target = embedding[y].astype(jnp.float32)
     if softcap:
-        target = target * (1.0 - jnp.square(picked / softcap))[:, None]
+        target = target * (1.0 - jnp.square(picked * temperature / softcap))[:, None]
     dh = acc / total[:, None] - target
-    return loss, jnp.where(v[:, None], dh, 0.0)
+    if temperature != 1.0:
+        dh = dh / temperature
+    return lse - picked, dh, (jnp.log(total) - pz / total) if entropy else None
 
 
 def _frozen_head_forward(*args: Any) -> tuple[jax.Array, jax.Array]:
@@ -166,8 +183,8 @@ def _frozen_head_forward(*args: Any) -> tuple[jax.Array, jax.Array]:
 
     def one(acc: jax.Array, x: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
         h, y, v = x
-        loss, dh = _frozen_chunk(h, y, v, embedding, softcap, block)
-        return acc + loss, dh
+        loss, dh, _ = online_head(h, y, embedding, softcap, block)
+        return acc + jnp.sum(jnp.where(v, loss, 0.0)), jnp.where(v[:, None], dh, 0.0)
 
     total, jac = jax.lax.scan(one, jnp.zeros((), jnp.float32), _chunks(chunk, hidden, targets, valid))
     return total, jac.reshape(hidden.shape).astype(hidden.dtype)
