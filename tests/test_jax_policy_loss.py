@@ -179,6 +179,33 @@ def test_chunked_head_loss_matches_tunix_grpo_loss(
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+def test_what_only_tunix_implements_goes_to_its_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packed sequences, sampler importance weights, GSPO and dual-clip PPO (none of which our
+    trainer builds) are computed by Tunix's own ``grpo_loss_fn``, each on its own."""
+    from types import SimpleNamespace
+
+    from tunix.rl import algo_core
+
+    from trainers_jax import policy_loss
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(algo_core, "grpo_loss_fn", lambda *a, **k: calls.append(a) or ("tunix", {}))
+    example = dict(segment_ids=None, sampler_is_weights=None)
+    algo = dict(loss_algo="grpo", epsilon_c=None)
+    assert not policy_loss._tunix_only(SimpleNamespace(**example), SimpleNamespace(**algo))
+    cases = [
+        ({"segment_ids": np.ones((2, 3))}, {}),
+        ({"sampler_is_weights": np.ones((2, 3))}, {}),
+        ({}, {"loss_algo": "gspo-token"}),
+        ({}, {"epsilon_c": 3.0}),
+    ]
+    for ex_change, algo_change in cases:
+        ex, cfg = SimpleNamespace(**(example | ex_change)), SimpleNamespace(**(algo | algo_change))
+        assert policy_loss.chunked_head_grpo_loss("model", ex, cfg, 0, 1) == ("tunix", {})
+        assert calls[-1] == ("model", ex, cfg, 0, 1)
+    assert len(calls) == len(cases)
+
+
 def test_trimmed_padding_gives_the_same_loss_and_gradients(tiny_gemma3: Path) -> None:
     """``trainers_jax.grpo.trim_padding``: a step cut to its own widths (pad_multiple 2) gives
     the loss, metrics and LoRA gradients of the padded one, for the token-mean and the

@@ -32,9 +32,10 @@ class TunixBatchConfig:
     the update's rows are (JAX only)."""
 
     # prompts (each with its num_generations completions) per forward/backward in the update and
-    # in the log-prob passes; gradients accumulate over the step. The LM head's logits are
-    # [completions, completion tokens, 262,144] floats (policy_loss.py; on every prompt position
-    # too before it, when the 270M CPU default at 4 x 4 completions asked for 29 GB in one piece).
+    # in the log-prob passes; gradients accumulate over the step. The update's LM head runs in
+    # train.loss_chunk_tokens-row chunks (policy_loss.py); Tunix's own loss kept [completions,
+    # prompt + completion tokens, 262,144] float32 logits, 29 GB for the 270M CPU default's
+    # 4 x 4 completions in one piece.
     micro_batch_prompts: int = 1
     # the update's rows are cut to the step's own longest prompt and completion, each rounded up
     # to this many tokens: Tunix pads every prompt to the run's longest and every completion to
