@@ -138,8 +138,9 @@ def online_head(
     derivative when there is one; the target's logit is read from its block's logits, so the
     value uses the product's own numbers. With ``entropy``: ``log S − Q / S`` from the running
     ``S = Σ exp(z − m)`` and ``Q = Σ exp(z − m) (z − m)`` at the running maximum ``m`` (small
-    numbers: ``logsumexp(z) − Σ softmax · z`` cancels logits in the hundreds). A two-pass version that kept the logits (268 MB per
-    256-row chunk of Gemma 3) took about 9% longer on a CPU (README, Training)."""
+    numbers: ``logsumexp(z) − Σ softmax · z`` cancels logits in the hundreds). A two-pass
+    version that kept the logits (268 MB per 256-row chunk of Gemma 3) took about 9% longer on
+    a CPU (README, Training)."""
     rows, n_blocks = h.shape[0], embedding.shape[0] // block
     heads = embedding.reshape(n_blocks, block, embedding.shape[1])
     firsts = jnp.arange(n_blocks, dtype=y.dtype) * block
