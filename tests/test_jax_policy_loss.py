@@ -8,6 +8,7 @@ dense ones, over several chunks and vocabulary blocks; and the update cut to a s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,8 @@ def lora_policy(path: Path) -> tuple[object, object, object]:
 @pytest.mark.parametrize("block", [None, 10])
 @pytest.mark.parametrize(("softcap", "temperature"), [(None, 1.0), (None, 0.7), (3.0, 0.7)])
 def test_token_logps_match_the_dense_head(softcap, temperature, block, scale) -> None:
-    """``token_logps`` (19 rows in chunks of 7, the last padded; the vocabulary of 50 in one block
-    or five) gives the log-probs and entropies of the dense tempered softmax, the gradient of a
+    """``token_logps`` (19 rows, asked for chunks of 8: three of 7, the last with 2 padded rows;
+    the vocabulary of 50 in one block or five) gives the log-probs and entropies of the dense tempered softmax, the gradient of a
     weighted sum of log-probs to the hidden states, and none to the head. At ``scale`` 40 the
     logits reach the hundreds without a cap, so the online softmax must rescale per block."""
     import jax
@@ -167,7 +168,8 @@ def test_chunked_head_loss_matches_tunix_grpo_loss(
     # the 4 x 6 prompt positions the loss never reads, 2 V D flops per row each: gone, less the
     # padded rows of the last chunk
     vocab, dim = head_weights(model).shape
-    padded = -(-20 // chunk) * -(-20 // -(-20 // chunk)) - 20
+    pieces = math.ceil(20 / chunk)
+    padded = pieces * math.ceil(20 / pieces) - 20  # the chunks are as even as 20 rows allow
     assert their_flops - our_flops >= (4 * 6 - padded) * 2 * 2 * vocab * dim
     np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
     assert set(our_aux) == set(their_aux)
