@@ -32,9 +32,17 @@ POLICY_LOSS = "grpo_chunked_head"
 CHUNK = 256  # completion rows per head chunk unless the config sets ``loss_chunk_tokens``
 
 
-def _logps_forward(*args: Any) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+@partial(jax.jit, static_argnums=(3, 4, 5, 6))  # outside a jitted step: compiled once per shape
+def _logps_forward(
+    hidden: jax.Array,
+    embedding: jax.Array,
+    targets: jax.Array,
+    chunk: int,
+    temperature: float,
+    softcap: float | None,
+    block: int,
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     """``((log-probs [N], entropies [N]), d log-prob / d hidden [N, D])`` chunk by chunk."""
-    hidden, embedding, targets, chunk, temperature, softcap, block = args
     n, dim = hidden.shape
     pieces = -(-n // chunk)
     chunk = -(-n // pieces)  # as even as the rows allow: fewer than ``pieces`` padded rows
