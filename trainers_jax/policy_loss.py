@@ -33,16 +33,10 @@ CHUNK = 256  # completion rows per head chunk unless the config sets ``loss_chun
 
 
 @partial(jax.jit, static_argnums=(3, 4, 5, 6))  # outside a jitted step: compiled once per shape
-def _logps_forward(
-    hidden: jax.Array,
-    embedding: jax.Array,
-    targets: jax.Array,
-    chunk: int,
-    temperature: float,
-    softcap: float | None,
-    block: int,
-) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-    """``((log-probs [N], entropies [N]), d log-prob / d hidden [N, D])`` chunk by chunk."""
+def _logps_forward(*args: Any) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    """``((log-probs [N], entropies [N]), d log-prob / d hidden [N, D])`` chunk by chunk, from
+    ``token_logps``' arguments."""
+    hidden, embedding, targets, chunk, temperature, softcap, block = args
     n, dim = hidden.shape
     pieces = -(-n // chunk)
     chunk = -(-n // pieces)  # as even as the rows allow: fewer than ``pieces`` padded rows
