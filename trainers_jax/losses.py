@@ -178,17 +178,39 @@ def online_head(
     return lse - picked, dh, (jnp.log(total) - pz / total) if entropy else None
 
 
+def online_head_rows(
+    hidden: jax.Array,
+    targets: jax.Array,
+    embedding: jax.Array,
+    chunk: int,
+    softcap: float | None,
+    block: int,
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``online_head`` over ``hidden`` [N, D], at most ``chunk`` rows at a time (chunks as even
+    as N allows, the last padded): per row ``(-log p(target) [N], its d / d hidden [N, D] in
+    hidden's dtype, entropy [N] or None)``."""
+    n, dim = hidden.shape
+    pieces = -(-n // chunk)
+    chunk = -(-n // pieces)  # fewer than ``pieces`` padded rows
+    rows = pieces * chunk
+    h = jnp.pad(hidden, ((0, rows - n), (0, 0))).reshape(-1, chunk, dim)
+    y = jnp.pad(targets, (0, rows - n)).reshape(-1, chunk)
+
+    def one(_: None, x: tuple[jax.Array, jax.Array]) -> tuple[None, tuple[Any, ...]]:
+        return None, online_head(*x, embedding, softcap, block, temperature, entropy)
+
+    _, (nll, dnll, ent) = jax.lax.scan(one, None, (h, y))
+    ent = None if ent is None else ent.reshape(-1)[:n]
+    return nll.reshape(-1)[:n], dnll.reshape(rows, dim)[:n].astype(hidden.dtype), ent
+
+
 def _frozen_head_forward(*args: Any) -> tuple[jax.Array, jax.Array]:
-    """``(loss sum, d loss_sum / d hidden)`` chunk by chunk, from ``frozen_head_loss_sum``'s arguments."""
+    """``(loss sum, d loss_sum / d hidden)``, from ``frozen_head_loss_sum``'s arguments."""
     hidden, embedding, targets, valid, chunk, softcap, block = args
-
-    def one(acc: jax.Array, x: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-        h, y, v = x
-        loss, dh, _ = online_head(h, y, embedding, softcap, block)
-        return acc + jnp.sum(jnp.where(v, loss, 0.0)), jnp.where(v[:, None], dh, 0.0)
-
-    total, jac = jax.lax.scan(one, jnp.zeros((), jnp.float32), _chunks(chunk, hidden, targets, valid))
-    return total, jac.reshape(hidden.shape).astype(hidden.dtype)
+    nll, dnll, _ = online_head_rows(hidden, targets, embedding, chunk, softcap, block)
+    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.where(valid[:, None], dnll, 0)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))

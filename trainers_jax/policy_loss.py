@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from tunix.rl import algo_core, common, function_registry
 
-from trainers_jax.losses import final_hidden, online_head, vocab_block
+from trainers_jax.losses import final_hidden, online_head_rows, vocab_block
 from trainers_jax.model import head_weights, logit_softcap
 
 POLICY_LOSS = "grpo_chunked_head"
@@ -37,20 +37,9 @@ def _logps_forward(*args: Any) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     """``((log-probs [N], entropies [N]), d log-prob / d hidden [N, D])`` chunk by chunk, from
     ``token_logps``' arguments."""
     hidden, embedding, targets, chunk, temperature, softcap, block = args
-    n, dim = hidden.shape
-    pieces = -(-n // chunk)
-    chunk = -(-n // pieces)  # as even as the rows allow: fewer than ``pieces`` padded rows
-    rows = pieces * chunk
-    h = jnp.pad(hidden, ((0, rows - n), (0, 0))).reshape(-1, chunk, dim)
-    y = jnp.pad(targets, (0, rows - n)).reshape(-1, chunk)
-
-    def one(_: None, x: tuple[jax.Array, jax.Array]) -> tuple[None, tuple[jax.Array, ...]]:
-        nll, dnll, ent = online_head(*x, embedding, softcap, block, temperature, entropy=True)
-        assert ent is not None
-        return None, (-nll, ent, -dnll)
-
-    _, (logps, ent, jac) = jax.lax.scan(one, None, (h, y))
-    return (logps.reshape(-1)[:n], ent.reshape(-1)[:n]), jac.reshape(rows, dim)[:n].astype(hidden.dtype)
+    nll, dnll, ent = online_head_rows(hidden, targets, embedding, chunk, softcap, block, temperature, True)
+    assert ent is not None
+    return (-nll, ent), -dnll
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))

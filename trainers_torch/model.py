@@ -311,9 +311,16 @@ def sparse_tied_embedding(lm: Any) -> None:
     """When the input embedding is the (tied) LM head's weight and trains, let its lookup send a
     sparse gradient (only the batch's token rows), which ``tied_lookup`` adds in place into the
     dense [vocab, H] gradient of the chunked head loss (``losses``; Gemma 3: 262,144 x 640)."""
-    emb, head = lm.get_input_embeddings(), lm.get_output_embeddings()
-    if isinstance(emb, torch.nn.Embedding) and head is not None and emb.weight is head.weight:
+    emb = _tied_embedding(lm)
+    if emb is not None:
         emb.sparse = emb.weight.requires_grad
+
+
+def _tied_embedding(lm: Any) -> torch.nn.Embedding | None:
+    """``lm``'s input embedding when it is a plain lookup whose weight is the LM head's, else None."""
+    emb, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    tied = isinstance(emb, torch.nn.Embedding) and head is not None and emb.weight is head.weight
+    return emb if tied else None
 
 
 def tied_lookup(lm: Any, input_ids: torch.Tensor) -> torch.Tensor | None:
@@ -329,12 +336,10 @@ def tied_lookup(lm: Any, input_ids: torch.Tensor) -> torch.Tensor | None:
     The head's gradient reaches the weight before the lookup's (the lookup is the first op of
     the forward pass), but the hook also works the other way round. ``torch.autograd.grad``
     would not see the lookup's part: the trainers call ``backward``."""
-    emb, head = lm.get_input_embeddings(), lm.get_output_embeddings()
-    if not (torch.is_grad_enabled() and isinstance(emb, torch.nn.Embedding) and emb.sparse):
+    emb = _tied_embedding(lm) if torch.is_grad_enabled() else None
+    if emb is None or not (emb.sparse and emb.weight.requires_grad):
         return None
     weight = emb.weight
-    if head is None or head.weight is not weight or not weight.requires_grad:
-        return None
     alias = weight.detach().requires_grad_()
 
     def fold(leaf: torch.Tensor) -> None:
