@@ -144,24 +144,29 @@ def test_chunked_head_loss_matches_tunix_grpo_loss(
         return fn(m, e, algo, pad, tok.eos_token_id)
 
     grad = nnx.value_and_grad(loss, argnums=nnx.DiffState(1, nnx.LoRAParam), has_aux=True)
+    graphdef, state = nnx.split(model)
     with mesh:
         # the policy's own log-probs shifted by ``old``: the importance ratios are exp(-old)
-        own = jax.lax.stop_gradient(
-            common.compute_per_token_logps(
-                *nnx.split(model), ex.prompt_ids, ex.completion_ids, pad, tok.eos_token_id, temperature=0.7
+        logps = jax.jit(
+            lambda s, p, c: common.compute_per_token_logps(
+                graphdef, s, p, c, pad, tok.eos_token_id, temperature=0.7
             )
         )
-        ex = dataclasses.replace(ex, old_per_token_logps=own + old)
-        (theirs, their_aux), their_grads = grad(algo_core.grpo_loss_fn, model, ex)
-        (ours, our_aux), our_grads = grad(chunked_head_grpo_loss, model, ex)
-        graphdef, state = nnx.split(model)
+        ex = dataclasses.replace(ex, old_per_token_logps=logps(state, ex.prompt_ids, ex.completion_ids) + old)
+        # each loss and its gradients compiled whole (one program, not op by op): run for the
+        # values, and read for the flops
+        theirs_step, our_step = (
+            jax.jit(lambda s, e, fn=fn: grad(fn, nnx.merge(graphdef, s), e)).lower(state, ex).compile()
+            for fn in (algo_core.grpo_loss_fn, chunked_head_grpo_loss)
+        )
+        (theirs, their_aux), their_grads = theirs_step(state, ex)
+        (ours, our_aux), our_grads = our_step(state, ex)
 
-        def flops(fn: object) -> float:
-            step = jax.jit(lambda s, e: grad(fn, nnx.merge(graphdef, s), e))
-            cost = step.lower(state, ex).compile().cost_analysis()
-            return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+    def flops(step: object) -> float:
+        cost = step.cost_analysis()
+        return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
-        their_flops, our_flops = flops(algo_core.grpo_loss_fn), flops(chunked_head_grpo_loss)
+    their_flops, our_flops = flops(theirs_step), flops(our_step)
     ratios = np.exp(-old)[np.asarray(ex.completion_mask)]
     assert ((ratios < 0.8) | (ratios > 1.28)).any() and ((ratios > 0.8) & (ratios < 1.28)).any()
     # the head's two products (logits, and the hidden states' gradient: the head is frozen) on
@@ -255,13 +260,13 @@ def test_trimmed_padding_gives_the_same_loss_and_gradients(tiny_gemma3: Path) ->
         )
         algo.epsilon_high, algo.temperature = 0.28, 1.0
 
-        def loss(m: object) -> tuple[jax.Array, dict]:
-            return chunked_head_grpo_loss(m, example, algo, pad, tok.eos_token_id)
+        def loss(m: object, ex: object) -> tuple[jax.Array, dict]:
+            return chunked_head_grpo_loss(m, ex, algo, pad, tok.eos_token_id)
 
         with mesh:
-            (value, aux), grads = nnx.value_and_grad(
-                loss, argnums=nnx.DiffState(0, nnx.LoRAParam), has_aux=True
-            )(model)
+            (value, aux), grads = nnx.jit(
+                nnx.value_and_grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam), has_aux=True)
+            )(model, example)
         return float(value), aux, jax.tree.leaves(grads)
 
     for mode in ("token-mean", "sequence-mean-token-mean"):
