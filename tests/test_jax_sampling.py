@@ -4,7 +4,9 @@
 entries of probability 0 never drawn, a vocabulary that is not a multiple of the block). The
 sampler is checked on the three families against itself with the group turned off: the same
 tokens, from a prefill whose compiled code does a third of the work for groups of 3. Settings
-that are Tunix's (top-p below 1) draw what Tunix's sampler draws.
+that are Tunix's (top-p below 1) draw what Tunix's sampler draws. The Gemma 3 decode step on
+prepared weights (``trainers_jax.decode_step``) gives Tunix's greedy tokens and logits, with
+every LoRA weight random and a global layer beside sliding-window ones.
 """
 
 from __future__ import annotations
@@ -116,3 +118,56 @@ def test_tunix_settings_draw_what_tunix_draws(kwargs: dict[str, float], tiny_gem
     prompts = ["What is 2 + 3?", "Add seven and eleven, then halve it."]
     ours, tunix = _sampler(tiny_gemma3)
     assert _sample(ours, prompts, **kwargs) == _sample(tunix, prompts, **kwargs)
+
+
+def test_gemma3_decode_step_on_prepared_weights_gives_tunix_tokens_and_logits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6 layers (5 sliding-window, window 8, then 1 global) and a 96-position cache, so the
+    window cuts; LoRA A and B random; greedy, then sampled at temperature 1."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from tunix.generate import sampler as tunix_sampler
+
+    from common.sft_config import LoraConfig
+    from tests.tiny import build_gemma3
+    from trainers_jax import decode_step
+    from trainers_jax.lora import apply_lora
+    from trainers_jax.model import load_model
+    from trainers_jax.sampling import Rollout, Sampler
+
+    base, tok = load_model(build_gemma3(tmp_path / "gemma3", layers=6, sliding_window=8))
+    model = apply_lora(base, LoraConfig(rank=4, alpha=8, dropout=0.0), None, seed=0)
+    rng = np.random.default_rng(1)
+    for _, v in nnx.iter_graph(model):
+        if isinstance(v, nnx.LoRAParam):
+            v[...] = jnp.asarray(rng.normal(0.0, 0.2, v.shape).astype(np.float32))
+    steps: list[int] = []
+    real_step = decode_step.step
+    monkeypatch.setattr(decode_step, "step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    cfg = model.config
+    cache = tunix_sampler.CacheConfig(96, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
+    ours, unscaled, tunix = (
+        Sampler(model, tok, cache),
+        Sampler(model, tok, cache),
+        tunix_sampler.Sampler(model, tok, cache),
+    )
+    ours.lora_scale = Rollout.with_lora_scale(8 / 4).lora_scale
+    prompts = ["What is 2 + 3?", "Add seven and eleven, then halve it.", "x"]
+    kwargs = {
+        "max_generation_steps": 40,
+        "max_prompt_length": 40,
+        "echo": False,
+        "seed": 3,
+        "return_logits": True,
+    }
+    fast, slow = ours(prompts, **kwargs), tunix(prompts, **kwargs)
+    assert steps == [1]  # our sampler's decode loop took the prepared-weight step
+    assert [list(map(int, t)) for t in fast.tokens] == [list(map(int, t)) for t in slow.tokens]
+    assert min(len(t) for t in fast.tokens) > 8  # decoded past the window
+    for a, b in zip(fast.logits, slow.logits, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    # without the LoRA scale the sampler keeps Tunix's step; sampled, both draw the same tokens
+    sampled = {"temperature": 1.0, "top_p": 1.0}
+    assert _sample(ours, prompts, **sampled) == _sample(unscaled, prompts, **sampled)
+    assert steps == [1, 1]

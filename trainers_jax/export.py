@@ -14,19 +14,20 @@ from common.prompts import end_of_turn
 from common.runs import write_dir
 from trainers_jax.model import family_of, is_gemma2
 
+LORA_MERGE = {  # module → einsum of (lora_a, lora_b) into the base weight's layout; else "ir,ro->io"
+    "q_einsum": "dr,rnh->ndh",
+    "kv_einsum": "dr,rckh->ckdh",
+    "qkv_einsum": "dr,rcnh->cndh",
+    "attn_vec_einsum": "nhr,rd->nhd",
+    "q_proj": "dr,rnh->dnh",  # Llama: [D, heads, H]
+    "k_proj": "dr,rnh->dnh",
+    "v_proj": "dr,rnh->dnh",
+    "o_proj": "nhr,rd->nhd",
+}
+
 
 def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray]:
     """Tunix param path → value, with every qwix LoRA pair folded into its base weight."""
-    lora_merge = {  # module → einsum of (lora_a, lora_b) into the base weight's layout
-        "q_einsum": "dr,rnh->ndh",
-        "kv_einsum": "dr,rckh->ckdh",
-        "qkv_einsum": "dr,rcnh->cndh",
-        "attn_vec_einsum": "nhr,rd->nhd",
-        "q_proj": "dr,rnh->dnh",  # Llama: [D, heads, H]
-        "k_proj": "dr,rnh->dnh",
-        "v_proj": "dr,rnh->dnh",
-        "o_proj": "nhr,rd->nhd",
-    }
 
     def flat(kind: Any) -> dict[str, np.ndarray]:
         # merged in float32: numpy has no bfloat16 einsum, and a LoRA delta is smaller than
@@ -44,7 +45,7 @@ def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray
             raise ValueError("the model has LoRA parameters: pass lora_alpha")
         base = key[: -len("_lora_a")]
         module = base.split(".")[-2]
-        delta = np.einsum(lora_merge.get(module, "ir,ro->io"), a, loras[base + "_lora_b"])
+        delta = np.einsum(LORA_MERGE.get(module, "ir,ro->io"), a, loras[base + "_lora_b"])
         weights[base] = weights[base] + (lora_alpha / a.shape[-1]) * delta
     return weights
 

@@ -317,7 +317,7 @@ def build_learner(
         tokenizer=tok,
         cluster_config=rlc.ClusterConfig(
             role_to_mesh={rlc.Role.ACTOR: mesh, rlc.Role.REFERENCE: mesh, rlc.Role.ROLLOUT: mesh},
-            rollout_engine=Rollout,  # Tunix's vanilla rollout, one prefill per prompt (sampling.py)
+            rollout_engine=Rollout.with_lora_scale(cfg.lora.alpha / cfg.lora.rank),  # sampling.py
             offload_to_cpu=False,
             training_config=training,
             rollout_config={rlc.Mode.TRAIN: rollout_config(cfg, tok, prompt_len)},

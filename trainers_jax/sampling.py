@@ -12,8 +12,15 @@
   same categorical distribution, with a different random stream from Tunix's for the same
   seed. Top-p, top-k, greedy and beam search stay Tunix's code.
 
+- **Decode steps on weights laid out once.** On Tunix's Gemma 3 the decode loop runs
+  ``trainers_jax.decode_step``: each LoRA adapter folded into its weight and every product's
+  weight laid out as [out, in] once per call, before the loop, instead of the modules' einsums
+  (and XLA's relayout of their weights) on every step. ``lora_scale`` (alpha / rank) must be
+  set for a policy with LoRA adapters; other models keep Tunix's step.
+
 ``Rollout`` is Tunix's vanilla rollout on this sampler, passed to ``RLCluster`` as its
-``rollout_engine`` (Tunix accepts a ``BaseRollout`` class there). ``evals.generate`` keeps
+``rollout_engine`` (Tunix accepts a ``BaseRollout`` class there; ``Rollout.with_lora_scale``
+gives one whose sampler knows the policy's LoRA scale). ``evals.generate`` keeps
 Tunix's sampler: its prompts are distinct, its decoding greedy by default, and a last batch
 padded with one prompt would compile a second program here.
 """
@@ -29,6 +36,8 @@ from flax import nnx
 from tunix.generate import sampler as tunix_sampler
 from tunix.generate import utils as tunix_utils
 from tunix.rl.rollout import base_rollout, vanilla_rollout
+
+from trainers_jax import decode_step
 
 GROUP = "prompt_group"  # the group size, carried in the sampling state's static parameters
 BLOCK = 512  # vocabulary entries per block of ``draw``'s first level
@@ -69,6 +78,7 @@ class Sampler(tunix_sampler.Sampler):
     temperature with ``draw`` (module docstring)."""
 
     _group = 1
+    lora_scale: float | None = None  # alpha / rank of the policy's LoRA adapters, if any
 
     def __call__(self, input_strings: Any, *args: Any, **kwargs: Any) -> Any:
         prompts = [input_strings] if isinstance(input_strings, str) else list(input_strings)
@@ -140,9 +150,45 @@ class Sampler(tunix_sampler.Sampler):
             done=sampler_state.done | jnp.isin(token, eos),
         )
 
+    def _decode_fn(self, params: Any, sampler_state: Any) -> Any:
+        model = nnx.merge(self._transformer_graphdef, params)
+        lora = any(isinstance(v, nnx.LoRAParam) for _, v in nnx.iter_graph(model))
+        if not decode_step.applies(model) or (lora and self.lora_scale is None):
+            return super()._decode_fn(params, sampler_state)
+        weights = decode_step.prepare(model, self.lora_scale)  # once per call, outside the loop
+
+        def more(state: Any) -> Any:  # Tunix's condition
+            return (state.decoding_step < state.total_sampling_steps) & jnp.any(jnp.logical_not(state.done))
+
+        return jax.lax.while_loop(more, lambda state: self._step(model, weights, state), sampler_state)
+
+    def _step(self, model: Any, weights: Any, state: Any) -> Any:
+        """Tunix's ``_sample_step`` with ``decode_step.step`` as the model's forward."""
+        i, rows = state.decoding_step, state.token_buffer.shape[0]
+        mask = tunix_utils.compute_attention_masks(
+            i, self.cache_config.cache_size, state.token_buffer == self.tokenizer.pad_id()
+        )
+        tokens, positions = state.token_buffer[:, i].reshape(rows, 1), state.positions[:, i][:, None]
+        logits, cache = decode_step.step(model, weights, tokens, positions, state.cache, mask)
+        state = self._sample(logits=logits, cache=cache, eos=self.eos_ids, sampler_state=state)
+        if state.logits_buffer is not None:
+            state = dataclasses.replace(
+                state, logits_buffer=state.logits_buffer.at[:, i + 1].set(logits[:, 0])
+            )
+        return state
+
 
 class Rollout(vanilla_rollout.VanillaRollout):
     """Tunix's vanilla rollout on ``Sampler``: ``RLCluster``'s ``rollout_engine``."""
+
+    lora_scale: float | None = None
+
+    @classmethod
+    def with_lora_scale(cls, scale: float) -> type[Rollout]:
+        """This rollout for a policy whose LoRA adapters scale by ``scale`` (alpha / rank)."""
+        return type(
+            cls.__name__, (cls,), {"lora_scale": scale, "__module__": __name__, "__doc__": cls.__doc__}
+        )
 
     def __init__(
         self, rollout_actor: Any, tokenizer: Any, mesh: Any, rollout_config: base_rollout.RolloutConfig
@@ -154,3 +200,4 @@ class Rollout(vanilla_rollout.VanillaRollout):
             rollout_config.kv_cache_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
         )
         self._sampler = Sampler(rollout_actor, tokenizer, cache)
+        self._sampler.lora_scale = self.lora_scale
