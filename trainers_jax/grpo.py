@@ -20,8 +20,9 @@ wrapped to apply its weight and keep its raw values for the metrics), the loss
 (``trainers_jax/policy_loss.py``: Tunix's clipped-ratio loss with optional k3 KL to the
 reference, its metrics and gradients, with the LM head in ``train.loss_chunk_tokens``-row
 chunks on the completion positions only), the rollout engine (``trainers_jax/sampling.py``: Tunix's
-sampler with one prefill per prompt for its G samples, and a plain-temperature draw by a
-two-level Gumbel-max, the same distribution with its own random stream), the step loop around
+sampler with one prefill per prompt for its G samples, a plain-temperature draw by a
+two-level Gumbel-max, the same distribution with its own random stream, and on Gemma 3 decode
+steps on weights laid out once per rollout, ``trainers_jax/decode_step.py``), the step loop around
 the learner, metrics names (``metrics.jsonl`` as torch writes it), eval, checkpoints, export.
 
 How our config maps onto Tunix 0.1.7, and where the semantics differ from torch:
