@@ -16,10 +16,12 @@ function. ``step`` is then the model's forward for one new token per row: the mo
 norms, embedding and tied head, Tunix's RoPE and sliding-window mask, the products on the
 prepared weights, and the key/value cache in Tunix's layout (``{"layer_i": {"k", "v",
 "end_index"}}``, written at ``end_index % size``). The values equal Tunix's forward up to float
-rounding (the LoRA folded in first, the products summed in another order).
+rounding (the LoRA folded in first, the products summed in another order). The same trace
+with this step: a 5.79 s loop, 4.72 s of products, 0.35 s of relayouts (README, Training).
+The prepared weights are a second copy of the layers' weights while the loop runs.
 
 Applies to Tunix's Gemma 3 with fewer key/value heads than query heads (its ``q_einsum`` /
-``kv_einsum`` form: 270M, 1B), no vision tower and no remat; ``applies`` says so, and
+``kv_einsum`` form, as the 270M model), no vision tower and no remat; ``applies`` says so, and
 elsewhere the sampler keeps Tunix's step.
 """
 
