@@ -447,11 +447,13 @@ def _jax_batches(
     batch_size: int,
     return_ids: bool = False,
 ) -> Iterator[list[tuple[int, dict]]]:
-    """Tunix ``Sampler`` on an NNX model; shapes fixed across batches so it compiles once."""
+    """Tunix's ``Sampler`` on an NNX model, its decode steps from ``trainers_jax.sampling.StepSampler``
+    (Gemma 3 on weights laid out once per call); shapes fixed across batches so it compiles once."""
     import numpy as np
     from tunix.generate import sampler as tunix_sampler
 
     from trainers_jax.model import check_window
+    from trainers_jax.sampling import StepSampler
 
     stops = stop_token_ids(tokenizer, settings)
     cfg = model.config
@@ -467,7 +469,7 @@ def _jax_batches(
         head_dim=cfg.head_dim,
     )
     check_window(model, cache.cache_size, "longest prompt (rounded up to a power of 2) + max_new_tokens")
-    sampler = tunix_sampler.Sampler(model, tokenizer, cache)
+    sampler = StepSampler(model, tokenizer, cache)  # a LoRA model (no scale given) keeps Tunix's step
     # The sampler returns tokens up to (not including) the stop token; keep its final token
     # buffer to learn which stop token ended each row.
     captured: dict[str, Any] = {}

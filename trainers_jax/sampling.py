@@ -20,9 +20,9 @@
 
 ``Rollout`` is Tunix's vanilla rollout on this sampler, passed to ``RLCluster`` as its
 ``rollout_engine`` (Tunix accepts a ``BaseRollout`` class there; ``Rollout.with_lora_scale``
-gives one whose sampler knows the policy's LoRA scale). ``evals.generate`` keeps
-Tunix's sampler: its prompts are distinct, its decoding greedy by default, and a last batch
-padded with one prompt would compile a second program here.
+gives one whose sampler knows the policy's LoRA scale). ``evals.generate`` takes
+``StepSampler``, the decode step alone: its prompts are distinct, its decoding greedy by
+default, and a last batch padded with one prompt would compile a second program with groups.
 """
 
 from __future__ import annotations
@@ -73,12 +73,45 @@ def draw(key: jax.Array, logits: jax.Array) -> jax.Array:
     return block * BLOCK + entry
 
 
-class Sampler(tunix_sampler.Sampler):
-    """Tunix's ``Sampler``, prefilling each run of equal prompts once and drawing at plain
-    temperature with ``draw`` (module docstring)."""
+class StepSampler(tunix_sampler.Sampler):
+    """Tunix's ``Sampler`` whose decode loop runs ``decode_step`` on Gemma 3 (module
+    docstring); ``lora_scale`` for a model with LoRA adapters. ``evals.generate`` samples with it."""
+
+    lora_scale: float | None = None  # alpha / rank of the model's LoRA adapters, if any
+
+    def _decode_fn(self, params: Any, sampler_state: Any) -> Any:
+        model = nnx.merge(self._transformer_graphdef, params)
+        lora = any(isinstance(v, nnx.LoRAParam) for _, v in nnx.iter_graph(model))
+        if not decode_step.applies(model) or (lora and self.lora_scale is None):
+            return super()._decode_fn(params, sampler_state)
+        weights = decode_step.prepare(model, self.lora_scale)  # once per call, outside the loop
+
+        def more(state: Any) -> Any:  # Tunix's condition
+            return (state.decoding_step < state.total_sampling_steps) & jnp.any(jnp.logical_not(state.done))
+
+        return jax.lax.while_loop(more, lambda state: self._step(model, weights, state), sampler_state)
+
+    def _step(self, model: Any, weights: Any, state: Any) -> Any:
+        """Tunix's ``_sample_step`` with ``decode_step.step`` as the model's forward."""
+        i, rows = state.decoding_step, state.token_buffer.shape[0]
+        mask = tunix_utils.compute_attention_masks(
+            i, self.cache_config.cache_size, state.token_buffer == self.tokenizer.pad_id()
+        )
+        tokens, positions = state.token_buffer[:, i].reshape(rows, 1), state.positions[:, i][:, None]
+        logits, cache = decode_step.step(model, weights, tokens, positions, state.cache, mask)
+        state = self._sample(logits=logits, cache=cache, eos=self.eos_ids, sampler_state=state)
+        if state.logits_buffer is not None:
+            state = dataclasses.replace(
+                state, logits_buffer=state.logits_buffer.at[:, i + 1].set(logits[:, 0])
+            )
+        return state
+
+
+class Sampler(StepSampler):
+    """``StepSampler``, prefilling each run of equal prompts once and drawing at plain
+    temperature with ``draw`` (module docstring): the GRPO rollout's sampler."""
 
     _group = 1
-    lora_scale: float | None = None  # alpha / rank of the policy's LoRA adapters, if any
 
     def __call__(self, input_strings: Any, *args: Any, **kwargs: Any) -> Any:
         prompts = [input_strings] if isinstance(input_strings, str) else list(input_strings)
@@ -149,33 +182,6 @@ class Sampler(tunix_sampler.Sampler):
             cache=cache,
             done=sampler_state.done | jnp.isin(token, eos),
         )
-
-    def _decode_fn(self, params: Any, sampler_state: Any) -> Any:
-        model = nnx.merge(self._transformer_graphdef, params)
-        lora = any(isinstance(v, nnx.LoRAParam) for _, v in nnx.iter_graph(model))
-        if not decode_step.applies(model) or (lora and self.lora_scale is None):
-            return super()._decode_fn(params, sampler_state)
-        weights = decode_step.prepare(model, self.lora_scale)  # once per call, outside the loop
-
-        def more(state: Any) -> Any:  # Tunix's condition
-            return (state.decoding_step < state.total_sampling_steps) & jnp.any(jnp.logical_not(state.done))
-
-        return jax.lax.while_loop(more, lambda state: self._step(model, weights, state), sampler_state)
-
-    def _step(self, model: Any, weights: Any, state: Any) -> Any:
-        """Tunix's ``_sample_step`` with ``decode_step.step`` as the model's forward."""
-        i, rows = state.decoding_step, state.token_buffer.shape[0]
-        mask = tunix_utils.compute_attention_masks(
-            i, self.cache_config.cache_size, state.token_buffer == self.tokenizer.pad_id()
-        )
-        tokens, positions = state.token_buffer[:, i].reshape(rows, 1), state.positions[:, i][:, None]
-        logits, cache = decode_step.step(model, weights, tokens, positions, state.cache, mask)
-        state = self._sample(logits=logits, cache=cache, eos=self.eos_ids, sampler_state=state)
-        if state.logits_buffer is not None:
-            state = dataclasses.replace(
-                state, logits_buffer=state.logits_buffer.at[:, i + 1].set(logits[:, 0])
-            )
-        return state
 
 
 class Rollout(vanilla_rollout.VanillaRollout):
