@@ -1,4 +1,4 @@
-"""Tunix's ``Sampler`` with two changes where its CPU time goes, and the GRPO rollout on it.
+"""Tunix's ``Sampler`` with three changes where its CPU time goes, and the GRPO rollout on it.
 
 - **One prefill per prompt.** GRPO samples G completions of each prompt: Tunix's sampler gets
   the prompt G times in a row and prefills every copy. ``Sampler`` finds the runs of equal
@@ -11,12 +11,11 @@
   same Gumbel-max rule in two levels (a block of the vocabulary, then a token in it): the
   same categorical distribution, with a different random stream from Tunix's for the same
   seed. Top-p, top-k, greedy and beam search stay Tunix's code.
-
-- **Decode steps on weights laid out once.** On Tunix's Gemma 3 the decode loop runs
-  ``trainers_jax.decode_step``: each LoRA adapter folded into its weight and every product's
-  weight laid out as [out, in] once per call, before the loop, instead of the modules' einsums
-  (and XLA's relayout of their weights) on every step. ``lora_scale`` (alpha / rank) must be
-  set for a policy with LoRA adapters; other models keep Tunix's step.
+- **Decode steps on weights laid out once** (``StepSampler``). On Tunix's Gemma 3 the decode
+  loop runs ``trainers_jax.decode_step``: each LoRA adapter folded into its weight and every
+  product's weight laid out as [out, in] once per call, before the loop, instead of the
+  modules' einsums (and XLA's relayout of their weights) on every step. ``lora_scale`` (alpha
+  / rank) must be set for a model with LoRA adapters; other models keep Tunix's step.
 
 ``Rollout`` is Tunix's vanilla rollout on this sampler, passed to ``RLCluster`` as its
 ``rollout_engine`` (Tunix accepts a ``BaseRollout`` class there; ``Rollout.with_lora_scale``
