@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from tunix.models.gemma3 import model as gemma3
 
-from trainers_jax.export import LORA_MERGE
+from trainers_jax.export import lora_spec
 
 
 def applies(model: Any) -> bool:
@@ -47,7 +47,7 @@ def applies(model: Any) -> bool:
 
 def _folded(module: Any, name: str, key: str, scale: float | None) -> jax.Array:
     """``module``'s weight ``name`` with its qwix LoRA adapter (if any) folded in, ``key``
-    naming the module in ``LORA_MERGE``."""
+    naming the module for ``lora_spec``."""
     w = getattr(module, name)[...]
     a = getattr(module, f"{name}_lora_a", None)
     if a is None:
@@ -55,7 +55,7 @@ def _folded(module: Any, name: str, key: str, scale: float | None) -> jax.Array:
     if scale is None:
         raise ValueError("the model has LoRA adapters: the sampler needs their alpha / rank")
     b = getattr(module, f"{name}_lora_b")[...]
-    return w + scale * jnp.einsum(LORA_MERGE.get(key, "ir,ro->io"), a[...], b).astype(w.dtype)
+    return w + scale * jnp.einsum(lora_spec(key), a[...], b).astype(w.dtype)
 
 
 def prepare(model: Any, lora_scale: float | None) -> list[dict[str, jax.Array]]:

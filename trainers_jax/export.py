@@ -14,7 +14,7 @@ from common.prompts import end_of_turn
 from common.runs import write_dir
 from trainers_jax.model import family_of, is_gemma2
 
-LORA_MERGE = {  # module → einsum of (lora_a, lora_b) into the base weight's layout; else "ir,ro->io"
+LORA_MERGE = {  # module → einsum of (lora_a, lora_b) into the base weight's layout (``lora_spec``)
     "q_einsum": "dr,rnh->ndh",
     "kv_einsum": "dr,rckh->ckdh",
     "qkv_einsum": "dr,rcnh->cndh",
@@ -24,6 +24,12 @@ LORA_MERGE = {  # module → einsum of (lora_a, lora_b) into the base weight's l
     "v_proj": "dr,rnh->dnh",
     "o_proj": "nhr,rd->nhd",
 }
+
+
+def lora_spec(module: str) -> str:
+    """The einsum that turns ``module``'s qwix (lora_a, lora_b) into a delta of its weight's
+    layout: ``LORA_MERGE``'s, or a linear layer's ``[in, out]``."""
+    return LORA_MERGE.get(module, "ir,ro->io")
 
 
 def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray]:
@@ -45,7 +51,7 @@ def merged_weights(model: Any, lora_alpha: float | None) -> dict[str, np.ndarray
             raise ValueError("the model has LoRA parameters: pass lora_alpha")
         base = key[: -len("_lora_a")]
         module = base.split(".")[-2]
-        delta = np.einsum(LORA_MERGE.get(module, "ir,ro->io"), a, loras[base + "_lora_b"])
+        delta = np.einsum(lora_spec(module), a, loras[base + "_lora_b"])
         weights[base] = weights[base] + (lora_alpha / a.shape[-1]) * delta
     return weights
 
