@@ -64,7 +64,9 @@ class Packs:
         return weight if held[2] is None else held[2]
 
 
-def _forward(self: torch.nn.Linear, x: torch.Tensor, packs: Packs | None = None) -> torch.Tensor:
+def linear(self: torch.nn.Linear, x: torch.Tensor, packs: Packs | None = None) -> torch.Tensor:
+    """``self(x)`` by this module's kernels where ``x`` is a decode step's few rows (the packed
+    weight from ``packs``, when given), else ``F.linear``."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     graph = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
     step = x.dim() < 3 or x.shape[-2] == 1  # one new token per sequence: a decode step
@@ -91,7 +93,7 @@ def few_row_linears(model: Any, packs: Packs | None = None) -> Iterator[int]:
     layers it changed."""
     changed = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in m.__dict__]
     for m in changed:
-        m.forward = functools.partial(_forward, m, packs=packs)  # type: ignore[method-assign]
+        m.forward = functools.partial(linear, m, packs=packs)  # type: ignore[method-assign]
     try:
         yield len(changed)
     finally:

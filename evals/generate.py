@@ -290,6 +290,7 @@ def _torch_decode(
     from evals import kv_cache
     from evals.bf16_head import Bf16Head
     from evals.few_rows import Packs, few_row_linears
+    from evals.gemma3_step import Gemma3Step
     from evals.gqa_step import gqa_step_attention
     from trainers_torch.model import causal_lm
 
@@ -304,17 +305,23 @@ def _torch_decode(
     plain = settings.greedy or (settings.top_k == 0 and settings.top_p >= 1.0)
     head = Bf16Head.of(model) if plain else None  # a bfloat16 head where exact and faster
     decoder: Any = causal_lm(model).get_decoder() if head is not None else None  # the body, no head
+    fast = Gemma3Step.of(model)  # Gemma 3's decode step without transformers' per-call work
 
     def step(b: _Batch, input_ids: Any, positions: Any) -> Any:
-        inputs = {"input_ids": input_ids, "attention_mask": b.mask, "position_ids": positions}
-        if head is not None:
-            hidden = decoder(**inputs, past_key_values=b.cache, use_cache=True)
-            last = hidden.last_hidden_state[:, -1]
-            return (
-                head.argmax(last) if settings.greedy else head.sample(last, settings.temperature, generator)
-            )
-        logits = model(**inputs, past_key_values=b.cache, use_cache=True, logits_to_keep=1).logits
-        return _pick_tokens(logits[:, -1], settings, generator)
+        if fast is not None and input_ids.shape[1] == 1 and kv_cache.is_growing(b.cache):
+            hidden = fast(input_ids, b.mask, positions, b.cache, packs)
+            logits = fast.logits(hidden, packs) if head is None else None
+        else:
+            inputs = {"input_ids": input_ids, "attention_mask": b.mask, "position_ids": positions}
+            if head is not None:
+                hidden = decoder(**inputs, past_key_values=b.cache, use_cache=True).last_hidden_state
+            else:
+                logits = model(**inputs, past_key_values=b.cache, use_cache=True, logits_to_keep=1).logits
+        if head is None:
+            assert logits is not None
+            return _pick_tokens(logits[:, -1], settings, generator)
+        last = hidden[:, -1]
+        return head.argmax(last) if settings.greedy else head.sample(last, settings.temperature, generator)
 
     def finish(b: _Batch, tokens: Any) -> list[tuple[int, list[int]]]:
         """Record each row's new token; mark the rows that are done (-1); return them."""

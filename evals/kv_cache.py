@@ -177,6 +177,12 @@ def growing_cache(config: Any) -> DynamicCache | None:
     return cache
 
 
+def is_growing(cache: Any) -> bool:
+    """Whether every layer of ``cache`` is a ``GrowingLayer``."""
+    layers: list[Any] = getattr(cache, "layers", None) or []
+    return bool(layers) and all(isinstance(layer, GrowingLayer) for layer in layers)
+
+
 def _layers(cache: DynamicCache) -> list[GrowingLayer]:
     layers = [layer for layer in cache.layers if isinstance(layer, GrowingLayer)]
     if len(layers) != len(cache.layers):

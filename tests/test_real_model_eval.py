@@ -62,14 +62,19 @@ def test_greedy_generation_on_the_real_model(real_model, loaded, tmp_path, monke
 def test_greedy_head_gives_generates_tokens_on_the_real_model(loaded, monkeypatch):
     """The bfloat16 LM head with its float32 check (evals.bf16_head), forced on whatever this
     CPU is: the real model's greedy tokens equal transformers' ``generate``, a freed place refilled
-    (its decode steps also attend with ``evals.gqa_step``: 4 query heads on one key/value head)."""
+    (its decode steps run ``evals.gemma3_step`` and attend with ``evals.gqa_step``: 4 query heads
+    on one key/value head)."""
     from evals import bf16_head
+    from evals.gemma3_step import Gemma3Step
     from tests.reference_decode import transformers_generate
 
     monkeypatch.setattr(bf16_head, "native_bf16", lambda: True)
     calls: list[int] = []
     real = bf16_head.Bf16Head.argmax
     monkeypatch.setattr(bf16_head.Bf16Head, "argmax", lambda s, h: calls.append(1) or real(s, h))
+    steps: list[int] = []
+    real_step = Gemma3Step.__call__
+    monkeypatch.setattr(Gemma3Step, "__call__", lambda s, *a: steps.append(1) or real_step(s, *a))
     model, tok = loaded
     questions = ["What is 2 + 3?", "Tom has 3 boxes of 4 apples. How many apples?", "Say hi.", "7 * 8?"]
     prompts = [gen.build_prompt(tok, q, "text") for q in questions]
@@ -77,7 +82,8 @@ def test_greedy_head_gives_generates_tokens_on_the_real_model(loaded, monkeypatc
     ours = gen.generate_completions(
         model, tok, prompts, settings, batch_size=3, progress=False, return_ids=True
     )
-    assert calls and ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
+    assert calls and len(steps) >= 15
+    assert ours == transformers_generate(model, tok, prompts, settings, return_ids=True)
 
 
 def test_bf16_head_samples_follow_the_real_models_softmax(loaded):
