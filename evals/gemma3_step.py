@@ -9,22 +9,22 @@ with the widths cut to a few dozen (the same 18 layers, so the products cost not
 the real model's 68.4 ms step (17 rows, 2 threads, a 2-core Intel Xeon with AVX-512).
 
 ``Gemma3Step`` runs the same step in one function: the model's own embedding, rotary tables and
-final norm; each layer's norms with ``1 + weight`` made once; the products through
-``evals.few_rows`` (oneDNN on the run's packed weights); attention as ``evals.gqa_step`` does
-it; the cache's own ``update``; and the two masks cut from the padding mask the way
-``masking_utils`` would make them for one query token (none where no column is padded and the
-window does not cut the cache). Every operation is the one transformers runs, in its order,
-on the same values, so the hidden states equal the model's bit for bit (checked by
-``tests/test_gemma3_step.py``): the tokens do not change, only the time around them. The real
-model's body step at 32 rows and 300 cached positions (2 threads, idle, the same Xeon): 93.2 →
-85.6 ms; the decode benchmark's 100 items (``benchmarks.sides decode_ours``): −9.2% wall.
-
-PEFT LoRA projections (the GRPO policy's) are run as PEFT runs them in eval mode: the base
-product plus ``lora_B(lora_A(x)) · scaling`` of the one active adapter.
+final norm; each layer's norms with ``1 + weight`` made once; plain linear products through
+``evals.few_rows.linear`` (what the decode loop's ``few_row_linears`` runs: oneDNN on the run's
+packed weights), and any other projection (a PEFT LoRA layer, the trainers' fused one) through
+its own forward; the attention function the model's implementation names (``evals.gqa_step``'s
+in the decode loop, the trainers' ``packed_sdpa`` for the GRPO policy); the cache's own
+``update``; and the two masks cut from the padding mask the way ``masking_utils`` makes sdpa's
+for one query token (none where no column is padded and the window does not cut the cache).
+Every operation is the one transformers runs, in its order, on the same values, so the hidden
+states equal the model's bit for bit (``tests/test_gemma3_step.py``): the tokens do not change,
+only the time around them. The real model's body step at 32 rows and 300 cached positions (2
+threads, idle, the same Xeon): 93.2 → 85.6 ms; the decode benchmark's 100 items
+(``benchmarks.sides decode_ours``): −9.2% wall.
 
 ``Gemma3Step.of(model)`` gives None for anything else (another family, a model in training
-mode, attention other than ``sdpa``, logit soft-capping inside attention, bidirectional
-attention, adapters it does not know), and the decode loop keeps the model's own forward.
+mode, an attention whose masks are not sdpa's, logit soft-capping inside attention,
+bidirectional attention), and the decode loop keeps the model's own forward.
 """
 
 from __future__ import annotations
@@ -33,58 +33,23 @@ from typing import Any
 
 import torch
 
-from evals import gqa_step
 from evals.few_rows import Packs, linear
 from trainers_torch.model import causal_lm
 
 MODEL_TYPE = "gemma3_text"
-ATTENTION = frozenset({"sdpa", gqa_step.NAME})
-
-
-def _lora(module: Any) -> tuple[Any, Any, Any, float] | None:
-    """``(base, lora_A, lora_B, scaling)`` of a PEFT LoRA linear with one active, unmerged,
-    plain adapter and no dropout in effect; None for anything else."""
-    base = getattr(module, "base_layer", None)
-    if type(base) is not torch.nn.Linear:
-        return None
-    active = getattr(module, "active_adapters", None)
-    if (
-        getattr(module, "merged", False)
-        or getattr(module, "disable_adapters", True)
-        or not isinstance(active, list)
-        or len(active) != 1
-        or any(getattr(module, attr, {}) for attr in ("lora_magnitude_vector", "lora_variant"))
-        or module.training
-    ):
-        return None
-    name = active[0]
-    if name not in module.lora_A or name not in module.lora_B or getattr(module, "use_dora", {}).get(name):
-        return None
-    a, b = module.lora_A[name], module.lora_B[name]
-    if type(a) is not torch.nn.Linear or type(b) is not torch.nn.Linear:
-        return None
-    return base, a, b, float(module.scaling[name])
 
 
 class _Projection:
-    """One projection of the step: a plain linear, or a base linear plus a LoRA pair."""
+    """One projection of the step: a plain ``nn.Linear`` through ``evals.few_rows.linear`` (what
+    the decode loop's ``few_row_linears`` runs for it), anything else (a PEFT LoRA layer, the
+    trainers' fused one) through its own forward."""
 
     def __init__(self, module: Any) -> None:
-        if type(module) is torch.nn.Linear:
-            self.base, self.pair = module, None
-            return
-        lora = _lora(module)
-        if lora is None:
-            raise TypeError(f"not a plain or LoRA linear: {type(module).__name__}")
-        self.base, a, b, scaling = lora
-        self.pair = (a, b, scaling)
+        self.module = module
+        self.plain = type(module) is torch.nn.Linear and "forward" not in module.__dict__
 
     def __call__(self, x: torch.Tensor, packs: Packs) -> torch.Tensor:
-        y = linear(self.base, x, packs)
-        if self.pair is None:
-            return y
-        a, b, scaling = self.pair
-        return y + linear(b, linear(a, x, packs), packs) * scaling
+        return linear(self.module, x, packs) if self.plain else self.module(x)
 
 
 class _Norm:
@@ -98,6 +63,14 @@ class _Norm:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.scale
 
 
+def _sdpa_masks(implementation: str | None) -> bool:
+    """Whether transformers builds ``implementation``'s masks as for ``sdpa`` (the masks
+    ``Gemma3Step`` cuts): sdpa, the decode loop's grouped-query sdpa, the trainers' packed_sdpa."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    return implementation is not None and ALL_MASK_ATTENTION_FUNCTIONS.get(implementation) is sdpa_mask
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -106,8 +79,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class _Layer:
     def __init__(self, layer: Any) -> None:
         attn = layer.self_attn
+        self.attn = attn
         self.index = attn.layer_idx
         self.kind = attn.layer_type
+        self.window = attn.sliding_window
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
         self.q, self.k, self.v, self.o = (
@@ -153,7 +128,7 @@ class Gemma3Step:
         config = getattr(lm, "config", None)
         if (
             getattr(config, "model_type", None) != MODEL_TYPE
-            or getattr(config, "_attn_implementation", None) not in ATTENTION
+            or not _sdpa_masks(getattr(config, "_attn_implementation", None))
             or getattr(config, "attn_logit_softcapping", None) is not None
             or getattr(config, "use_bidirectional_attention", False)
             or lm.training
@@ -188,6 +163,9 @@ class Gemma3Step:
         """``input_ids`` [rows, 1], ``mask`` [rows, cache + 1] (1 = attend), ``positions``
         [rows, 1], ``cache`` the rows' growing cache (written in place) -> the final hidden
         states [rows, 1, hidden]."""
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        attend = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]  # (evals.gqa_step's, in the loop)
         x = self.embed(input_ids)
         tables = {kind: self.rotary(x, positions, kind) for kind in self.kinds}
         masks = self._masks(mask, cache)
@@ -203,7 +181,8 @@ class Gemma3Step:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             k, v = cache.layers[layer.index].update(k, v)
-            a = gqa_step.step_attention(q, k, v, masks[layer.kind], layer.scaling)
+            a, _ = attend(layer.attn, q, k, v, masks[layer.kind], dropout=0.0, scaling=layer.scaling,
+                          sliding_window=layer.window)  # fmt: skip
             a = layer.o(a.reshape(rows, 1, -1).contiguous(), packs)
             x = x + n_attn(a)
             h = n_pre(x)

@@ -49,6 +49,22 @@ def _with_lora(model: Any, dropout: float = 0.0) -> Any:
     return peft.eval()
 
 
+def _trainers_lora(model: Any) -> Any:
+    """The GRPO policy's form: the trainers' LoRA (fused forward, shared dropout) on every
+    linear layer, ``packed_sdpa`` attention, in generation mode (eval)."""
+    from common.sft_config import LoraConfig
+    from trainers_torch.model import PACKED_SDPA, apply_lora, register_packed_sdpa
+
+    register_packed_sdpa()
+    model.config._attn_implementation = PACKED_SDPA
+    peft = apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.05), None)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2)
+    return peft.eval()
+
+
 def _steps(model: Any, lengths: list[int], steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Prefill left-padded rows into two caches, then ``steps`` decode steps: (the model's
     logits, the step's logits) at each, both fed the model's greedy tokens."""
@@ -82,14 +98,17 @@ def _steps(model: Any, lengths: list[int], steps: int) -> list[tuple[torch.Tenso
     return out
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
+@pytest.mark.parametrize("form", ["plain", "peft", "trainers"])
 @pytest.mark.parametrize("lengths", [[5, 9, 12], [7, 7]], ids=["padded", "unpadded"])
-def test_the_step_equals_the_models_forward_bit_for_bit(lora, lengths):
+def test_the_step_equals_the_models_forward_bit_for_bit(form, lengths):
     """Through the sliding window (12 + 14 > 8 positions) on 5 sliding layers and a global one,
-    with left padding (masks) and without (no mask while the window does not cut the cache)."""
-    model = _gemma3(softcap=None if lora else 3.0)
-    if lora:
+    with left padding (masks) and without (no mask while the window does not cut the cache):
+    a plain model (with final soft-capping), PEFT's LoRA, and the GRPO policy's form."""
+    model = _gemma3(softcap=3.0 if form == "plain" else None)
+    if form == "peft":
         model = _with_lora(model)
+    elif form == "trainers":
+        model = _trainers_lora(model)
     pairs = _steps(model, lengths, steps=14)
     for i, (expected, got) in enumerate(pairs):
         assert torch.equal(expected, got), (i, (expected - got).abs().max())
