@@ -53,14 +53,16 @@ class _Projection:
 
 
 class _Norm:
-    """``Gemma3RMSNorm`` on float32 input, with ``1 + weight`` made once."""
+    """``Gemma3RMSNorm``, with its float32 ``1 + weight`` made once (for one decode run: the
+    weights do not change while it lasts)."""
 
     def __init__(self, norm: Any) -> None:
         self.scale = 1.0 + norm.weight.detach().float()
         self.eps = norm.eps
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.scale
+        f = x.float()  # (float32 input: itself, no copy)
+        return (f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + self.eps) * self.scale).type_as(x)
 
 
 def _sdpa_masks(implementation: str | None) -> bool:

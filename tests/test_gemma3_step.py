@@ -98,17 +98,19 @@ def _steps(model: Any, lengths: list[int], steps: int) -> list[tuple[torch.Tenso
     return out
 
 
-@pytest.mark.parametrize("form", ["plain", "peft", "trainers"])
+@pytest.mark.parametrize("form", ["plain", "peft", "trainers", "bfloat16"])
 @pytest.mark.parametrize("lengths", [[5, 9, 12], [7, 7]], ids=["padded", "unpadded"])
 def test_the_step_equals_the_models_forward_bit_for_bit(form, lengths):
     """Through the sliding window (12 + 14 > 8 positions) on 5 sliding layers and a global one,
     with left padding (masks) and without (no mask while the window does not cut the cache):
-    a plain model (with final soft-capping), PEFT's LoRA, and the GRPO policy's form."""
+    a plain model (with final soft-capping), PEFT's LoRA, the GRPO policy's form, bfloat16."""
     model = _gemma3(softcap=3.0 if form == "plain" else None)
     if form == "peft":
         model = _with_lora(model)
     elif form == "trainers":
         model = _trainers_lora(model)
+    elif form == "bfloat16":
+        model = model.to(torch.bfloat16)  # norms in float32 inside, their output cast back
     pairs = _steps(model, lengths, steps=14)
     for i, (expected, got) in enumerate(pairs):
         assert torch.equal(expected, got), (i, (expected - got).abs().max())
