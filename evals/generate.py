@@ -276,7 +276,9 @@ def _torch_decode(
     ``evals.bf16_head`` where that applies (a bfloat16 LM head checked in float32: float32's
     argmax, or a draw from float32's softmax; faster on CPUs with native bfloat16); decode steps
     of a grouped-query model attend without repeated keys and values (``evals.gqa_step``), and
-    multiply weights packed once per run into oneDNN's layout (``evals.few_rows.Packs``).
+    multiply weights packed once per run into oneDNN's layout (``evals.few_rows.Packs``); those
+    of a Gemma 3 text model run without transformers' per-call work (``evals.gemma3_step``, the
+    same hidden states bit for bit).
     ``encode(prompt indices)`` gives their left-padded ``input_ids`` and ``attention_mask``.
 
     ``prefix_ids``: tokens every prompt starts with (the instruction of a chat prompt), whose keys
