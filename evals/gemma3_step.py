@@ -169,11 +169,11 @@ class Gemma3Step:
 
         attend = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]  # (evals.gqa_step's, in the loop)
         x = self.embed(input_ids)
-        tables = {kind: self.rotary(x, positions, kind) for kind in self.kinds}
+        tables = {kind: [t.unsqueeze(1) for t in self.rotary(x, positions, kind)] for kind in self.kinds}
         masks = self._masks(mask, cache)
         rows = x.shape[0]
         for layer in self.layers:
-            cos, sin = (t.unsqueeze(1) for t in tables[layer.kind])
+            cos, sin = tables[layer.kind]
             n_in, n_attn, n_pre, n_post = layer.norms
             h = n_in(x)
             q = layer.q(h, packs).view(rows, 1, -1, layer.head_dim).transpose(1, 2)

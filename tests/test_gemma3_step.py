@@ -42,10 +42,15 @@ def _with_lora(model: Any, dropout: float = 0.0) -> Any:
 
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets))
+    return _random_b(peft)
+
+
+def _random_b(peft: Any) -> Any:
+    """``peft`` in eval mode, every LoRA B random (PEFT starts them at zero: no effect)."""
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:
-                p.normal_(0.0, 0.2)  # PEFT starts B at zero: give the adapters an effect
+                p.normal_(0.0, 0.2)
     return peft.eval()
 
 
@@ -57,12 +62,7 @@ def _trainers_lora(model: Any) -> Any:
 
     register_packed_sdpa()
     model.config._attn_implementation = PACKED_SDPA
-    peft = apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.05), None)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.2)
-    return peft.eval()
+    return _random_b(apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.05), None))
 
 
 def _steps(model: Any, lengths: list[int], steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
