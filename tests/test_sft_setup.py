@@ -70,7 +70,8 @@ def test_shared_lora_dropout_rate_scale_and_sharing():
     dropped = float((y == 0).float().mean())
     assert abs(dropped - drop.p_eff) < 0.0015  # 400k draws: 4.4 standard deviations
     assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - drop.p_eff)))
-    assert drop(x) is y  # the same input object: the same mask (q/k/v read one tensor)
+    # the same input object: the same mask, drawn once (q/k/v read one tensor)
+    assert torch.equal(drop(x), y) and drop.keep(x)[0] is drop.keep(x)[0]
     x.mul_(2)  # changed in place: a new mask
     z = drop(x)
     assert z is not y and not torch.equal(z == 0, y == 0)
@@ -78,8 +79,11 @@ def test_shared_lora_dropout_rate_scale_and_sharing():
     assert not torch.equal(drop(other) == 0, z == 0)
     torch.manual_seed(0)
     assert torch.equal(SharedLoraDropout(0.05)(torch.ones(400, 1000)), y)  # torch's seed replays it
+    kept, scale = drop.keep(other)  # what the fused LoRA forward takes: unscaled, and the scale
+    assert scale == 1 / (1 - drop.p_eff) and torch.equal(kept * scale, drop(other))
+    assert torch.equal(kept == 0, drop(other) == 0) and set(kept.unique().tolist()) == {0.0, 1.0}
     drop.eval()
-    assert drop(other) is other
+    assert drop(other) is other and drop.keep(other) == (other, 1.0)
     assert SharedLoraDropout(0.0).train()(other) is other
 
 
@@ -90,7 +94,8 @@ def test_lora_adapters_share_one_dropout(tiny_gemma3):
     shared = next(m.lora_dropout["default"] for m in model.modules() if hasattr(m, "lora_dropout"))
     assert isinstance(shared, SharedLoraDropout) and shared.p == 0.1
     seen = []
-    shared.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    keep = shared.keep
+    shared.keep = lambda x: (seen.append(x), keep(x))[1]  # the fused forward asks for the mask here
     model.train()
     ids = torch.tensor([[2, 5, 7, 9, 11]])
     model(input_ids=ids)

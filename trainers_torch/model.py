@@ -160,6 +160,9 @@ class SharedLoraDropout(torch.nn.Module):
     ``round(p·2¹⁵)``: about 2× less time per mask, with ``p_eff = round(p·2¹⁵)/2¹⁵`` (0.049988 for
     0.05) and the scale ``1/(1 − p_eff)``. Seeded and checkpointed with torch's RNG, replayed by
     gradient checkpointing as ``nn.Dropout`` is. Other devices use ``F.dropout`` with p.
+
+    ``keep`` gives the masked input unscaled with its scale, which the fused LoRA forward folds
+    into the adapter's own scaling (a full-size product less forward and back).
     """
 
     LANE_BITS = 15
@@ -169,7 +172,7 @@ class SharedLoraDropout(torch.nn.Module):
         self.p = p
         self.threshold = round(p * (1 << self.LANE_BITS))
         self.p_eff = self.threshold / (1 << self.LANE_BITS)
-        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._last: tuple[torch.Tensor, int, torch.Tensor, float] | None = None
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """A boolean keep-mask shaped like ``x`` (CPU: P(keep) = 1 − p_eff)."""
@@ -178,18 +181,25 @@ class SharedLoraDropout(torch.nn.Module):
         lanes = words.view(torch.int16)[:n].view(x.shape)
         return (lanes & ((1 << self.LANE_BITS) - 1)) >= self.threshold
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def keep(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(kept, scale)``: the dropped input is ``kept · scale``. On CPU ``kept`` is ``x`` with
+        the dropped features zeroed and ``scale`` is ``1/(1 − p_eff)``; elsewhere ``kept`` is
+        ``F.dropout``'s output (already scaled) and ``scale`` 1."""
         if not self.training or self.p == 0.0:
-            return x
+            return x, 1.0
         last = self._last
         if last is not None and last[0] is x and last[1] == x._version:
-            return last[2]
+            return last[2], last[3]
         if x.device.type == "cpu":
-            out = torch.where(self.mask(x), x * (1.0 / (1.0 - self.p_eff)), 0.0)
+            kept, scale = torch.where(self.mask(x), x, 0.0), 1.0 / (1.0 - self.p_eff)
         else:
-            out = torch.nn.functional.dropout(x, self.p, training=True)
-        self._last = (x, x._version, out)
-        return out
+            kept, scale = torch.nn.functional.dropout(x, self.p, training=True), 1.0
+        self._last = (x, x._version, kept, scale)
+        return kept, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept, scale = self.keep(x)
+        return kept if scale == 1.0 else kept * scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}, p_eff={self.p_eff:.6f}"
@@ -210,7 +220,8 @@ def share_lora_dropout(model: Any, p: float) -> SharedLoraDropout | None:
 
 def _fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """PEFT's LoRA ``Linear.forward`` for the plain case, with ``base(x) + s·B(A(drop(x)))``
-    as one in-place ``addmm_`` into the base output (no separate scale, add and temporary).
+    as one in-place ``addmm_`` into the base output (no separate scale, add and temporary); the
+    shared dropout's scale joins ``s`` there.
 
     A bfloat16 or float16 base with float32 adapters (PEFT's default) computes the adapter
     product in the base's dtype from the float32 weights (as ``torch.autocast`` would): the
@@ -226,14 +237,17 @@ def _fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -
         or not _adapter_dtype_fits(x.dtype, self.lora_A[name].weight.dtype)
     ):  # fmt: skip
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x)
+    # on [tokens, features]: an in-place op on a view of the output would make autograd copy the
+    # whole output gradient back (CopySlices); on the output itself it passes it through
+    result = self.base_layer(x.reshape(-1, x.shape[-1]))
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
     if a.dtype != x.dtype:
         a, b = a.to(x.dtype), b.to(x.dtype)
-    h = torch.nn.functional.linear(self.lora_dropout[name](x), a)
-    flat = result.view(-1, result.shape[-1])
-    flat.addmm_(h.view(-1, h.shape[-1]), b.t(), alpha=self.scaling[name])
-    return result
+    drop = self.lora_dropout[name]
+    kept, scale = drop.keep(x) if isinstance(drop, SharedLoraDropout) else (drop(x), 1.0)
+    h = torch.nn.functional.linear(kept.reshape(-1, x.shape[-1]), a)
+    result.addmm_(h, b.t(), alpha=self.scaling[name] * scale)
+    return result.view(*x.shape[:-1], result.shape[-1])
 
 
 def _adapter_dtype_fits(x: torch.dtype, adapter: torch.dtype) -> bool:
