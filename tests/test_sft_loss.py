@@ -10,7 +10,7 @@ from common.sft_config import DataConfig
 from common.sft_data import pack_rows, tokenize_records
 from tests.sft_data import arithmetic_records, write_records
 from trainers_torch.data import collate
-from trainers_torch.losses import IGNORE, completion_loss_sum, lm_head_loss_sum
+from trainers_torch.losses import IGNORE, completion_loss_sum, lm_head_logprobs, lm_head_loss_sum
 from trainers_torch.model import sparse_tied_embedding, tied_lookup
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -180,6 +180,41 @@ def test_bfloat16_head_keeps_confident_rows_gradients(monkeypatch):
     assert judged.sum() >= 6, p_target
     rel = (x.grad.double() - want_grad).norm(dim=1) / want_grad.norm(dim=1)
     assert rel[judged].max() < 2e-2, rel[judged]
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("kind", ["loss", "logprobs"])
+def test_trained_head_with_bias_gets_autograd_gradients(monkeypatch, softcap, kind):
+    """A head whose weight and bias train: the loss (or weighted log-probs at temperature 0.7)
+    and the hidden, weight and bias gradients equal autograd's through the full logits
+    (5 vocabulary blocks, the last short; chunks of 7 rows)."""
+    monkeypatch.setattr("trainers_torch.losses.VOCAB_BLOCK", 64)
+    torch.manual_seed(0)
+    n, h, v = 20, 16, 300
+    head = torch.nn.Linear(h, v, bias=True)
+    with torch.no_grad():
+        head.bias.normal_(0.0, 0.5)
+    hidden, targets, weights = torch.randn(n, h) * 2.0, torch.randint(0, v, (n,)), torch.randn(n)
+
+    def run(fused: bool) -> list[torch.Tensor]:
+        x = hidden.clone().requires_grad_(True)
+        head.zero_grad(set_to_none=True)
+        if fused and kind == "loss":
+            out = lm_head_loss_sum(x, head, targets, chunk=7, softcap=softcap)
+        elif fused:
+            out = (lm_head_logprobs(x, head, targets, 7, softcap, temperature=0.7) * weights).sum()
+        else:
+            z = head(x)
+            z = torch.tanh(z / softcap) * softcap if softcap else z
+            if kind == "loss":
+                out = torch.nn.functional.cross_entropy(z, targets, reduction="sum")
+            else:
+                out = (torch.log_softmax(z / 0.7, -1).gather(1, targets[:, None]).squeeze(1) * weights).sum()
+        out.backward()
+        return [out.detach(), x.grad, head.weight.grad, head.bias.grad]
+
+    for got, want, name in zip(run(True), run(False), ("value", "hidden", "weight", "bias"), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_chunked_loss_backward_runs_once(tiny_gemma3):
