@@ -80,10 +80,12 @@ def packed_sdpa(
         )  # fmt: skip
     gqa = query.shape[1] != key.shape[1]
     rows = []
+    # split, not sliced: a slice's backward writes its gradient into a zero tensor of the whole
+    # input, one per example; a split's backward is one concatenation
+    by_row = [t.split(1) for t in (query, key, value)]
     for b, lengths in enumerate(packed_lengths):
-        parts, s = [], 0
-        for n in lengths:
-            q, k, v = (t[b : b + 1, :, s : s + n] for t in (query, key, value))
+        parts = []
+        for n, q, k, v in zip(lengths, *(t[b].split(lengths, dim=2) for t in by_row), strict=True):
             band = None
             if sliding_window and n > sliding_window:  # key j is seen from i when i - window < j <= i
                 i = torch.arange(n, device=query.device)
@@ -91,7 +93,6 @@ def packed_sdpa(
             parts.append(torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, attn_mask=band, dropout_p=dropout, is_causal=band is None, scale=scaling, enable_gqa=gqa,
             ))  # fmt: skip
-            s += n
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows).transpose(1, 2).contiguous(), None
 
