@@ -23,8 +23,9 @@ from trainers_torch.model import causal_lm, tied_lookup
 
 VOCAB_BLOCK = 2048
 """Vocabulary columns per block of the chunked head on a CPU: one chunk's [256, 2,048] float32
-block (2 MiB) stays in cache between its softmax pass and its gradient product. Elsewhere the
-vocabulary is one block (a GPU would pay ~10 kernel launches per block)."""
+block (2 MiB) stays in cache through the elementwise passes that follow its product (row
+maximum; shift, exponential and sum). Elsewhere the vocabulary is one block (a GPU would pay
+~10 kernel launches per block)."""
 
 
 class _Head:

@@ -2,8 +2,9 @@
 
 transformers' RMSNorm modules are a chain of elementwise ops (``pow``, ``mean``, ``rsqrt`` and
 two products), so autograd saves several intermediates and runs a dozen full-size passes
-back. Gemma 3 has six norms in each of its 18 blocks; on a 2-core CPU one [993, 640] norm took
-5.7 ms forward and backward through autograd against 1.8 ms here (float32, 2 threads, idle).
+back. Gemma 3 has six norms in each of its 18 blocks; on a 2-core CPU one [993, 640] norm alone
+(repeated, in cache) took 5.7 ms forward and backward through autograd against 1.8 ms here
+(float32, 2 threads, idle); inside a training step the gain is smaller.
 
 ``fuse_rms_norms`` gives each known norm module ``_norm_forward``: the module's own forward
 operations in its order, so the output is the same bits, with a backward from the closed form
