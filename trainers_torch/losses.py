@@ -38,8 +38,8 @@ class _Head:
     2. ``exp(z - m)`` in place, ``m`` the row's maximum over the whole vocabulary, summed into
        ``s`` (``lse = m + log s``); with soft-capping, times ``1 - tanh²`` once summed;
     3. (``grads``) for the rows whose target lies in a block, ``s·(1 - tanh²)`` off the target's
-       entry (computed in float32); then one product per block back through the head, the rows scaled by ``1/s`` once
-       on [rows, H] (``exp(z - lse) = exp(z - m)/s``).
+       entry (computed in float32); then one product per block back through the head, the rows
+       scaled by ``1/s`` once on [rows, H] (``exp(z - lse) = exp(z - m)/s``).
     So each element's exponential is taken once, and no block is copied, against a logsumexp
     in the first pass and ``exp(z - lse)`` again in a copy of the block for the gradient. The
     loss and hidden gradient of a 262,144 × 640 float32 head (Gemma 3's shape), chunks of 256
