@@ -265,7 +265,8 @@ def test_packed_loss_equals_unpacked(tiny_gemma3, examples, attn):
     assert abs(crossed - one_by_one) / one_by_one > 1e-4  # 10x the tolerance above
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examples):
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # with dropout, the recompute replays the masks
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examples, dropout):
     from common.sft_config import load_sft_config
     from trainers_torch.model import build_model
 
@@ -275,7 +276,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_gemma3, examp
     for gc in (False, True):
         torch.manual_seed(0)
         cfg = load_sft_config(
-            None, [f"model.path={tiny_gemma3}", "lora.dropout=0.0", f"train.gradient_checkpointing={gc}"]
+            None,
+            [f"model.path={tiny_gemma3}", f"lora.dropout={dropout}", f"train.gradient_checkpointing={gc}"],
         )
         model = build_model(cfg.model, cfg.lora, cfg.train).train()
         assert all(layer.gradient_checkpointing == gc for layer in model.get_base_model().model.layers)

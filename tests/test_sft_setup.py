@@ -63,7 +63,7 @@ def test_lora_target_subset_and_last_layers(tiny_gemma3):
 
 def test_shared_lora_dropout_rate_scale_and_sharing():
     drop = SharedLoraDropout(0.05)
-    assert drop.p_eff == 1638 / 32768
+    assert drop.p_eff == 3277 / 65536
     torch.manual_seed(0)
     x = torch.ones(400, 1000)
     y = drop(x)
