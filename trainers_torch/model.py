@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 
 from common.errors import InputError
@@ -174,14 +175,12 @@ class SharedLoraDropout(torch.nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
-        self.threshold = round(p * (1 << self.LANE_BITS))
+        self.threshold = min(round(p * (1 << self.LANE_BITS)), (1 << self.LANE_BITS) - 1)  # p_eff < 1
         self.p_eff = self.threshold / (1 << self.LANE_BITS)
         self._last: tuple[torch.Tensor, int, torch.Tensor, float] | None = None
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """A boolean keep-mask shaped like CPU tensor ``x``: P(keep) = 1 − p_eff."""
-        import numpy as np
-
         n = x.numel()
         seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
         words = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int64))
