@@ -196,9 +196,12 @@ def test_hostile_input_is_bounded() -> None:
         wrap("".join(f"- {{op: init, var: a{i}, value: {i}}}\n" for i in range(300))),
     ]  # fmt: skip
     for bomb in bombs:
-        t0 = time.perf_counter()
-        res = parse_trace(bomb)
-        assert time.perf_counter() - t0 < 1.0
+        seconds = []  # the best of three: a pause of the process (GC, a busy machine) is not the parser's
+        for _ in range(3):
+            t0 = time.perf_counter()
+            res = parse_trace(bomb)
+            seconds.append(time.perf_counter() - t0)
+        assert min(seconds) < 1.0, seconds  # each takes milliseconds; a blow-up takes seconds every time
         assert not res.valid
     assert parse_trace(bombs[-2]).error_kind == "bad_number"
     assert parse_trace(bombs[-1]).error_kind == "schema"  # more than MAX_STEPS steps
