@@ -685,14 +685,9 @@ def softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x)
 
 
-def mlp_values(
-    params: dict[str, np.ndarray], x: np.ndarray, base: np.ndarray | None = None, batch: int = 8192
-) -> np.ndarray:
-    """V(x) for float32 features ``x``, in float64, from ``layers.{i}.weight`` (out, in) / ``.bias``.
-
-    ``base`` (V_L of each row; rounded to float32, as trained) is added before the softplus when the
-    model has one.
-    """
+def mlp_outputs(params: dict[str, np.ndarray], x: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """The MLP's output for float32 features ``x`` before the softplus (and before any base), in
+    float64, from ``layers.{i}.weight`` (out, in) / ``.bias``."""
     n_layers = len([k for k in params if k.endswith(".weight")])
     out = np.empty(len(x), dtype=np.float64)
     for lo in range(0, len(x), batch):
@@ -701,9 +696,17 @@ def mlp_values(
             h = h @ params[f"layers.{i}.weight"].astype(np.float64).T + params[f"layers.{i}.bias"]
             if i < n_layers - 1:
                 h = np.where(h > 0, h, LEAKY_SLOPE * h)
-        h = h[:, 0] if base is None else h[:, 0] + base[lo : lo + batch].astype(np.float32)
-        out[lo : lo + batch] = softplus(h) + V_FLOOR
+        out[lo : lo + batch] = h[:, 0]
     return out
+
+
+def mlp_values(
+    params: dict[str, np.ndarray], x: np.ndarray, base: np.ndarray | None = None, batch: int = 8192
+) -> np.ndarray:
+    """V(x) for float32 features ``x``, in float64: softplus of ``mlp_outputs`` plus ``base`` (V_L of
+    each row; rounded to float32, as trained) when the model has one."""
+    h = mlp_outputs(params, x, batch)
+    return softplus(h if base is None else h + base.astype(np.float32)) + V_FLOOR
 
 
 def save_export(directory: Path, params: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ import html
 import itertools
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,18 +34,22 @@ import numpy as np
 from common.collatz import (
     FALLBACK_SEED,
     TEST_SEEDS,
+    V_FLOOR,
     View,
     check_start,
     closed_form_values,
+    features,
     leaked_transitions,
     load_export,
     log_values,
+    mlp_outputs,
     mlp_values,
     model_values,
     orbit,
     pair_metrics,
     protocol_pools,
     seed_states,
+    softplus,
     state_features,
     syracuse,
     trajectory_metrics,
@@ -229,6 +234,43 @@ def score(
     return out
 
 
+def violating_steps(
+    params: dict[str, np.ndarray], view: View, seeds: Sequence[int] = TEST_SEEDS
+) -> dict[str, Any]:
+    """Where the model's V fails to decrease along the orbits of ``seeds``, step by step: the state,
+    its valuation k, n mod 3 (the parity of the step that produced n, which the residue inputs
+    see), V's change, and how it splits between the closed-form base V_L and the MLP's correction
+    (its output before the softplus; V = softplus(V_L + correction)). ``by_kind`` counts them by
+    growth / decay and n mod 3."""
+    steps, kinds = [], Counter[str]()
+    for seed in seeds:
+        states = orbit(seed)
+        correction = mlp_outputs(params, features(states, view))
+        base = (
+            np.zeros(len(states)) if view.base_eps is None
+            else closed_form_values(states, view.lookahead, view.base_eps)
+        )  # fmt: skip
+        v = softplus(correction + base.astype(np.float32)) + V_FLOOR  # = model_values
+        margin = v[:-1] - v[1:]
+        for i in np.flatnonzero(margin <= 0):
+            n, nxt = states[i], states[i + 1]
+            kinds[f"{'growth' if nxt > n else 'decay'}, n ≡ {n % 3} (mod 3)"] += 1
+            steps.append(
+                {
+                    "seed": seed,
+                    "step": int(i),
+                    "n": n,
+                    "next": nxt,
+                    "k": syracuse(n)[1],
+                    "n_mod_3": n % 3,
+                    "margin": float(margin[i]),
+                    "base_change": None if view.base_eps is None else float(base[i] - base[i + 1]),
+                    "correction_change": float(correction[i] - correction[i + 1]),
+                }
+            )
+    return {"steps": steps, "by_kind": dict(sorted(kinds.items()))}
+
+
 def faithful_leak(cfg: CollatzConfig) -> dict[str, Any]:
     """How many of the 429 test steps start from a state the faithful protocol samples as "hard"."""
     pools = protocol_pools("faithful", cfg.task.training_seeds(), 1, frozenset())
@@ -325,6 +367,26 @@ def _view(out: dict[str, Any]) -> View:
     return View.from_meta({**out["model"], "lookahead": out["lookahead"]})
 
 
+def _violations_html(found: dict[str, Any] | None) -> str:
+    """The model's violating test-orbit steps (``violating_steps``) as a table."""
+    if not found or not found["steps"]:
+        return ""
+    kinds = "; ".join(f"{kind}: {count}" for kind, count in found["by_kind"].items())
+    rows = "".join(
+        f"<tr><td>{s['seed']}</td><td class=num>{s['step']}</td><td class=num>{s['n']}</td>"
+        f"<td class=num>{s['next']}</td><td class=num>{s['k']}</td><td class=num>{s['n_mod_3']}</td>"
+        f"<td class=num>{s['margin']:+.3f}</td><td class=num>{_fmt(s['base_change'], 3)}</td>"
+        f"<td class=num>{s['correction_change']:+.3f}</td></tr>"
+        for s in found["steps"]
+    )
+    return (
+        f"<h2>The model's violations</h2><p>By kind: {html.escape(kinds)}. V(n) − V(T n) splits into the "
+        "closed-form base's change and the MLP correction's change (its output before the softplus).</p>"
+        "<table><tr><th>seed</th><th>step</th><th>n</th><th>T n</th><th>k</th><th>n mod 3</th>"
+        f"<th>V(n) − V(T n)</th><th>base change</th><th>correction change</th></tr>{rows}</table>"
+    )
+
+
 def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
     esc = html.escape
     rows = []
@@ -377,6 +439,7 @@ def report_html(out: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
         f"{_fmt(out['run_test_states_drawn'])} distinct test-orbit states, the start of "
         f"{_fmt(out['run_test_transitions_trained'])} of the 429 test steps.</p>"
         f"<h2>Test orbits</h2><table><tr><th>seed</th><th>steps</th>{heads}<th>faithful leak</th></tr>{seeds}</table>"
+        + _violations_html(out.get("model_violations"))
         + _img(pngs["orbits"], "V along each test orbit (x: violations)")
         + "<h2>Margins on the eval set, growth vs decay</h2>"
         + _img(pngs["margins"], "margin histograms")
@@ -454,6 +517,7 @@ def evaluate(
         },
         "eval_set": set_info | ({"manifest": str(eval_manifest)} if eval_manifest.exists() else {}),
         "results": results,
+        "model_violations": violating_steps(params, view),
         "faithful_leak": faithful_leak(cfg),
         "run_test_states_drawn": summary.get("test_states_drawn"),
         "run_test_transitions_trained": summary.get("test_transitions_trained"),

@@ -43,7 +43,7 @@ from common.collatz import (
 )
 from common.collatz_config import TaskConfig
 from common.errors import InputError
-from evals.collatz import draw_eval_rows, standard_map_stats
+from evals.collatz import draw_eval_rows, standard_map_stats, violating_steps
 
 WEIGHTS = {"hard_growth": 20.0, "hard_decay": 2.0, "random_growth": 10.0, "random_decay": 1.0}
 
@@ -339,6 +339,37 @@ def test_schedules() -> None:
         0.5,
         0.25,
     ]
+
+
+def _residue_only_params(a: float, lookahead: int = 10) -> dict[str, np.ndarray]:
+    """A one-layer "MLP" whose output is a·(n mod 3)/2: the residue column (index 1) alone."""
+    w = np.zeros((1, 6 + lookahead), dtype=np.float32)
+    w[0, 1] = a
+    return {"layers.0.weight": w, "layers.0.bias": np.zeros(1, dtype=np.float32)}
+
+
+def test_violating_steps_split_the_change_into_base_and_correction() -> None:
+    view = View(10, 0.05, scale_free=True, residues=3)
+    # a zero correction: exactly the closed form's (ε = 0.05) violations, with no correction change
+    flat = violating_steps(_residue_only_params(0.0), view)
+    expected = {s: violations([closed_form_values(orbit(s), 10, 0.05)]) for s in TEST_SEEDS}
+    assert {s: sum(v["seed"] == s for v in flat["steps"]) for s in TEST_SEEDS} == expected
+    assert sum(expected.values()) == 75 and all(v["correction_change"] == 0.0 for v in flat["steps"])
+    # correction −(n mod 3): a decay 377 → 283 (k = 2, 377 ≡ 2, 283 ≡ 1) loses 1 to the correction
+    # while the base falls by ε, so it fails; by hand: softplus(V_L(377) − 1) − softplus(V_L(283) − 0.5)
+    low = violating_steps(_residue_only_params(-2.0), view)
+    step = next(v for v in low["steps"] if v["seed"] == 111 and v["n"] == 377)
+    v_l = closed_form_values([377, 283], 10, 0.05).astype(np.float32).astype(np.float64)  # as added
+    by_hand = np.logaddexp(0.0, v_l[0] - 2.0) - np.logaddexp(0.0, v_l[1] - 1.0)
+    assert (step["next"], step["k"], step["n_mod_3"], step["step"]) == (283, 2, 2, 3)
+    assert step["correction_change"] == pytest.approx(-1.0)
+    assert step["base_change"] == pytest.approx(0.05, abs=1e-9)
+    assert step["margin"] == pytest.approx(by_hand, abs=1e-9) and step["margin"] < 0
+    assert sum(low["by_kind"].values()) == len(low["steps"])
+    assert low["by_kind"]["decay, n ≡ 2 (mod 3)"] > flat["by_kind"].get("decay, n ≡ 2 (mod 3)", 0)
+    # no base: the change is the correction's alone
+    plain = violating_steps(_residue_only_params(-2.0), View(10, residues=3))
+    assert all(v["base_change"] is None for v in plain["steps"])
 
 
 # ---------------------------------------------------------------------------------------------- eval set
