@@ -356,7 +356,7 @@ def test_violating_steps_split_the_change_into_base_and_correction() -> None:
     assert {s: sum(v["seed"] == s for v in flat["steps"]) for s in TEST_SEEDS} == expected
     assert sum(expected.values()) == 75 and all(v["correction_change"] == 0.0 for v in flat["steps"])
     # correction −(n mod 3): a decay 377 → 283 (k = 2, 377 ≡ 2, 283 ≡ 1) loses 1 to the correction
-    # while the base falls by ε, so it fails; by hand: softplus(V_L(377) − 1) − softplus(V_L(283) − 0.5)
+    # (−2 against −1) while the base falls by ε, so it fails: softplus(V_L(377) − 2) − softplus(V_L(283) − 1)
     low = violating_steps(_residue_only_params(-2.0), view)
     step = next(v for v in low["steps"] if v["seed"] == 111 and v["n"] == 377)
     v_l = closed_form_values([377, 283], 10, 0.05).astype(np.float32).astype(np.float64)  # as added
@@ -369,7 +369,8 @@ def test_violating_steps_split_the_change_into_base_and_correction() -> None:
     assert low["by_kind"]["decay, n ≡ 2 (mod 3)"] > flat["by_kind"].get("decay, n ≡ 2 (mod 3)", 0)
     # no base: the change is the correction's alone
     plain = violating_steps(_residue_only_params(-2.0), View(10, residues=3))
-    assert all(v["base_change"] is None for v in plain["steps"])
+    assert plain["steps"] and all(v["base_change"] is None for v in plain["steps"])
+    assert all(v["margin"] <= 0 for v in plain["steps"])
 
 
 # ---------------------------------------------------------------------------------------------- eval set
