@@ -34,7 +34,6 @@ import numpy as np
 from common.collatz import (
     FALLBACK_SEED,
     TEST_SEEDS,
-    V_FLOOR,
     View,
     check_start,
     closed_form_values,
@@ -49,7 +48,6 @@ from common.collatz import (
     pair_metrics,
     protocol_pools,
     seed_states,
-    softplus,
     state_features,
     syracuse,
     trajectory_metrics,
@@ -246,11 +244,8 @@ def violating_steps(
     for seed in seeds:
         states = orbit(seed)
         correction = mlp_outputs(params, features(states, view))
-        base = (
-            np.zeros(len(states)) if view.base_eps is None
-            else closed_form_values(states, view.lookahead, view.base_eps)
-        )  # fmt: skip
-        v = softplus(correction + base.astype(np.float32)) + V_FLOOR  # = model_values
+        base = None if view.base_eps is None else closed_form_values(states, view.lookahead, view.base_eps)
+        v = model_values(params, states, view)
         margin = v[:-1] - v[1:]
         for i in np.flatnonzero(margin <= 0):
             n, nxt = states[i], states[i + 1]
@@ -264,7 +259,7 @@ def violating_steps(
                     "k": syracuse(n)[1],
                     "n_mod_3": n % 3,
                     "margin": float(margin[i]),
-                    "base_change": None if view.base_eps is None else float(base[i] - base[i + 1]),
+                    "base_change": None if base is None else float(base[i] - base[i + 1]),
                     "correction_change": float(correction[i] - correction[i + 1]),
                 }
             )
